@@ -74,11 +74,16 @@ def parse_rle(rle: str | float | None, num_pixels: int) -> tuple[np.ndarray, np.
         raise ValueError(
             f"RLE has an odd number of values ({len(tokens)}): it must be start/length pairs"
         )
-    try:
-        values = np.array([int(token) for token in tokens], dtype=np.int64)
-    except ValueError:
-        bad = next(token for token in tokens if not token.lstrip("-").isdigit())
-        raise ValueError(f"RLE contains a value that is not an integer: {bad!r}") from None
+    # ASCII digits with an optional "-" only: int() alone also takes "1_0", "+3" and non-ASCII
+    # digits, and numpy overflows (OverflowError, not ValueError) past int64.
+    bad = next((t for t in tokens if not (t.isascii() and t.removeprefix("-").isdigit())), None)
+    if bad is not None:
+        raise ValueError(f"RLE contains a value that is not an integer: {bad!r}")
+    numbers = [int(token) for token in tokens]
+    huge = next((number for number in numbers if abs(number) >= 2**62), None)
+    if huge is not None:
+        raise ValueError(f"RLE value {huge} is too large for any image")
+    values = np.array(numbers, dtype=np.int64)
     starts, lengths = values[0::2] - 1, values[1::2]
     if (starts < 0).any():
         raise ValueError(f"RLE start {starts[starts < 0][0] + 1} is below 1 (starts are 1-based)")
@@ -343,7 +348,9 @@ def list_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
     for item in map(str, paths):
         path = Path(item)
         if path.is_dir():
-            matches = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            matches = sorted(
+                p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+            )
         elif path.is_file():
             matches = [path]
         else:
@@ -451,7 +458,10 @@ def load_split(path: str | os.PathLike, table: pd.DataFrame | None = None) -> pd
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: split file is missing")
-    split = pd.read_csv(path, dtype=str)
+    try:
+        split = pd.read_csv(path, dtype=str)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: not a readable split file ({error})") from None
     if list(split.columns) != ["ImageId", "split"] or not split.split.isin(SPLIT_NAMES).all():
         raise DataError(
             f"{path}: not a split file (expected columns ImageId,split with train/val/test)"
@@ -681,8 +691,10 @@ def evaluation_dataset(table: pd.DataFrame, config: InputConfig | None = None, b
     """Deterministic batches of whole images for validation, testing and inference.
 
     Images are neither cropped nor augmented; in resize mode they are resized as in training.
-    Each element carries its row position in ``table`` so that a file that fails to decode (and
-    is dropped) cannot shift predictions onto the wrong image.
+    Images of different sizes share a batch by zero-padding at the bottom and right; each
+    element carries its original size to cut the prediction back, and its row position in
+    ``table`` so that a file that fails to decode (and is dropped) cannot shift predictions onto
+    the wrong image.
 
     Args:
         table: Rows with at least a ``path`` column.
@@ -690,24 +702,25 @@ def evaluation_dataset(table: pd.DataFrame, config: InputConfig | None = None, b
         batch_size: Images per batch.
 
     Returns:
-        A ``tf.data.Dataset`` of ``(int64 [batch] row positions, float32 [batch, H, W, 3])``.
+        A ``tf.data.Dataset`` of ``(int64 [batch] row positions, float32 [batch, H, W, 3],
+        int32 [batch, 2] original (height, width))``.
     """
     tf = _tf()
     resize_to = config.size if config is not None and config.mode == "resize" else None
 
     def load(position, path):
         image = decode_image(path)
+        shape = tf.shape(image)[:2]
         if resize_to is not None:
             image = tf.image.resize(image, [resize_to, resize_to], method="area")
-        return position, image
+        return position, image, shape
 
     positions = tf.data.Dataset.from_tensor_slices(
         (np.arange(len(table), dtype=np.int64), table.path.to_numpy(str))
     )
-    images = positions.map(
-        load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
-    ).ignore_errors()
-    return images.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    images = positions.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    images = images.ignore_errors()
+    return images.padded_batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -786,19 +799,20 @@ def oriented_rectangle(center, length: float, width: float, angle: float, shape)
 def draw_ships(rng: np.random.Generator, image: np.ndarray, count: int) -> list[np.ndarray]:
     """Paints ``count`` non-touching ships into ``image`` in place and returns their masks.
 
-    Ships are filled oriented rectangles 3 to 100 pixels long at Airbus scale (scaled with the
-    image), 3 to 7 times longer than wide, mostly brighter than the sea as on the real images.
+    Ships are filled oriented rectangles 3 to 100 pixels long (at most a third of the image, so
+    small synthetic images still hold them), log-uniformly distributed as on Airbus images, 3 to
+    7 times longer than wide, mostly brighter than the sea as on the real images.
     """
     from skimage.morphology import dilation, disk
 
     size = image.shape[0]
-    scale = size / AIRBUS_IMAGE_SIZE
+    longest = min(100.0, size / 3)
     occupied = np.zeros((size, size), dtype=bool)
     masks = []
     for _ in range(count * 20):
         if len(masks) == count:
             break
-        length = max(3.0, np.exp(rng.uniform(np.log(3), np.log(100))) * scale)
+        length = np.exp(rng.uniform(np.log(3), np.log(max(longest, 3.0))))
         width = max(1.5, length / rng.uniform(3, 7))
         center = rng.uniform(length / 2, size - length / 2, 2)
         mask = oriented_rectangle(center, length, width, rng.uniform(0, np.pi), (size, size))

@@ -1,0 +1,364 @@
+"""Find ships in images and write a Kaggle submission: ``python inference.py IMAGES...``.
+
+IMAGES are files, folders or glob patterns (JPEG or PNG, RGB or grayscale, any size). The model
+defaults to the latest ``results/*/final/model.keras``; its ``config.json`` supplies the input
+handling and the post-processing tuned on validation images, each of which a flag may override.
+
+Writes to ``--out`` (default: ``results/<project>/predictions/``):
+
+    masks/<image>.png      the predicted ships, one grey level per ship (0 = sea)
+    overlays/<image>.png   the image with predicted ships in red
+    submission.csv         ImageId,EncodedPixels: one row per ship, one empty row per image
+                           without ships (the Kaggle format)
+    scores.json            with ``--labels``: pixel Dice and instance F2 against a ship CSV
+
+A file that cannot be read is reported and skipped; the exit status is non-zero only when no
+image could be processed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+import evaluation  # noqa: E402
+import pipeline  # noqa: E402
+
+
+class InferenceError(Exception):
+    """A user error (model, paths, labels): printed as one line."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface of ``inference.py``."""
+    parser = argparse.ArgumentParser(
+        description="Predict ship masks, overlays and a Kaggle submission for images.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("images", nargs="+", help="image files, folders or glob patterns")
+    parser.add_argument(
+        "--model", help="a .keras model (default: the latest results/*/final/model.keras)"
+    )
+    parser.add_argument("--results-dir", default="results")
+    parser.add_argument("--out", help="output folder (default: results/<project>/predictions)")
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument(
+        "--threshold", type=float, help="pixel probability threshold (default: tuned)"
+    )
+    parser.add_argument(
+        "--image-threshold",
+        type=float,
+        help="an image has ships only if its top probability reaches this (default: tuned)",
+    )
+    parser.add_argument("--min-ship-pixels", type=int, help="drop smaller ships (default: tuned)")
+    parser.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="average predictions over flips (3x slower)",
+    )
+    parser.add_argument(
+        "--labels", help="a ship CSV (ImageId,EncodedPixels) to score the predictions"
+    )
+    parser.add_argument("--no-overlays", action="store_true", help="skip the overlay PNGs")
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------
+# Model and settings
+# ---------------------------------------------------------------------------------------------
+
+
+def find_model(results_dir: Path, model: str | None) -> Path:
+    """The given model file, or the most recently trained ``results/*/final/model.keras``."""
+    if model:
+        path = Path(model)
+        if not path.is_file():
+            raise InferenceError(f"{path}: model file not found")
+        return path
+    models = sorted(results_dir.glob("*/final/model.keras"), key=lambda p: p.stat().st_mtime)
+    if not models:
+        raise InferenceError(
+            f"{results_dir}: no trained model found; run python train.py --best first, "
+            "or pass --model"
+        )
+    return models[-1]
+
+
+def load_model(path: Path):
+    """Loads a U-Net saved by ``train.py`` and checks that it maps RGB images to one channel."""
+    import keras
+
+    import hypermodel  # noqa: F401  (registers the custom losses and metrics)
+
+    try:
+        model = keras.saving.load_model(path)
+    except Exception as error:  # Keras raises many types for a bad or foreign file.
+        raise InferenceError(
+            f"{path}: cannot load the model ({type(error).__name__}: "
+            f"{str(error).splitlines()[0][:200]})"
+        ) from None
+    if len(model.inputs) != 1 or model.inputs[0].shape[-1] != 3 or model.outputs[0].shape[-1] != 1:
+        raise InferenceError(
+            f"{path}: not a ship U-Net (expects one RGB input and one mask output, "
+            f"got {model.inputs[0].shape} -> {model.outputs[0].shape})"
+        )
+    return model
+
+
+def load_settings(model_path: Path, args: argparse.Namespace):
+    """Input handling and post-processing: the model's ``config.json``, then the flags.
+
+    Returns:
+        ``(InputConfig or None, PostprocessConfig)``.
+    """
+    config_path = model_path.parent / "config.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    input_config = pipeline.InputConfig(**config["input"]) if "input" in config else None
+    postprocess = evaluation.PostprocessConfig(**config.get("postprocess", {}))
+    overrides = {
+        "threshold": args.threshold,
+        "image_threshold": args.image_threshold,
+        "min_ship_pixels": args.min_ship_pixels,
+        "flip_tta": args.tta,
+    }
+    postprocess = dataclasses.replace(
+        postprocess, **{k: v for k, v in overrides.items() if v is not None}
+    )
+    for name in ("threshold", "image_threshold"):
+        if not 0 <= getattr(postprocess, name) <= 1:
+            raise InferenceError(f"--{name.replace('_', '-')} must be in [0, 1]")
+    return input_config, postprocess
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-image outputs
+# ---------------------------------------------------------------------------------------------
+
+
+def ship_rows(image_id: str, labels: np.ndarray) -> list[tuple[str, str]]:
+    """Submission rows of one image: one per ship, or one empty row when there is none."""
+    rows = [
+        (image_id, pipeline.rle_encode(labels == ship)) for ship in range(1, int(labels.max()) + 1)
+    ]
+    return rows or [(image_id, "")]
+
+
+def label_png(labels: np.ndarray) -> np.ndarray:
+    """A grey-level picture of a label image: sea 0, ships spread over 255 down to 55."""
+    if labels.max() == 0:
+        return np.zeros(labels.shape, dtype=np.uint8)
+    levels = np.concatenate([[0], np.linspace(255, 55, int(labels.max()))]).astype(np.uint8)
+    return levels[labels]
+
+
+def save_png(path: Path, picture: np.ndarray) -> None:
+    """Writes a PNG atomically."""
+    from PIL import Image
+
+    pipeline.write_atomically(
+        path, lambda temporary: Image.fromarray(picture).save(temporary, format="PNG")
+    )
+
+
+def process_prediction(
+    path: Path, probabilities: np.ndarray, postprocess, out_dir: Path, overlays: bool
+) -> np.ndarray:
+    """Post-processes one image's probabilities and writes its mask (and overlay) PNG."""
+    from hypermodel import mask_overlay
+
+    labels = evaluation.probabilities_to_ships(probabilities, postprocess)
+    save_png(out_dir / "masks" / f"{path.stem}.png", label_png(labels))
+    if overlays:
+        image = np.asarray(_read_rgb(path))
+        save_png(out_dir / "overlays" / f"{path.stem}.png", mask_overlay(image, None, labels > 0))
+    return labels
+
+
+def _read_rgb(path: Path):
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+
+
+def check_files(paths: list[Path]) -> tuple[list[Path], list[str]]:
+    """Splits paths into readable images and one-line problems for the others."""
+    good, problems = [], []
+    for path in paths:
+        problem, _ = pipeline.inspect_image_file(path)
+        if problem is None:
+            good.append(path)
+        else:
+            problems.append(f"{path}: {problem}")
+    return good, problems
+
+
+def load_labels(path: str | None) -> pd.DataFrame | None:
+    """Reads a ship CSV for scoring, one row per image (see ``pipeline.read_dataset``)."""
+    if path is None:
+        return None
+    csv_path = Path(path)
+    if not csv_path.is_file():
+        raise InferenceError(f"{csv_path}: labels file not found")
+    try:
+        rows = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise InferenceError(f"{csv_path}: not a readable CSV ({error})") from None
+    if list(rows.columns) != list(pipeline.CSV_COLUMNS):
+        raise InferenceError(
+            f"{csv_path}: columns are {list(rows.columns)}, expected {list(pipeline.CSV_COLUMNS)}"
+        )
+    return rows.groupby("ImageId").EncodedPixels.agg(
+        lambda rles: tuple(r for r in rles if r.strip())
+    )
+
+
+def run_inference(args: argparse.Namespace) -> dict:
+    """Predicts every image, writes masks, overlays and ``submission.csv``; optionally scores.
+
+    Returns:
+        ``{"processed": int, "skipped": [str], "ships": int, "out_dir": Path, "scores": dict or None,
+        "seconds": float}``.
+    """
+    from tqdm import tqdm
+
+    try:
+        paths = pipeline.list_images(args.images)
+    except pipeline.DataError as error:
+        raise InferenceError(str(error)) from None
+    model_path = find_model(Path(args.results_dir), args.model)
+    input_config, postprocess = load_settings(model_path, args)
+    labels_by_image = load_labels(args.labels)
+    model = load_model(model_path)
+    out_dir = Path(args.out) if args.out else model_path.parent.parent / "predictions"
+    if args.batch_size < 1:
+        raise InferenceError("--batch-size must be at least 1")
+
+    names = [path.name for path in paths]
+    if len(set(names)) != len(names):
+        raise InferenceError(
+            "two input images share a file name; the submission needs unique ImageIds"
+        )
+    readable, skipped = check_files(paths)
+    for problem in skipped:
+        print(f"skipped {problem}", file=sys.stderr)
+    table = pd.DataFrame({"path": [str(path) for path in readable]})
+    print(f"Predicting {len(table)} images with {model_path} ({postprocess}); writing to {out_dir}")
+
+    start = time.perf_counter()
+    results: dict[int, concurrent.futures.Future] = {}
+    # Post-processing and PNG writing run beside the next batch's prediction.
+    with (
+        concurrent.futures.ThreadPoolExecutor(max_workers=2) as workers,
+        tqdm(total=len(table), unit="image", desc="inference") as progress,
+    ):
+        for position, probabilities in evaluation.predict_table(
+            model, table, input_config, args.batch_size, postprocess.flip_tta
+        ):
+            future = workers.submit(
+                process_prediction,
+                readable[position],
+                probabilities,
+                postprocess,
+                out_dir,
+                not args.no_overlays,
+            )
+            future.add_done_callback(lambda _: progress.update(1))
+            results[position] = future
+    for position, path in enumerate(readable):
+        if position not in results:
+            skipped.append(f"{path}: could not be decoded")
+            print(f"skipped {path}: could not be decoded", file=sys.stderr)
+    labels = {position: future.result() for position, future in sorted(results.items())}
+    seconds = time.perf_counter() - start
+
+    rows = [
+        row
+        for position, image_labels in labels.items()
+        for row in ship_rows(readable[position].name, image_labels)
+    ]
+    submission = pd.DataFrame(rows, columns=list(pipeline.CSV_COLUMNS))
+    if labels:
+        pipeline.write_atomically(
+            out_dir / "submission.csv", lambda temporary: submission.to_csv(temporary, index=False)
+        )
+    scores = (
+        score_predictions(labels, readable, labels_by_image, out_dir)
+        if labels_by_image is not None
+        else None
+    )
+    ships = int((submission.EncodedPixels != "").sum())
+    print(
+        f"{len(labels)} images processed, {len(skipped)} skipped, {ships} ships found "
+        f"in {seconds:.1f} s ({len(labels) / max(seconds, 1e-9):.2f} images/s); "
+        f"submission: {out_dir / 'submission.csv'}"
+    )
+    return {
+        "processed": len(labels),
+        "skipped": skipped,
+        "ships": ships,
+        "out_dir": out_dir,
+        "scores": scores,
+        "seconds": seconds,
+    }
+
+
+def score_predictions(labels: dict, paths: list[Path], truth: pd.Series, out_dir: Path) -> dict:
+    """Scores predicted label images against ship RLE rows; writes ``scores.json``."""
+    scoreboard = evaluation.Scoreboard()
+    missing = []
+    for position, predicted in labels.items():
+        name = paths[position].name
+        if name not in truth.index:
+            missing.append(name)
+            continue
+        scoreboard.add(pipeline.ships_to_label_image(truth[name], predicted.shape), predicted)
+    scores = {**scoreboard.results(), "images_without_labels": len(missing)}
+    if missing:
+        print(
+            f"{len(missing)} images have no row in the labels file and are not scored "
+            f"(first: {', '.join(missing[:3])})",
+            file=sys.stderr,
+        )
+    pipeline.write_json_atomically(out_dir / "scores.json", scores)
+    print(
+        f"Scores on {scores['images']} labelled images: instance F2 {scores['f2']:.4f} "
+        f"(no-ship baseline {scores['f2_no_ship_baseline']:.4f}), pixel Dice {scores['dice']:.4f}, "
+        f"Dice on ship images {scores['dice_ship_images']:.4f}"
+    )
+    return scores
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (non-zero when no image could be processed)."""
+    args = build_parser().parse_args(argv)
+    try:
+        result = run_inference(args)
+    except (InferenceError, pipeline.DataError) as error:
+        print(f"inference.py: error: {error}", file=sys.stderr)
+        return 2
+    if result["processed"] == 0:
+        print("inference.py: error: no image could be processed", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Shared fixtures: the real Airbus sample (skipped when absent) and a small synthetic dataset."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import pipeline
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_AIRBUS_SAMPLE = REPO_ROOT.parent / "shared" / "data" / "airbus-sample"
+
+# Small on purpose: 40 labelled 64 x 64 images (13 with ships for this seed), 4 test images.
+SYNTHETIC_CONFIG = pipeline.SyntheticConfig(train_images=40, test_images=4, image_size=64, seed=3)
+
+
+@pytest.fixture(scope="session")
+def airbus_sample() -> Path:
+    """The real Airbus sample (``images/``, the ship CSV, ``test_images/``); skips when absent.
+
+    Looked up next to the repository (``../shared/data/airbus-sample``) unless the environment
+    variable ``AIRBUS_SAMPLE_DIR`` names another folder. The data is only read, never copied.
+    """
+    path = Path(os.environ.get("AIRBUS_SAMPLE_DIR", DEFAULT_AIRBUS_SAMPLE))
+    try:
+        pipeline.find_layout(path)
+    except pipeline.DataError as error:
+        pytest.skip(f"real Airbus sample not found at {path}: {error} (set AIRBUS_SAMPLE_DIR)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset(tmp_path_factory) -> Path:
+    """A small synthetic dataset in the Kaggle layout, generated once per test session.
+
+    Treat it as read-only: tests that damage files must work on a copy (``dataset_copy``).
+    """
+    return pipeline.generate_synthetic_dataset(
+        tmp_path_factory.mktemp("synthetic") / "airbus", SYNTHETIC_CONFIG
+    )
+
+
+@pytest.fixture(scope="session")
+def synthetic_table(synthetic_dataset):
+    """``read_dataset`` of ``synthetic_dataset`` (one row per image); do not modify it."""
+    messages = []
+    table = pipeline.read_dataset(synthetic_dataset, log=messages.append)
+    assert not messages, f"the synthetic dataset should read cleanly, got {messages}"
+    return table
+
+
+@pytest.fixture()
+def dataset_copy(synthetic_dataset, tmp_path) -> Path:
+    """A private copy of ``synthetic_dataset`` that a test may damage."""
+    return Path(shutil.copytree(synthetic_dataset, tmp_path / "airbus"))
+
+
+# ---------------------------------------------------------------------------------------------
+# The command lines, run for real on the tiny synthetic dataset
+# ---------------------------------------------------------------------------------------------
+
+ROOT = REPO_ROOT
+# A budget of seconds: 2-level, 4-filter U-Nets on 32-pixel crops.
+TINY = [
+    "--input-size",
+    "32",
+    "--images-per-epoch",
+    "16",
+    "--hp",
+    "levels=2",
+    "--hp",
+    "base_filters=4",
+    "--hp",
+    "batch_size=8",
+    "--verbose",
+    "0",
+]
+
+
+def search_command(data_dir, results_dir, *extra):
+    return [
+        sys.executable,
+        str(ROOT / "search.py"),
+        "--data-dir",
+        str(data_dir),
+        "--results-dir",
+        str(results_dir),
+        "--project",
+        "tiny",
+        *TINY,
+        *extra,
+    ]
+
+
+def run(command, timeout=600, env=None):
+    return subprocess.run(
+        command,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture(scope="session")
+def finished_search(synthetic_dataset, tmp_path_factory):
+    results = tmp_path_factory.mktemp("results")
+    result = run(search_command(synthetic_dataset, results, "--max-epochs", "2", "--factor", "2"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return results / "tiny", result

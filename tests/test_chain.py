@@ -1,0 +1,231 @@
+"""search -> train --best -> inference, through the real command lines, and their bad inputs."""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+import evaluation
+import inference
+import pipeline
+from conftest import ROOT, run
+
+
+def train_command(results_dir, *extra):
+    return [sys.executable, str(ROOT / "train.py"), "--results-dir", str(results_dir), *extra]
+
+
+def inference_command(results_dir, *extra):
+    return [sys.executable, str(ROOT / "inference.py"), "--results-dir", str(results_dir), *extra]
+
+
+@pytest.fixture(scope="session")
+def trained_project(finished_search):
+    project, _ = finished_search
+    result = run(
+        train_command(
+            project.parent, "--best", "--epochs", "2", "--patience", "1", "--verbose", "0"
+        )
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return project, result
+
+
+def test_train_best_writes_the_final_model_and_honest_metrics(trained_project):
+    project, result = trained_project
+    final = project / "final"
+    for name in (
+        "model.keras",
+        "config.json",
+        "metrics.json",
+        "history.csv",
+        "history.png",
+        "test_examples.png",
+    ):
+        assert (final / name).is_file(), name
+    config = json.loads((final / "config.json").read_text())
+    best = json.loads((project / "best_hparams.json").read_text())
+    assert config["hyperparameters"] == best["hyperparameters"]
+    assert config["status"] == "complete" and config["input"]["size"] == 32
+    assert set(config["postprocess"]) == {
+        "threshold",
+        "image_threshold",
+        "min_ship_pixels",
+        "flip_tta",
+    }
+    metrics = json.loads((final / "metrics.json").read_text())
+    split = pd.read_csv(project / "split.csv")
+    test = metrics["test"]
+    assert test["images"] == (split.split == "test").sum()
+    for name in ("dice", "dice_ship_images", "iou", "f2", "f2_no_ship_baseline", "ship_accuracy"):
+        assert 0.0 <= test[name] <= 1.0, name
+    # The baseline is the share of empty test images, computed on the same images.
+    table = pipeline.read_dataset(
+        json.loads((project / "search_config.json").read_text())["data_dir"]
+    )
+    test_ids = set(split.ImageId[split.split == "test"])
+    empty_share = (table[table.ImageId.isin(test_ids)].ship_count == 0).mean()
+    assert test["f2_no_ship_baseline"] == pytest.approx(empty_share)
+    history = pd.read_csv(final / "history.csv")
+    assert len(history) == metrics["epochs_run"] <= 2
+    assert {"loss", "val_dice", "val_f2"} <= set(history.columns)
+    assert "no-ship baseline" in result.stdout
+    assert not list(final.glob(".*partial")) and not list(final.glob(".*.tmp*"))
+
+
+def decoded_submission(submission: pd.DataFrame, image_id: str, shape) -> list[np.ndarray]:
+    rows = submission[submission.ImageId == image_id].EncodedPixels.fillna("")
+    return [pipeline.rle_decode(rle, shape) for rle in rows if rle]
+
+
+def test_inference_writes_masks_overlays_and_a_submission_that_decodes_back(
+    trained_project, synthetic_dataset, tmp_path
+):
+    project, _ = trained_project
+    out = tmp_path / "predictions"
+    test_dir = Path(synthetic_dataset) / "test_v2"
+    result = run(
+        inference_command(project.parent, str(test_dir), "--out", str(out), "--threshold", "0.3")
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    images = sorted(test_dir.glob("*.jpg"))
+    submission = pd.read_csv(out / "submission.csv", keep_default_na=False)
+    assert list(submission.columns) == ["ImageId", "EncodedPixels"]
+    assert set(submission.ImageId) == {path.name for path in images}
+    for path in images:
+        mask = np.array(Image.open(out / "masks" / f"{path.stem}.png"))
+        assert mask.shape == (64, 64)
+        assert np.array(Image.open(out / "overlays" / f"{path.stem}.png")).shape == (64, 64, 3)
+        ships = decoded_submission(submission, path.name, mask.shape)
+        # One row per ship, no overlaps, exactly the mask's ships.
+        assert len(ships) == len(np.unique(mask[mask > 0]))
+        total = np.sum(ships, axis=0) if ships else np.zeros(mask.shape)
+        assert total.max() <= 1
+        np.testing.assert_array_equal(total > 0, mask > 0)
+        if not ships:
+            assert (submission[submission.ImageId == path.name].EncodedPixels == "").sum() == 1
+    assert "images/s" in result.stdout
+
+
+def test_inference_scores_against_labels(trained_project, synthetic_dataset, tmp_path):
+    project, _ = trained_project
+    result = run(
+        inference_command(
+            project.parent,
+            str(Path(synthetic_dataset) / "train_v2" / "*.jpg"),
+            "--out",
+            str(tmp_path),
+            "--labels",
+            str(Path(synthetic_dataset) / pipeline.CSV_NAME),
+            "--no-overlays",
+        )
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    assert scores["images"] == 40
+    assert 0 <= scores["f2"] <= 1 and 0 <= scores["dice"] <= 1
+    assert not (tmp_path / "overlays").exists()
+
+
+def test_a_bad_file_is_skipped_and_the_others_are_written(
+    trained_project, synthetic_dataset, tmp_path
+):
+    project, _ = trained_project
+    images = tmp_path / "images"
+    shutil.copytree(Path(synthetic_dataset) / "test_v2", images)
+    (images / "broken.jpg").write_bytes(b"\xff\xd8 this is not really a jpeg" * 10)
+    gray = images / "gray.png"
+    Image.fromarray(np.full((50, 70), 90, np.uint8)).save(gray)
+    result = run(inference_command(project.parent, str(images), "--out", str(tmp_path / "out")))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "broken.jpg" in result.stderr
+    submission = pd.read_csv(tmp_path / "out" / "submission.csv", keep_default_na=False)
+    assert "broken.jpg" not in set(submission.ImageId)
+    assert {
+        "gray.png",
+        *[p.name for p in (Path(synthetic_dataset) / "test_v2").glob("*.jpg")],
+    } == set(submission.ImageId)
+    # A grayscale image of another size gets a mask of its own size.
+    assert np.array(Image.open(tmp_path / "out" / "masks" / "gray.png")).shape == (50, 70)
+
+
+def test_nothing_processable_exits_non_zero(trained_project, tmp_path):
+    project, _ = trained_project
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("not an image")
+    result = run(inference_command(project.parent, str(bad), "--out", str(tmp_path / "out")))
+    assert result.returncode == 1
+    assert "no image could be processed" in result.stderr
+    assert not (tmp_path / "out" / "submission.csv").exists()
+
+
+def test_missing_or_incompatible_models_are_explained(trained_project, synthetic_dataset, tmp_path):
+    import keras
+
+    project, _ = trained_project
+    images = str(Path(synthetic_dataset) / "test_v2")
+    not_a_model = tmp_path / "model.keras"
+    not_a_model.write_text("garbage")
+    dense = keras.Sequential([keras.Input((10,)), keras.layers.Dense(2)])
+    dense_path = tmp_path / "dense.keras"
+    dense.save(dense_path)
+    cases = [
+        (["--model", str(tmp_path / "absent.keras")], "model file not found"),
+        (["--model", str(not_a_model)], "cannot load the model"),
+        (["--model", str(dense_path)], "not a ship U-Net"),
+        (["--results-dir", str(tmp_path / "empty")], "no trained model found"),
+        ([str(tmp_path / "nothing*.jpg")], "no image file matches"),
+    ]
+    for arguments, message in cases:
+        result = run(inference_command(project.parent, images, *arguments))
+        assert result.returncode == 2, result.stderr
+        assert message in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_train_errors_are_one_line(finished_search, tmp_path):
+    project, _ = finished_search
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text("{not json")
+    partial = tmp_path / "partial.json"
+    partial.write_text(json.dumps({"levels": 3}))
+    cases = [
+        (train_command(tmp_path / "empty", "--best"), "no finished search found"),
+        (train_command(project.parent, "--best", "--project", "absent"), "no search here"),
+        (
+            train_command(project.parent, "--project", "tiny", "--hparams", str(bad_json)),
+            "not valid JSON",
+        ),
+        (
+            train_command(project.parent, "--project", "tiny", "--hparams", str(partial)),
+            "missing base_filters",
+        ),
+    ]
+    for command, message in cases:
+        result = run(command)
+        assert result.returncode == 2, result.stderr
+        assert message in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_submission_rows_decode_to_exactly_the_predicted_ships(tmp_path):
+    probabilities = np.zeros((40, 60), np.float32)
+    probabilities[2:6, 3:20] = 0.9
+    probabilities[10:30, 40:44] = 0.8
+    probabilities[35:37, 1:3] = 0.95  # 4 pixels: dropped by min_ship_pixels
+    config = evaluation.PostprocessConfig(threshold=0.5, image_threshold=0.5, min_ship_pixels=5)
+    image = tmp_path / "sea.png"
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(image)
+    labels = inference.process_prediction(image, probabilities, config, tmp_path, overlays=True)
+    rows = inference.ship_rows("sea.png", labels)
+    assert len(rows) == 2
+    decoded = [pipeline.rle_decode(rle, labels.shape) for _, rle in rows]
+    np.testing.assert_array_equal(decoded[0] + 2 * decoded[1], labels)
+    saved = np.array(Image.open(tmp_path / "masks" / "sea.png"))
+    assert len(np.unique(saved[saved > 0])) == 2
+    assert inference.ship_rows("empty.png", np.zeros((4, 4), np.int32)) == [("empty.png", "")]

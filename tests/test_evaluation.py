@@ -1,0 +1,134 @@
+import numpy as np
+import pytest
+
+import evaluation
+from evaluation import PostprocessConfig, Scoreboard, image_f2, iou_matrix
+
+
+def box(shape, top, left, height, width, label=1, into=None):
+    labels = np.zeros(shape, dtype=np.int32) if into is None else into
+    labels[top : top + height, left : left + width] = label
+    return labels
+
+
+def test_empty_image_with_no_prediction_scores_one():
+    empty = np.zeros((32, 32), np.int32)
+    assert image_f2(empty, empty) == 1.0
+
+
+def test_any_prediction_on_an_empty_image_scores_zero():
+    empty = np.zeros((32, 32), np.int32)
+    assert image_f2(empty, box((32, 32), 3, 3, 2, 2)) == 0.0
+
+
+def test_missing_every_ship_scores_zero():
+    truth = box((32, 32), 3, 3, 4, 4)
+    assert image_f2(truth, np.zeros_like(truth)) == 0.0
+
+
+def test_perfect_prediction_scores_one():
+    truth = box((32, 32), 3, 3, 4, 4)
+    box((32, 32), 20, 20, 5, 3, label=2, into=truth)
+    assert image_f2(truth, truth.copy()) == 1.0
+
+
+def test_two_ships_one_found_exactly():
+    truth = box((32, 32), 3, 3, 4, 4)
+    box((32, 32), 20, 20, 5, 3, label=2, into=truth)
+    predicted = box((32, 32), 3, 3, 4, 4)
+    # TP 1, FN 1, FP 0 at every threshold: 5 / (5 + 4).
+    assert image_f2(truth, predicted) == pytest.approx(5 / 9)
+
+
+def test_one_ship_and_one_false_ship():
+    truth = box((32, 32), 3, 3, 4, 4)
+    predicted = box((32, 32), 3, 3, 4, 4)
+    box((32, 32), 20, 20, 2, 2, label=2, into=predicted)
+    # TP 1, FN 0, FP 1: 5 / 6.
+    assert image_f2(truth, predicted) == pytest.approx(5 / 6)
+
+
+@pytest.mark.parametrize(
+    ("predicted_width", "expected_thresholds_passed"),
+    [
+        # Truth is 10 x 10 = 100 pixels; a 10 x w prediction inside it has IoU w / 10.
+        (6, 2),  # IoU 0.60: above 0.50 and 0.55, not above 0.60 (strictly greater is required)
+        (7, 4),  # IoU 0.70: above 0.50 .. 0.65
+        (5, 0),  # IoU 0.50 exactly: not above 0.50
+        (10, 10),
+    ],
+)
+def test_iou_just_under_and_over_thresholds(predicted_width, expected_thresholds_passed):
+    truth = box((20, 20), 0, 0, 10, 10)
+    predicted = box((20, 20), 0, 0, 10, predicted_width)
+    # Each threshold passed scores 1 (TP), each failed one scores 0 (FN 1 and FP 1 -> 0).
+    assert image_f2(truth, predicted) == pytest.approx(expected_thresholds_passed / 10)
+
+
+def test_iou_matrix_pairs_every_object():
+    truth = box((10, 10), 0, 0, 2, 2)
+    box((10, 10), 5, 5, 2, 2, label=2, into=truth)
+    predicted = box((10, 10), 0, 0, 2, 4)
+    ious = iou_matrix(truth, predicted)
+    assert ious.shape == (2, 1)
+    assert ious[0, 0] == pytest.approx(0.5)
+    assert ious[1, 0] == 0.0
+
+
+def test_split_ships_separates_components_and_drops_small_ones():
+    mask = np.zeros((20, 20), bool)
+    mask[1:4, 1:4] = True  # 9 pixels
+    mask[10:12, 10:18] = True  # 16 pixels
+    mask[18, 18] = True  # 1 pixel
+    labels = evaluation.split_ships(mask, min_ship_pixels=5)
+    assert labels.max() == 2
+    assert (labels == 1).sum() == 16  # numbered by decreasing area
+    assert labels[18, 18] == 0
+    # Diagonal neighbours are separate ships (ground truth separates touching ships).
+    diagonal = np.zeros((5, 5), bool)
+    diagonal[0, 0] = diagonal[1, 1] = True
+    assert evaluation.split_ships(diagonal).max() == 2
+
+
+def test_image_level_decision_suppresses_weak_images():
+    probabilities = np.full((16, 16), 0.1, np.float32)
+    probabilities[4:8, 4:8] = 0.7
+    config = PostprocessConfig(threshold=0.5, image_threshold=0.8, min_ship_pixels=0)
+    assert evaluation.probabilities_to_ships(probabilities, config).max() == 0
+    config = PostprocessConfig(threshold=0.5, image_threshold=0.6, min_ship_pixels=0)
+    assert evaluation.probabilities_to_ships(probabilities, config).max() == 1
+
+
+def test_scoreboard_pixel_scores_and_baseline():
+    board = Scoreboard()
+    truth = box((10, 10), 0, 0, 2, 5)  # 10 pixels
+    predicted = box((10, 10), 0, 0, 2, 3)  # 6 pixels inside
+    board.add(truth, predicted)
+    empty = np.zeros((10, 10), np.int32)
+    board.add(empty, empty)
+    board.add(empty, box((10, 10), 8, 8, 1, 1))  # a false ship on an empty image
+    results = board.results()
+    assert results["dice"] == pytest.approx(2 * 6 / (10 + 7))
+    assert results["dice_ship_images"] == pytest.approx(2 * 6 / (10 + 6))
+    assert results["iou"] == pytest.approx(6 / 11)
+    assert results["f2_no_ship_baseline"] == pytest.approx(2 / 3)
+    assert results["ship_accuracy"] == pytest.approx(2 / 3)
+    assert results["images"] == 3
+    # IoU 0.6 passes 2 thresholds: 0.2; then 1 and 0.
+    assert results["f2"] == pytest.approx((0.2 + 1 + 0) / 3)
+
+
+def test_pad_to_multiple_and_predict_batch_keep_size():
+    class Echo:
+        def predict_on_batch(self, images):
+            assert images.shape[1] % 32 == 0 and images.shape[2] % 32 == 0
+            return images[..., :1] / 255.0
+
+    images = np.random.default_rng(0).uniform(0, 255, (2, 50, 70, 3)).astype(np.float32)
+    probabilities = evaluation.predict_batch(Echo(), images)
+    assert probabilities.shape == (2, 50, 70)
+    np.testing.assert_allclose(probabilities, images[..., 0] / 255.0, rtol=1e-6)
+    # Flip TTA of a flip-equivariant model changes nothing.
+    np.testing.assert_allclose(
+        evaluation.predict_batch(Echo(), images, flip_tta=True), probabilities, rtol=1e-5
+    )

@@ -1,0 +1,179 @@
+"""The real ``search.py`` command line on a tiny synthetic dataset."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import hypermodel
+from conftest import ROOT, run, search_command
+
+
+def event_tags(folder: Path) -> set[str]:
+    import tensorflow as tf
+
+    tags = set()
+    for path in folder.rglob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            tags.update(value.tag for value in event.summary.value)
+    return tags
+
+
+def test_search_writes_every_result_file(finished_search, synthetic_dataset):
+    project, result = finished_search
+    config = json.loads((project / "search_config.json").read_text())
+    assert config["data_dir"] == str(Path(synthetic_dataset).resolve())
+    assert config["objective"] == "val_dice" and config["max_epochs"] == 2 and config["factor"] == 2
+    assert config["input"]["size"] == 32 and config["space"]["levels"] == "2"
+    assert Path(config["split_file"]) == (project / "split.csv").resolve()
+    split = pd.read_csv(project / "split.csv")
+    assert set(split.split) == {"train", "val", "test"}
+
+    trials = pd.read_csv(project / "trials.csv", dtype={"trial_id": str})
+    # Hyperband with max_epochs=2, factor=2: a bracket of 2 one-epoch trials plus the promoted
+    # one, and a bracket of 2 two-epoch trials.
+    assert len(trials) >= 4
+    for column in [
+        "trial_id",
+        "val_dice",
+        "status",
+        "epochs",
+        "duration_s",
+        *[d.name for d in hypermodel.DEFAULT_SPACE],
+    ]:
+        assert column in trials.columns, column
+    assert (trials.status == "COMPLETED").all()
+    assert trials.val_dice.notna().all() and (trials.duration_s > 0).all()
+    assert trials.val_dice.is_monotonic_decreasing
+
+    best = json.loads((project / "best_hparams.json").read_text())
+    assert best["trial_id"] == trials.trial_id[0]
+    assert best["score"] == pytest.approx(trials.val_dice[0])
+    assert set(best["hyperparameters"]) == {d.name for d in hypermodel.DEFAULT_SPACE}
+    assert best["hyperparameters"]["levels"] == 2
+    assert (project / "trials.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((project / "search_summary.json").read_text())
+    assert summary["completed"] == len(trials)
+    assert f"Best {min(5, len(trials))} of {len(trials)} trials" in result.stdout
+
+
+def test_tensorboard_gets_scalars_hparams_and_mask_images(finished_search):
+    project, _ = finished_search
+    trial_logs = [path for path in (project / "logs").iterdir() if path.is_dir()]
+    assert trial_logs, "no per-trial TensorBoard folder"
+    tags = event_tags(project / "logs")
+    assert "epoch_loss" in tags and "epoch_dice" in tags and "epoch_f2" in tags
+    assert any(tag.startswith("validation_image_") for tag in tags)
+    assert any("hparams" in tag for tag in tags)
+
+
+def test_bad_settings_give_one_line_errors(synthetic_dataset, tmp_path):
+    cases = [
+        (["--data-dir", str(tmp_path / "nowhere")], "data directory does not exist"),
+        (
+            ["--data-dir", str(synthetic_dataset), "--hp", "depth=3"],
+            "unknown hyperparameter 'depth'",
+        ),
+        (["--data-dir", str(synthetic_dataset), "--input-size", "100"], "cannot go through"),
+        (
+            ["--data-dir", str(synthetic_dataset), "--max-epochs", "0"],
+            "--max-epochs must be at least 1",
+        ),
+    ]
+    for arguments, message in cases:
+        result = run(
+            [sys.executable, str(ROOT / "search.py"), "--results-dir", str(tmp_path), *arguments]
+        )
+        assert result.returncode == 2, result.stderr
+        assert message in result.stderr
+        assert "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_resuming_with_other_settings_is_refused(finished_search, synthetic_dataset):
+    project, _ = finished_search
+    result = run(
+        search_command(synthetic_dataset, project.parent, "--max-epochs", "3", "--factor", "2")
+    )
+    assert result.returncode == 2
+    assert "searched with other settings (max_epochs)" in result.stderr
+
+
+def completed_trials(tuner_dir: Path) -> dict[str, float]:
+    done = {}
+    for path in tuner_dir.glob("trial_*/trial.json"):
+        trial = json.loads(path.read_text())
+        if trial["status"] == "COMPLETED":
+            done[trial["trial_id"]] = trial["score"]
+    return done
+
+
+def test_a_killed_search_resumes_without_losing_completed_trials(synthetic_dataset, tmp_path):
+    command = search_command(synthetic_dataset, tmp_path, "--max-epochs", "4", "--factor", "2")
+    process = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    tuner_dir = tmp_path / "tiny" / "tuner"
+    deadline = time.monotonic() + 300
+    while (
+        len(completed_trials(tuner_dir)) < 2
+        and time.monotonic() < deadline
+        and process.poll() is None
+    ):
+        time.sleep(0.5)
+    process.kill()
+    process.wait()
+    before = completed_trials(tuner_dir)
+    assert len(before) >= 2, "the search did not complete two trials before the kill"
+
+    result = run(command)
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = pd.read_csv(tmp_path / "tiny" / "trials.csv", dtype={"trial_id": str}).set_index(
+        "trial_id"
+    )
+    for trial_id, score in before.items():
+        assert trials.status[trial_id] == "COMPLETED"
+        assert trials.val_dice[trial_id] == pytest.approx(score)
+    assert len(trials) > len(before)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_distributed_search_with_a_chief_and_two_workers(synthetic_dataset, tmp_path):
+    command = search_command(synthetic_dataset, tmp_path, "--max-epochs", "2", "--factor", "2")
+    network = {"KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": str(free_port())}
+    processes = {
+        tuner_id: subprocess.Popen(
+            command,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **network, "KERASTUNER_TUNER_ID": tuner_id},
+        )
+        for tuner_id in ("chief", "tuner0", "tuner1")
+    }
+    try:
+        outputs = {
+            tuner_id: process.communicate(timeout=600) for tuner_id, process in processes.items()
+        }
+    finally:
+        for process in processes.values():
+            process.kill()
+    for tuner_id, process in processes.items():
+        assert process.returncode == 0, f"{tuner_id}: {outputs[tuner_id][1][-3000:]}"
+    trials = pd.read_csv(tmp_path / "tiny" / "trials.csv", dtype={"trial_id": str})
+    assert len(trials) >= 4 and (trials.status == "COMPLETED").all()
+    assert set(trials.tuner_id) <= {"tuner0", "tuner1"}
+    assert "Worker tuner0 finished" in outputs["tuner0"][0]
+    assert (tmp_path / "tiny" / "best_hparams.json").is_file()
