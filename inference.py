@@ -22,18 +22,18 @@ import argparse
 import concurrent.futures
 import dataclasses
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import pipeline  # noqa: E402, I001  (first: TensorFlow is imported quietly below)
+
+pipeline.import_tensorflow_quietly()
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 import evaluation  # noqa: E402
-import pipeline  # noqa: E402
 
 
 class InferenceError(Exception):

@@ -520,6 +520,31 @@ class InputConfig:
         return 1.0 if self.mode == "crop" else self.size / image_size
 
 
+def import_tensorflow_quietly() -> None:
+    """Imports TensorFlow with its C++ start-up banner (CPU features, oneDNN) silenced.
+
+    TensorFlow prints that banner on stderr through absl before any environment variable can
+    turn it off; in a command-line tool it would bury a one-line error message. If the import
+    fails, stderr is restored first, so the real error is still shown.
+    """
+    import sys
+
+    if "tensorflow" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            try:
+                import tensorflow  # noqa: F401
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
 def _tf():
     # TensorFlow takes seconds to import: the RLE and table functions do not need it.
     import tensorflow as tf

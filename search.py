@@ -25,7 +25,9 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import pipeline  # noqa: E402, I001  (first: TensorFlow is imported quietly below)
+
+pipeline.import_tensorflow_quietly()
 
 import keras  # noqa: E402
 import keras_tuner  # noqa: E402
@@ -33,7 +35,6 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 import hypermodel  # noqa: E402
-import pipeline  # noqa: E402
 
 # On the synthetic default, a budget that ends in a few minutes on two CPU cores.
 SYNTHETIC_DEFAULTS = {"input_size": 128, "max_epochs": 6, "images_per_epoch": 192}

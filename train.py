@@ -19,12 +19,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import pipeline  # noqa: E402, I001  (first: TensorFlow is imported quietly below)
+
+pipeline.import_tensorflow_quietly()
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -32,7 +33,6 @@ import pandas as pd  # noqa: E402
 
 import evaluation  # noqa: E402
 import hypermodel  # noqa: E402
-import pipeline  # noqa: E402
 
 # The post-processing grid tried on validation images; the best F2 becomes inference's default.
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
