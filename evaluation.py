@@ -267,7 +267,8 @@ def predict_table(
     input_config: pipeline.InputConfig | None = None,
     batch_size: int = 4,
     flip_tta: bool = False,
-) -> Iterator[tuple[int, np.ndarray]]:
+    with_images: bool = False,
+) -> Iterator[tuple]:
     """Predicts whole images of a table, streaming: one image's probabilities at a time.
 
     In resize mode the network sees the image resized as in training and its prediction is
@@ -279,27 +280,35 @@ def predict_table(
         input_config: The training input settings (crop or resize).
         batch_size: Images per forward pass.
         flip_tta: Flip test-time augmentation.
+        with_images: Also yield the decoded image (saves reading it again for an overlay).
 
     Yields:
-        ``(position in table, probabilities (h, w) float32)``; images that fail to decode are
-        skipped.
+        ``(position in table, probabilities (h, w) float32)``, plus the ``(h, w, 3)`` image
+        (float, 0-255; None in resize mode) when ``with_images``. Images that fail to decode
+        are skipped.
     """
     import tensorflow as tf
 
+    resized = input_config is not None and input_config.mode == "resize"
     for positions, images, shapes in pipeline.evaluation_dataset(table, input_config, batch_size):
-        probabilities = predict_batch(model, images.numpy(), flip_tta)
-        for position, probability, shape in zip(
-            positions.numpy(), probabilities, shapes.numpy(), strict=True
+        images = images.numpy()
+        probabilities = predict_batch(model, images, flip_tta)
+        for index, (position, shape) in enumerate(
+            zip(positions.numpy(), shapes.numpy(), strict=True)
         ):
             height, width = int(shape[0]), int(shape[1])
-            if probability.shape != (height, width):
-                if input_config is not None and input_config.mode == "resize":
-                    probability = tf.image.resize(probability[..., None], [height, width]).numpy()[
-                        ..., 0
-                    ]
-                else:
-                    probability = probability[:height, :width]
-            yield int(position), probability
+            probability = probabilities[index]
+            if resized:
+                probability = tf.image.resize(probability[..., None], [height, width]).numpy()[
+                    ..., 0
+                ]
+            else:
+                probability = probability[:height, :width]
+            if with_images:
+                image = None if resized else images[index, :height, :width]
+                yield int(position), probability, image
+            else:
+                yield int(position), probability
 
 
 def true_labels_for(row: pd.Series, shape: tuple[int, int]) -> np.ndarray:

@@ -554,6 +554,11 @@ def mask_overlay(
     Returns:
         ``(h', w', 3)`` uint8 image.
     """
+    nothing_drawn = (truth is None or not truth.any()) and (
+        predicted is None or not predicted.any()
+    )
+    if nothing_drawn and not (max_side and max(image.shape[:2]) > max_side):
+        return np.clip(image, 0, 255).astype(np.uint8)
     picture = np.asarray(image, dtype=np.float32).copy()
     colour = np.zeros_like(picture)
     if truth is not None:

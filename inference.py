@@ -164,24 +164,42 @@ def label_png(labels: np.ndarray) -> np.ndarray:
 
 
 def save_png(path: Path, picture: np.ndarray) -> None:
-    """Writes a PNG atomically."""
+    """Writes a PNG atomically (light compression: inference should not wait on zlib)."""
     from PIL import Image
 
     pipeline.write_atomically(
-        path, lambda temporary: Image.fromarray(picture).save(temporary, format="PNG")
+        path,
+        lambda temporary: Image.fromarray(picture).save(temporary, format="PNG", compress_level=1),
     )
 
 
 def process_prediction(
-    path: Path, probabilities: np.ndarray, postprocess, out_dir: Path, overlays: bool
+    path: Path,
+    probabilities: np.ndarray,
+    postprocess,
+    out_dir: Path,
+    overlays: bool,
+    image: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Post-processes one image's probabilities and writes its mask (and overlay) PNG."""
+    """Post-processes one image's probabilities and writes its mask (and overlay) PNG.
+
+    Args:
+        path: The image file (names the outputs; read again for the overlay if ``image`` is None).
+        probabilities: The image's ship probabilities.
+        postprocess: Thresholds and minimum ship size.
+        out_dir: Output folder (``masks/`` and ``overlays/`` are created in it).
+        overlays: Whether to write the overlay.
+        image: The decoded RGB image, when the caller already has it.
+
+    Returns:
+        The label image of the predicted ships.
+    """
     from hypermodel import mask_overlay
 
     labels = evaluation.probabilities_to_ships(probabilities, postprocess)
     save_png(out_dir / "masks" / f"{path.stem}.png", label_png(labels))
     if overlays:
-        image = np.asarray(_read_rgb(path))
+        image = np.asarray(_read_rgb(path)) if image is None else image
         save_png(out_dir / "overlays" / f"{path.stem}.png", mask_overlay(image, None, labels > 0))
     return labels
 
@@ -269,8 +287,8 @@ def run_inference(args: argparse.Namespace) -> dict:
         concurrent.futures.ThreadPoolExecutor(max_workers=2) as workers,
         tqdm(total=len(table), unit="image", desc="inference") as progress,
     ):
-        for position, probabilities in evaluation.predict_table(
-            model, table, input_config, args.batch_size, postprocess.flip_tta
+        for position, probabilities, image in evaluation.predict_table(
+            model, table, input_config, args.batch_size, postprocess.flip_tta, with_images=True
         ):
             future = workers.submit(
                 process_prediction,
@@ -279,6 +297,7 @@ def run_inference(args: argparse.Namespace) -> dict:
                 postprocess,
                 out_dir,
                 not args.no_overlays,
+                image,
             )
             future.add_done_callback(lambda _: progress.update(1))
             results[position] = future
@@ -287,7 +306,6 @@ def run_inference(args: argparse.Namespace) -> dict:
             skipped.append(f"{path}: could not be decoded")
             print(f"skipped {path}: could not be decoded", file=sys.stderr)
     labels = {position: future.result() for position, future in sorted(results.items())}
-    seconds = time.perf_counter() - start
 
     rows = [
         row
@@ -299,6 +317,7 @@ def run_inference(args: argparse.Namespace) -> dict:
         pipeline.write_atomically(
             out_dir / "submission.csv", lambda temporary: submission.to_csv(temporary, index=False)
         )
+    seconds = time.perf_counter() - start
     scores = (
         score_predictions(labels, readable, labels_by_image, out_dir)
         if labels_by_image is not None

@@ -475,6 +475,7 @@ def _plain(value):
 def plot_trials(trials: pd.DataFrame, objective: str, path: Path) -> None:
     """Scores per trial, by learning rate and by depth and filters; saved atomically."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -492,6 +493,8 @@ def plot_trials(trials: pd.DataFrame, objective: str, path: Path) -> None:
         xlabel="learning rate (log)",
         ylabel=objective,
     )
+    # Minor log ticks get labels too by default, which overlap on a narrow range.
+    axes[1].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     labels = done.levels.astype(str) + " x " + done.base_filters.astype(str)
     best_by_shape = done.assign(shape=labels).groupby("shape")[objective].max().sort_index()
     axes[2].bar(best_by_shape.index, best_by_shape.values, color="steelblue")
