@@ -438,6 +438,21 @@ def search_space(overrides: Sequence[str] = ()) -> tuple[Dimension, ...]:
     return tuple(space.values())
 
 
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape a run's results, recorded with every run."""
+    import sys
+
+    import tensorflow as tf
+
+    return {
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "keras_tuner": keras_tuner.__version__,
+        "numpy": np.__version__,
+        "python": sys.version.split()[0],
+    }
+
+
 def fixed_hyperparameters(values: dict) -> keras_tuner.HyperParameters:
     """HyperParameters holding exactly ``values`` (for rebuilding a chosen configuration)."""
     hp = keras_tuner.HyperParameters()
@@ -597,7 +612,7 @@ class ShipUNetHyperModel(keras_tuner.HyperModel):
         space: Dimensions to search (see ``search_space``).
         validation: Whole-image validation settings; its table must not be empty.
         images_per_epoch: Training images per epoch (the stream is endless).
-        seed: Fixes weight initialisation for a given configuration.
+        seed: Start of the seed sequence for weight initialisation (one seed per build).
         max_parameters: Trials whose model has more weights fail at once (memory guard).
     """
 
@@ -616,10 +631,14 @@ class ShipUNetHyperModel(keras_tuner.HyperModel):
         self.images_per_epoch = images_per_epoch
         self.seed = seed
         self.max_parameters = max_parameters
+        self.builds = 0
 
     def build(self, hp: keras_tuner.HyperParameters) -> keras.Model:  # noqa: D102
         values = {dimension.name: dimension.define(hp) for dimension in self.space}
-        keras.utils.set_random_seed(self.seed)
+        # Each build (trial or repeated execution) gets the next seed of a fixed sequence, so
+        # a run is reproducible and --executions-per-trial averages different initialisations.
+        keras.utils.set_random_seed(self.seed + self.builds)
+        self.builds += 1
         model = build_unet(
             values["levels"],
             values["base_filters"],

@@ -19,10 +19,12 @@ image could be processed.
 from __future__ import annotations
 
 import argparse
+import collections
 import concurrent.futures
 import dataclasses
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -34,6 +36,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 import evaluation  # noqa: E402
+
+# Predicted images waiting for post-processing: enough to keep both workers busy, few enough
+# that memory does not grow with the number of images.
+MAX_IMAGES_IN_FLIGHT = 4
 
 
 class InferenceError(Exception):
@@ -125,6 +131,18 @@ def load_settings(model_path: Path, args: argparse.Namespace):
     """
     config_path = model_path.parent / "config.json"
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    if not config:
+        print(
+            f"warning: {config_path} not found: predicting at full resolution with default "
+            "post-processing unless flags say otherwise",
+            file=sys.stderr,
+        )
+    elif config.get("status") != "complete" or "postprocess" not in config:
+        print(
+            f"warning: {config_path} says training is not complete: its post-processing was not "
+            "tuned yet, using defaults unless flags say otherwise",
+            file=sys.stderr,
+        )
     input_config = pipeline.InputConfig(**config["input"]) if "input" in config else None
     postprocess = evaluation.PostprocessConfig(**config.get("postprocess", {}))
     overrides = {
@@ -243,6 +261,13 @@ def load_labels(path: str | None) -> pd.DataFrame | None:
         raise InferenceError(
             f"{csv_path}: columns are {list(rows.columns)}, expected {list(pipeline.CSV_COLUMNS)}"
         )
+    for line, (image_id, rle) in enumerate(
+        zip(rows.ImageId, rows.EncodedPixels, strict=True), start=2
+    ):
+        try:
+            pipeline.parse_rle(rle, 2**40)
+        except ValueError as error:
+            raise InferenceError(f"{csv_path}, line {line} ({image_id}): {error}") from None
     return rows.groupby("ImageId").EncodedPixels.agg(
         lambda rles: tuple(r for r in rles if r.strip())
     )
@@ -251,9 +276,13 @@ def load_labels(path: str | None) -> pd.DataFrame | None:
 def run_inference(args: argparse.Namespace) -> dict:
     """Predicts every image, writes masks, overlays and ``submission.csv``; optionally scores.
 
+    Memory stays flat however many images there are: post-processing runs in two worker
+    threads beside the next batch's prediction, at most a few images are in flight, and only
+    each image's submission rows are kept.
+
     Returns:
-        ``{"processed": int, "skipped": [str], "ships": int, "out_dir": Path, "scores": dict or None,
-        "seconds": float}``.
+        ``{"processed": int, "skipped": [str], "ships": int, "out_dir": Path,
+        "scores": dict or None, "seconds": float}``.
     """
     from tqdm import tqdm
 
@@ -261,76 +290,82 @@ def run_inference(args: argparse.Namespace) -> dict:
         paths = pipeline.list_images(args.images)
     except pipeline.DataError as error:
         raise InferenceError(str(error)) from None
-    model_path = find_model(Path(args.results_dir), args.model)
-    input_config, postprocess = load_settings(model_path, args)
-    labels_by_image = load_labels(args.labels)
-    model = load_model(model_path)
-    out_dir = Path(args.out) if args.out else model_path.parent.parent / "predictions"
     if args.batch_size < 1:
         raise InferenceError("--batch-size must be at least 1")
-
-    names = [path.name for path in paths]
-    if len(set(names)) != len(names):
+    stems = [path.stem for path in paths]
+    if len(set(stems)) != len(stems):
+        duplicate = next(stem for stem in stems if stems.count(stem) > 1)
         raise InferenceError(
-            "two input images share a file name; the submission needs unique ImageIds"
+            f"several input images are named {duplicate}.*: masks and overlays are named by the "
+            "image name, so each must be unique"
         )
+    model_path = find_model(Path(args.results_dir), args.model)
+    input_config, postprocess = load_settings(model_path, args)
+    truth = load_labels(args.labels)
+    model = load_model(model_path)
+    out_dir = Path(args.out) if args.out else default_output_dir(model_path)
+
     readable, skipped = check_files(paths)
     for problem in skipped:
         print(f"skipped {problem}", file=sys.stderr)
     table = pd.DataFrame({"path": [str(path) for path in readable]})
     print(f"Predicting {len(table)} images with {model_path} ({postprocess}); writing to {out_dir}")
 
+    scoreboard, score_lock, unlabelled = evaluation.Scoreboard(), threading.Lock(), []
+
+    def finish_image(position: int, probabilities: np.ndarray, image: np.ndarray | None):
+        path = readable[position]
+        labels = process_prediction(
+            path, probabilities, postprocess, out_dir, not args.no_overlays, image
+        )
+        if truth is not None:
+            if path.name in truth.index:
+                true_labels = pipeline.ships_to_label_image(truth[path.name], labels.shape)
+                with score_lock:
+                    scoreboard.add(true_labels, labels)
+            else:
+                unlabelled.append(path.name)
+        return ship_rows(path.name, labels)
+
     start = time.perf_counter()
-    results: dict[int, concurrent.futures.Future] = {}
-    # Post-processing and PNG writing run beside the next batch's prediction.
+    rows_by_position: dict[int, list] = {}
+    pending: collections.deque = collections.deque()
     with (
-        concurrent.futures.ThreadPoolExecutor(max_workers=2) as workers,
         tqdm(total=len(table), unit="image", desc="inference") as progress,
+        concurrent.futures.ThreadPoolExecutor(max_workers=2) as workers,
     ):
         for position, probabilities, image in evaluation.predict_table(
             model, table, input_config, args.batch_size, postprocess.flip_tta, with_images=True
         ):
-            future = workers.submit(
-                process_prediction,
-                readable[position],
-                probabilities,
-                postprocess,
-                out_dir,
-                not args.no_overlays,
-                image,
-            )
-            future.add_done_callback(lambda _: progress.update(1))
-            results[position] = future
+            pending.append((position, workers.submit(finish_image, position, probabilities, image)))
+            while len(pending) > MAX_IMAGES_IN_FLIGHT or (pending and pending[0][1].done()):
+                done_position, future = pending.popleft()
+                rows_by_position[done_position] = future.result()
+                progress.update(1)
+        for done_position, future in pending:
+            rows_by_position[done_position] = future.result()
+            progress.update(1)
     for position, path in enumerate(readable):
-        if position not in results:
+        if position not in rows_by_position:
             skipped.append(f"{path}: could not be decoded")
             print(f"skipped {path}: could not be decoded", file=sys.stderr)
-    labels = {position: future.result() for position, future in sorted(results.items())}
 
-    rows = [
-        row
-        for position, image_labels in labels.items()
-        for row in ship_rows(readable[position].name, image_labels)
-    ]
+    rows = [row for position in sorted(rows_by_position) for row in rows_by_position[position]]
     submission = pd.DataFrame(rows, columns=list(pipeline.CSV_COLUMNS))
-    if labels:
+    if rows:
         pipeline.write_atomically(
             out_dir / "submission.csv", lambda temporary: submission.to_csv(temporary, index=False)
         )
     seconds = time.perf_counter() - start
-    scores = (
-        score_predictions(labels, readable, labels_by_image, out_dir)
-        if labels_by_image is not None
-        else None
-    )
-    ships = int((submission.EncodedPixels != "").sum())
+    scores = report_scores(scoreboard, unlabelled, out_dir) if truth is not None else None
+    processed, ships = len(rows_by_position), int((submission.EncodedPixels != "").sum())
     print(
-        f"{len(labels)} images processed, {len(skipped)} skipped, {ships} ships found "
-        f"in {seconds:.1f} s ({len(labels) / max(seconds, 1e-9):.2f} images/s); "
+        f"{processed} images processed, {len(skipped)} skipped, {ships} ships found "
+        f"in {seconds:.1f} s ({processed / max(seconds, 1e-9):.2f} images/s); "
         f"submission: {out_dir / 'submission.csv'}"
     )
     return {
-        "processed": len(labels),
+        "processed": processed,
         "skipped": skipped,
         "ships": ships,
         "out_dir": out_dir,
@@ -339,21 +374,20 @@ def run_inference(args: argparse.Namespace) -> dict:
     }
 
 
-def score_predictions(labels: dict, paths: list[Path], truth: pd.Series, out_dir: Path) -> dict:
-    """Scores predicted label images against ship RLE rows; writes ``scores.json``."""
-    scoreboard = evaluation.Scoreboard()
-    missing = []
-    for position, predicted in labels.items():
-        name = paths[position].name
-        if name not in truth.index:
-            missing.append(name)
-            continue
-        scoreboard.add(pipeline.ships_to_label_image(truth[name], predicted.shape), predicted)
-    scores = {**scoreboard.results(), "images_without_labels": len(missing)}
-    if missing:
+def default_output_dir(model_path: Path) -> Path:
+    """``results/<project>/predictions`` for a model of ``train.py``, else beside the model."""
+    if model_path.parent.name == "final":
+        return model_path.parent.parent / "predictions"
+    return model_path.parent / "predictions"
+
+
+def report_scores(scoreboard: evaluation.Scoreboard, unlabelled: list[str], out_dir: Path) -> dict:
+    """Prints and writes (``scores.json``) the scores of the labelled predictions."""
+    scores = {**scoreboard.results(), "images_without_labels": len(unlabelled)}
+    if unlabelled:
         print(
-            f"{len(missing)} images have no row in the labels file and are not scored "
-            f"(first: {', '.join(missing[:3])})",
+            f"{len(unlabelled)} images have no row in the labels file and are not scored "
+            f"(first: {', '.join(sorted(unlabelled)[:3])})",
             file=sys.stderr,
         )
     pipeline.write_json_atomically(out_dir / "scores.json", scores)

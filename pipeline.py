@@ -408,6 +408,27 @@ def make_split(
     return pd.concat(parts).sort_values("ImageId").reset_index(drop=True)
 
 
+def sample_images(table: pd.DataFrame, limit: int | None, seed: int = 0) -> pd.DataFrame:
+    """At most ``limit`` rows, drawn with the seed, keeping the share of images with ships.
+
+    Used to bound the cost of whole-image validation on large splits without changing what it
+    measures (the natural share of empty images).
+    """
+    if limit is None or limit >= len(table):
+        return table.reset_index(drop=True)
+    if limit < 1:
+        raise ValueError(f"cannot keep {limit} images: at least 1 is needed")
+    has_ship = table.ship_count > 0
+    with_ships = min(
+        int(has_ship.sum()), max(int(round(limit * has_ship.mean())), 1 if has_ship.any() else 0)
+    )
+    parts = [
+        table[has_ship].sample(n=with_ships, random_state=seed),
+        table[~has_ship].sample(n=limit - with_ships, random_state=seed),
+    ]
+    return pd.concat(parts).sort_values("ImageId").reset_index(drop=True)
+
+
 def write_atomically(path: str | os.PathLike, write) -> None:
     """Writes a file through a temporary file in the same folder, then renames it into place.
 
@@ -423,6 +444,10 @@ def write_atomically(path: str | os.PathLike, write) -> None:
     os.close(handle)
     try:
         write(temporary)
+        # mkstemp creates owner-only files; give the result the permissions of a normal file.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -896,7 +921,15 @@ def generate_synthetic_dataset(
         (staging / "synthetic.json").write_text(
             json.dumps(dataclasses.asdict(config), indent=2) + "\n"
         )
-        os.replace(staging, out_dir)
+        os.chmod(staging, 0o755)
+        try:
+            os.replace(staging, out_dir)
+        except OSError:
+            # Another process generated the same dataset first: keep theirs if it matches.
+            marker = out_dir / "synthetic.json"
+            if not marker.is_file() or json.loads(marker.read_text()) != dataclasses.asdict(config):
+                raise
+            shutil.rmtree(staging, ignore_errors=True)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

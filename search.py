@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -40,9 +41,14 @@ import hypermodel  # noqa: E402
 SYNTHETIC_DEFAULTS = {"input_size": 128, "max_epochs": 6, "images_per_epoch": 192}
 # ... and a space without the slowest U-Nets (5 levels, 32 filters); --hp overrides these too.
 SYNTHETIC_SPACE = ["levels=2:4", "base_filters=8,16"]
-REAL_DEFAULTS = {"input_size": 256, "max_epochs": 10, "images_per_epoch": 512}
+# On real data, whole-image validation is capped: 1,000 images at about 3 images/s is already
+# 5 minutes per epoch on a CPU (the share of empty images is kept).
+REAL_DEFAULTS = {"input_size": 256, "max_epochs": 10, "images_per_epoch": 512, "val_images": 1000}
 # Settings that must match to resume a project (others, like the verbosity, may change).
 RESUME_KEYS = (
+    "iterations",
+    "val_fraction",
+    "test_fraction",
     "data_dir",
     "input",
     "objective",
@@ -101,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument(
         "--val-images",
         type=int,
-        help="validate on at most this many whole val images (default: all)",
+        help="validate on at most this many whole val images, keeping the share of empty ones "
+        "(default: 1000 on real data, all on synthetic)",
     )
 
     budget = parser.add_argument_group("search budget")
@@ -182,11 +189,25 @@ class TimedHyperband(keras_tuner.Hyperband):
 
 
 def tuner_role() -> str:
-    """``"single"``, ``"chief"`` or ``"worker"``, from Keras Tuner's ``KERASTUNER_TUNER_ID``."""
+    """``"single"``, ``"chief"`` or ``"worker"``, by Keras Tuner's own rules.
+
+    Keras Tuner runs distributed only when ``KERASTUNER_ORACLE_IP`` is set, and treats a tuner
+    id containing "chief" as the chief.
+
+    Raises:
+        SearchError: When the variables are only half set (a process that would silently run a
+            search of its own in the shared folder).
+    """
     tuner_id = os.environ.get("KERASTUNER_TUNER_ID")
-    if not tuner_id:
+    address = os.environ.get("KERASTUNER_ORACLE_IP"), os.environ.get("KERASTUNER_ORACLE_PORT")
+    if not tuner_id and not any(address):
         return "single"
-    return "chief" if tuner_id == "chief" else "worker"
+    if not tuner_id or not all(address):
+        raise SearchError(
+            "distributed search needs KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP and "
+            "KERASTUNER_ORACLE_PORT all set (see the README)"
+        )
+    return "chief" if "chief" in tuner_id else "worker"
 
 
 def resolve_settings(args: argparse.Namespace) -> dict:
@@ -199,6 +220,8 @@ def resolve_settings(args: argparse.Namespace) -> dict:
     for name in ("max_epochs", "factor", "iterations", "executions_per_trial", "images_per_epoch"):
         if getattr(args, name) < 1:
             raise SearchError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.val_images is not None and args.val_images < 1:
+        raise SearchError("--val-images must be at least 1")
     if args.factor < 2:
         raise SearchError("--factor must be at least 2")
     if synthetic:
@@ -241,21 +264,8 @@ def resolve_settings(args: argparse.Namespace) -> dict:
         "space": {d.name: d.describe() for d in space},
         "hp_overrides": list(args.hp),
         "multi_gpu": args.multi_gpu,
-        "versions": versions(),
+        "versions": hypermodel.library_versions(),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-    }
-
-
-def versions() -> dict[str, str]:
-    """Library versions, recorded with every run."""
-    import tensorflow as tf
-
-    return {
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "keras_tuner": keras_tuner.__version__,
-        "numpy": np.__version__,
-        "python": sys.version.split()[0],
     }
 
 
@@ -273,13 +283,6 @@ def prepare_split(
         raise SearchError(str(error)) from None
     pipeline.save_split(split, split_path)
     return split
-
-
-def validation_subset(table: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
-    """At most ``limit`` validation images, drawn at random so the share of empty ones stays."""
-    if limit is None or limit >= len(table):
-        return table
-    return table.sample(n=limit, random_state=seed).sort_values("ImageId").reset_index(drop=True)
 
 
 def run_search(args: argparse.Namespace) -> dict:
@@ -323,6 +326,8 @@ def run_search(args: argparse.Namespace) -> dict:
                 f"({', '.join(changed)}); "
                 "rerun with --overwrite to start afresh, or choose another --project"
             )
+    if fresh and role != "worker":
+        remove_previous_results(project_dir)
     split_path = project_dir / "split.csv"
     split = prepare_split(table, split_path, settings, fresh)
     settings.update(
@@ -338,27 +343,24 @@ def run_search(args: argparse.Namespace) -> dict:
     keras.utils.set_random_seed(args.seed)
     input_config = pipeline.InputConfig(**settings["input"])
     train_table = pipeline.select_split(table, split, "train")
-    val_table = validation_subset(
+    val_table = pipeline.sample_images(
         pipeline.select_split(table, split, "val"), args.val_images, args.seed
     )
+    if train_table.empty or val_table.empty or not (val_table.ship_count > 0).any():
+        raise SearchError(
+            f"{split_path}: the split needs training images and validation images with ships "
+            f"(has {len(train_table)} train, {len(val_table)} val, "
+            f"{int((val_table.ship_count > 0).sum())} val with ships); use more data or a larger "
+            "--val-fraction"
+        )
     validation = hypermodel.WholeImageValidation(val_table, input_config)
     model_space = hypermodel.search_space(args.hp)
-    tuner = TimedHyperband(
-        hypermodel.ShipUNetHyperModel(
-            model_space, validation, args.images_per_epoch, args.seed, args.max_parameters
-        ),
-        objective=keras_tuner.Objective(args.objective, direction="max"),
-        max_epochs=args.max_epochs,
-        factor=args.factor,
-        hyperband_iterations=args.iterations,
-        executions_per_trial=args.executions_per_trial,
-        seed=args.seed,
-        directory=str(project_dir),
-        project_name="tuner",
-        overwrite=args.overwrite,
-        max_consecutive_failed_trials=5,
-        distribution_strategy=_mirrored_strategy() if args.multi_gpu else None,
-    )
+    try:
+        tuner = make_tuner(args, project_dir, model_space, validation)
+    except keras_tuner.errors.FailedTrialError as error:
+        # Keras Tuner builds one model while it is constructed; a space whose smallest model
+        # is already too big fails there, before any trial could record it.
+        raise SearchError(f"--max-parameters: {error}") from None
     tensorboard = keras.callbacks.TensorBoard(
         str(project_dir / "logs"), write_graph=False, profile_batch=0
     )
@@ -377,10 +379,48 @@ def run_search(args: argparse.Namespace) -> dict:
         print(f"Worker {os.environ['KERASTUNER_TUNER_ID']} finished; the chief writes the results.")
         return {"project_dir": project_dir, "trials": None, "best": None}
 
-    trials = export_results(tuner, project_dir, settings, wall_seconds)
-    best = json.loads((project_dir / "best_hparams.json").read_text()) if not trials.empty else None
+    trials, best = export_results(tuner, project_dir, settings, wall_seconds)
     print_summary(trials, project_dir, args.objective)
     return {"project_dir": project_dir, "trials": trials, "best": best}
+
+
+def make_tuner(args: argparse.Namespace, project_dir: Path, space, validation) -> TimedHyperband:
+    """The Hyperband tuner over the ship U-Net HyperModel, stored under ``project_dir/tuner``."""
+    return TimedHyperband(
+        hypermodel.ShipUNetHyperModel(
+            space, validation, args.images_per_epoch, args.seed, args.max_parameters
+        ),
+        objective=keras_tuner.Objective(args.objective, direction="max"),
+        max_epochs=args.max_epochs,
+        factor=args.factor,
+        hyperband_iterations=args.iterations,
+        executions_per_trial=args.executions_per_trial,
+        seed=args.seed,
+        directory=str(project_dir),
+        project_name="tuner",
+        overwrite=args.overwrite,
+        # None: failed trials are recorded and the search goes on, however many fail in a row.
+        max_consecutive_failed_trials=None,
+        distribution_strategy=_mirrored_strategy() if args.multi_gpu else None,
+    )
+
+
+def remove_previous_results(project_dir: Path) -> None:
+    """Deletes an earlier search's result files and logs before a fresh start.
+
+    Keras Tuner's ``overwrite`` only clears its own folder; stale ``best_hparams.json`` or
+    TensorBoard runs with the same trial ids would otherwise mix with the new search.
+    """
+    for name in (
+        "best_hparams.json",
+        "trials.csv",
+        "trials.png",
+        "search_summary.json",
+        "split.csv",
+    ):
+        (project_dir / name).unlink(missing_ok=True)
+    for name in ("logs", "tuner", "final"):
+        shutil.rmtree(project_dir / name, ignore_errors=True)
 
 
 def _mirrored_strategy():
@@ -414,7 +454,12 @@ def trials_table(tuner: keras_tuner.Tuner, objective: str) -> pd.DataFrame:
         row.update({name: value for name, value in values.items() if not name.startswith("tuner/")})
         row["epochs"] = values.get("tuner/epochs", np.nan)
         row["epochs_trained"] = values.get("tuner/epochs", 0) - values.get("tuner/initial_epoch", 0)
-        row["best_epoch"] = trial.best_step + 1 if trial.best_step is not None else np.nan
+        # Keras Tuner counts best_step within this trial's fit, which starts at initial_epoch.
+        row["best_epoch"] = (
+            values.get("tuner/initial_epoch", 0) + trial.best_step + 1
+            if trial.best_step is not None
+            else np.nan
+        )
         row["continued_from"] = values.get("tuner/trial_id", "")
         row["bracket"] = values.get("tuner/bracket", np.nan)
         row["duration_s"] = round(timing.get("seconds", np.nan), 2)
@@ -428,8 +473,13 @@ def trials_table(tuner: keras_tuner.Tuner, objective: str) -> pd.DataFrame:
 
 def export_results(
     tuner: keras_tuner.Tuner, project_dir: Path, settings: dict, wall_seconds: float
-) -> pd.DataFrame:
-    """Writes ``trials.csv``, ``best_hparams.json`` and ``trials.png``, each atomically."""
+) -> tuple[pd.DataFrame, dict | None]:
+    """Writes ``trials.csv``, ``best_hparams.json`` and ``trials.png``, each atomically.
+
+    Returns:
+        The trials table and the content of ``best_hparams.json`` (None when no trial
+        completed, in which case no such file is written).
+    """
     objective = settings["objective"]
     trials = trials_table(tuner, objective)
     pipeline.write_atomically(
@@ -440,21 +490,20 @@ def export_results(
         if len(trials)
         else trials
     )
+    best = None
     if len(completed):
-        best = completed.iloc[0]
+        winner = completed.iloc[0]
         names = [d.name for d in hypermodel.DEFAULT_SPACE]
-        pipeline.write_json_atomically(
-            project_dir / "best_hparams.json",
-            {
-                "trial_id": best.trial_id,
-                "objective": objective,
-                "score": float(best[objective]),
-                "hyperparameters": {name: _plain(best[name]) for name in names},
-                "epochs": int(best.epochs),
-                "best_epoch": int(best.best_epoch),
-                "search_config": str((project_dir / "search_config.json").resolve()),
-            },
-        )
+        best = {
+            "trial_id": winner.trial_id,
+            "objective": objective,
+            "score": float(winner[objective]),
+            "hyperparameters": {name: _plain(winner[name]) for name in names},
+            "epochs": int(winner.epochs),
+            "best_epoch": int(winner.best_epoch),
+            "search_config": str((project_dir / "search_config.json").resolve()),
+        }
+        pipeline.write_json_atomically(project_dir / "best_hparams.json", best)
         plot_trials(trials, objective, project_dir / "trials.png")
     summary = {
         "wall_seconds": round(wall_seconds, 2),
@@ -464,7 +513,7 @@ def export_results(
         "failed": int((trials.status == "FAILED").sum()) if len(trials) else 0,
     }
     pipeline.write_json_atomically(project_dir / "search_summary.json", summary)
-    return trials
+    return trials, best
 
 
 def _plain(value):

@@ -28,6 +28,7 @@ import pipeline  # noqa: E402, I001  (first: TensorFlow is imported quietly belo
 pipeline.import_tensorflow_quietly()
 
 import keras  # noqa: E402
+import keras_tuner  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -37,6 +38,7 @@ import hypermodel  # noqa: E402
 # The post-processing grid tried on validation images; the best F2 becomes inference's default.
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 IMAGE_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+MIN_SHIP_PIXELS = (0, 10, 30, 100)
 
 
 class TrainError(Exception):
@@ -150,7 +152,10 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         self.best, self.best_epoch = -np.inf, None
 
     def on_epoch_end(self, epoch, logs=None):  # noqa: D102
-        value = (logs or {}).get(self.monitor, np.nan) if self.monitor else float(epoch)
+        logs = logs or {}
+        if not np.isfinite(logs.get("loss", np.nan)):
+            return  # a diverged epoch is never the one to keep
+        value = logs.get(self.monitor, np.nan) if self.monitor else float(epoch)
         if np.isfinite(value) and value > self.best:
             self.best, self.best_epoch = value, epoch
             pipeline.write_atomically(self.path, self.model.save)
@@ -220,14 +225,22 @@ def train_model(
             keras.callbacks.ReduceLROnPlateau("loss", factor=0.5, patience=3, verbose=1)
         )
     start = time.perf_counter()
-    model_builder.fit(
-        hp,
-        model,
-        pipeline.training_dataset(train_table, input_config, seed),
-        epochs=epochs,
-        callbacks=callbacks,
-        verbose=verbose,
-    )
+    try:
+        model_builder.fit(
+            hp,
+            model,
+            pipeline.training_dataset(train_table, input_config, seed),
+            epochs=epochs,
+            callbacks=callbacks,
+            verbose=verbose,
+        )
+    except keras_tuner.errors.FailedTrialError as error:
+        kept = (
+            f"; the best epoch before it ({checkpoint.best_epoch + 1}) is in {checkpoint.path}"
+            if checkpoint.best_epoch is not None
+            else ""
+        )
+        raise TrainError(f"training stopped: {error}{kept}") from None
     seconds = time.perf_counter() - start
     history = pd.read_csv(history_partial)
     pipeline.write_atomically(
@@ -245,35 +258,52 @@ def train_model(
 def tune_postprocess(model, table: pd.DataFrame, input_config: pipeline.InputConfig) -> dict:
     """Chooses the thresholds and minimum ship size that maximise the F2 on ``table``.
 
-    The network runs once per image; every combination of the grid is scored from the same
-    probabilities. Ties keep the stricter setting (fewer false ships).
+    Streams over the images: the network runs once per image, its components are labelled once
+    per pixel threshold, and every image threshold and minimum size of the grid is scored from
+    that one IoU matrix (a size filter only removes predicted columns). Memory does not grow
+    with the number of images. Ties keep the stricter setting (fewer false ships).
 
     Returns:
-        ``{"config": PostprocessConfig, "f2": float, "tried": int}``.
+        ``{"config": PostprocessConfig, "f2": float, "tried": int, "images": int}``.
     """
-    probabilities = dict(evaluation.predict_table(model, table, input_config))
-    min_sizes = sorted({0, 10, 30, 100})
-    grid = [
-        evaluation.PostprocessConfig(threshold, max(image_threshold, threshold), min_size)
-        for threshold, image_threshold, min_size in itertools.product(
-            THRESHOLDS, IMAGE_THRESHOLDS, min_sizes
+    grid = list(
+        dict.fromkeys(
+            (threshold, max(image_threshold, threshold), min_size)
+            for threshold, image_threshold, min_size in itertools.product(
+                THRESHOLDS, IMAGE_THRESHOLDS, MIN_SHIP_PIXELS
+            )
         )
-    ]
-    grid = list(dict.fromkeys(grid))
-    truths = {
-        position: evaluation.true_labels_for(table.iloc[position], maps.shape)
-        for position, maps in probabilities.items()
+    )
+    totals = np.zeros(len(grid))
+    images = 0
+    for position, probabilities in evaluation.predict_table(model, table, input_config):
+        truth = evaluation.true_labels_for(table.iloc[position], probabilities.shape)
+        top = float(probabilities.max(initial=0.0))
+        for threshold in THRESHOLDS:
+            components = evaluation.split_ships(probabilities > threshold)
+            areas = np.bincount(components.ravel())[1:]
+            ious = evaluation.iou_matrix(truth, components)
+            for index, (pixel_threshold, image_threshold, min_size) in enumerate(grid):
+                if pixel_threshold != threshold:
+                    continue
+                kept = (
+                    areas >= max(min_size, 1)
+                    if top >= image_threshold
+                    else np.zeros(len(areas), bool)
+                )
+                totals[index] += evaluation.f2_from_ious(ious[:, kept])
+        images += 1
+    if images == 0:
+        raise TrainError("no validation image could be read to tune the post-processing")
+    scores = totals / images
+    # The grid runs from loose to strict: >= lets a stricter setting win a tie.
+    best = max(range(len(grid)), key=lambda index: (scores[index], index))
+    return {
+        "config": evaluation.PostprocessConfig(*grid[best]),
+        "f2": float(scores[best]),
+        "tried": len(grid),
+        "images": images,
     }
-    best_score, best = -1.0, evaluation.DEFAULT_POSTPROCESS
-    for config in grid:
-        scores = [
-            evaluation.image_f2(truths[position], evaluation.probabilities_to_ships(maps, config))
-            for position, maps in probabilities.items()
-        ]
-        score = float(np.mean(scores))
-        if score > best_score + 1e-12:
-            best_score, best = score, config
-    return {"config": best, "f2": best_score, "tried": len(grid)}
 
 
 def plot_history(history: pd.DataFrame, monitor: str, path: Path) -> None:
@@ -360,6 +390,10 @@ def run_training(args: argparse.Namespace) -> dict:
     values = load_hyperparameters(hparams_path)
     if args.epochs < 1:
         raise TrainError("--epochs must be at least 1")
+    try:
+        hypermodel.check_input_size(search_config["input"]["size"], values["levels"])
+    except ValueError as error:
+        raise TrainError(f"{hparams_path}: {error} (the search's input size)") from None
 
     table = pipeline.read_dataset(search_config["resolved_data_dir"])
     split = pipeline.load_split(search_config["split_file"], table)
@@ -369,7 +403,10 @@ def run_training(args: argparse.Namespace) -> dict:
     train_table = pipeline.select_split(
         table, split, *(("train", "val") if args.full else ("train",))
     )
-    val_table = pipeline.select_split(table, split, "val")
+    # The same capped, share-keeping subset of validation images as the search.
+    val_table = pipeline.sample_images(
+        pipeline.select_split(table, split, "val"), search_config.get("val_images"), seed
+    )
     test_table = pipeline.select_split(table, split, "test")
     if test_table.empty:
         raise TrainError(f"{search_config['split_file']}: the split has no test image")
@@ -392,6 +429,7 @@ def run_training(args: argparse.Namespace) -> dict:
         "patience": args.patience,
         "seed": seed,
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "versions": hypermodel.library_versions(),
     }
     pipeline.write_json_atomically(out_dir / "config.json", {**config, "status": "training"})
     keras.utils.set_random_seed(seed)
@@ -427,7 +465,8 @@ def run_training(args: argparse.Namespace) -> dict:
         "test": test_scores,
         "validation": val_scores,
         "postprocess": postprocess.__dict__,
-        "postprocess_tuning": f"grid of {tuned['tried']} settings, best validation F2 {tuned['f2']:.4f}"
+        "postprocess_tuning": f"grid of {tuned['tried']} settings on {tuned['images']} validation images, "
+        f"best validation F2 {tuned['f2']:.4f}"
         + (" (validation images were also trained on: --full)" if args.full else ""),
         "best_epoch": trained["best_epoch"],
         "epochs_run": int(len(trained["history"])),
