@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -372,6 +373,22 @@ def plot_examples(
     plt.close(figure)
 
 
+def clear_previous_training(out_dir: Path) -> None:
+    """Empties ``final/`` of an earlier training, so old metrics never sit beside a new model."""
+    for name in (
+        "model.keras",
+        "config.json",
+        "metrics.json",
+        "history.csv",
+        "history.png",
+        "test_examples.png",
+        ".history.csv.partial",
+    ):
+        (out_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(out_dir / "logs", ignore_errors=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
 def run_training(args: argparse.Namespace) -> dict:
     """Retrains, tunes post-processing on val, evaluates on test; writes ``final/``.
 
@@ -412,7 +429,7 @@ def run_training(args: argparse.Namespace) -> dict:
         raise TrainError(f"{search_config['split_file']}: the split has no test image")
 
     out_dir = project_dir / "final"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    clear_previous_training(out_dir)
     config = {
         "project": project_dir.name,
         "hyperparameters": values,

@@ -40,14 +40,20 @@ def main() -> None:
     )
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument(
-        "--repeats", type=int, default=2, help="timed passes of each (best is kept)"
+        "--repeats", type=int, default=1, help="timed passes of each (best is kept)"
+    )
+    parser.add_argument("--limit", type=int, default=120, help="use at most this many images")
+    parser.add_argument(
+        "--fresh-model",
+        action="store_true",
+        help="an untrained 4-level, 16-filter U-Net instead of the latest trained model",
     )
     options = parser.parse_args()
 
-    paths = pipeline.list_images([options.images])
+    paths = pipeline.list_images([options.images])[: options.limit]
     work = Path(tempfile.mkdtemp(prefix="inference-benchmark-"))
     model_path = Path(options.model) if options.model else None
-    if model_path is None:
+    if model_path is None and not options.fresh_model:
         trained = sorted(
             (ROOT / "results").glob("*/final/model.keras"), key=lambda p: p.stat().st_mtime
         )
