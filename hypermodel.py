@@ -369,11 +369,7 @@ class Dimension:
                 raise ValueError(f"{self.name}: range {text} has low > high")
             return dataclasses.replace(self, values=(low, high))
         values = tuple(dict.fromkeys(check(convert(part)) for part in text.split(",")))
-        if len(values) == 1:
-            return dataclasses.replace(self, kind="choice", values=values)
-        if self.kind in ("int", "float"):
-            return dataclasses.replace(self, kind="choice", values=values, log=False)
-        return dataclasses.replace(self, values=values, kind="choice")
+        return dataclasses.replace(self, kind="choice", values=values, log=False)
 
 
 DEFAULT_SPACE: tuple[Dimension, ...] = (

@@ -236,9 +236,8 @@ def resolve_settings(args: argparse.Namespace) -> dict:
         )
     except ValueError as error:
         raise SearchError(str(error)) from None
-    deepest = max(
-        d.values[-1] if d.kind == "int" else max(d.values) for d in space if d.name == "levels"
-    )
+    # Ranges are (low, high) and choices a tuple: either way the deepest is the largest value.
+    deepest = max(next(d for d in space if d.name == "levels").values)
     try:
         hypermodel.check_input_size(args.input_size, int(deepest))
     except ValueError as error:

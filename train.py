@@ -40,6 +40,15 @@ import hypermodel  # noqa: E402
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 IMAGE_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 MIN_SHIP_PIXELS = (0, 10, 30, 100)
+# What a finished training leaves in results/<project>/final/ (besides logs/).
+FINAL_FILES = (
+    "model.keras",
+    "config.json",
+    "metrics.json",
+    "history.csv",
+    "history.png",
+    "test_examples.png",
+)
 
 
 class TrainError(Exception):
@@ -375,15 +384,7 @@ def plot_examples(
 
 def clear_previous_training(out_dir: Path) -> None:
     """Empties ``final/`` of an earlier training, so old metrics never sit beside a new model."""
-    for name in (
-        "model.keras",
-        "config.json",
-        "metrics.json",
-        "history.csv",
-        "history.png",
-        "test_examples.png",
-        ".history.csv.partial",
-    ):
+    for name in (*FINAL_FILES, ".history.csv.partial"):
         (out_dir / name).unlink(missing_ok=True)
     shutil.rmtree(out_dir / "logs", ignore_errors=True)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -510,9 +511,7 @@ def print_metrics(metrics: dict, out_dir: Path) -> None:
     print(f"  pixel IoU                    {test['iou']:.4f}")
     print(f"  ship / no-ship accuracy      {test['ship_accuracy']:.4f}")
     print(f"Post-processing (tuned on validation): {metrics['postprocess']}")
-    print(
-        f"Saved in {out_dir}: model.keras, config.json, metrics.json, history.csv/.png, test_examples.png"
-    )
+    print(f"Saved in {out_dir}: {', '.join(FINAL_FILES)}")
 
 
 def main(argv: list[str] | None = None) -> int:
