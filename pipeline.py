@@ -429,17 +429,19 @@ def sample_images(table: pd.DataFrame, limit: int | None, seed: int = 0) -> pd.D
     return pd.concat(parts).sort_values("ImageId").reset_index(drop=True)
 
 
-def write_atomically(path: str | os.PathLike, write) -> None:
+def write_atomically(path: str | os.PathLike, write, suffix: str | None = None) -> None:
     """Writes a file through a temporary file in the same folder, then renames it into place.
 
     Args:
         path: Destination.
         write: Function that takes the temporary path and writes the content there.
+        suffix: Ending of the temporary file's name, for writers that check it (default: the
+            destination's last suffix).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix
+        dir=path.parent, prefix=f".{path.name}.", suffix=suffix or path.suffix
     )
     os.close(handle)
     try:
@@ -730,8 +732,12 @@ def training_dataset(table: pd.DataFrame, config: InputConfig, seed: int = 0):
         mask.set_shape([config.size, config.size, 1])
         return image, mask
 
+    # No AutoGraph: the branches are tf.cond already, and converting the code costs about a
+    # second per dataset, which every trial process would pay.
     examples = tf.data.Dataset.zip(files, element_seeds).map(
-        make_example, num_parallel_calls=autotune, deterministic=True
+        tf.autograph.experimental.do_not_convert(make_example),
+        num_parallel_calls=autotune,
+        deterministic=True,
     )
     # A file that passed the header check but still does not decode is dropped, not fatal.
     return examples.ignore_errors()
@@ -768,7 +774,11 @@ def evaluation_dataset(table: pd.DataFrame, config: InputConfig | None = None, b
     positions = tf.data.Dataset.from_tensor_slices(
         (np.arange(len(table), dtype=np.int64), table.path.to_numpy(str))
     )
-    images = positions.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    images = positions.map(
+        tf.autograph.experimental.do_not_convert(load),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
     images = images.ignore_errors()
     return images.padded_batch(batch_size).prefetch(tf.data.AUTOTUNE)
 

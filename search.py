@@ -24,6 +24,7 @@ import os
 import shutil
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import pipeline  # noqa: E402, I001  (first: TensorFlow is imported quietly below)
@@ -34,6 +35,7 @@ import keras  # noqa: E402
 import keras_tuner  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from keras_tuner.src.engine import tuner_utils  # noqa: E402
 
 import hypermodel  # noqa: E402
 
@@ -174,18 +176,430 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------------------------
 
 
-class TimedHyperband(keras_tuner.Hyperband):
-    """Hyperband that records how long each trial took, in the trial's folder."""
+# ---------------------------------------------------------------------------------------------
+# Each trial in a fresh process
+# ---------------------------------------------------------------------------------------------
+# Keras 3 on TensorFlow keeps every fit's traced training graph alive after the model is gone
+# (measured: about 35 MiB per trial for a small U-Net; clear_session and gc do not free it), so
+# a long search in one process grows until it crashes. Each execution of a trial therefore runs
+# in a process of its own that ends with it: memory, GPU memory included, returns to the system
+# after every trial, and a trial killed by the system for memory is recorded as failed. The next
+# trial's process is started while a trial trains, so that its start-up (TensorFlow's runtime,
+# the training stream's graph) does not add to the search's time.
+
+
+@dataclasses.dataclass
+class TrainingData:
+    """What a trial's process needs to rebuild the training stream (tf.data cannot be pickled)."""
+
+    table: pd.DataFrame
+    input_config: pipeline.InputConfig
+    seed: int
+
+
+@dataclasses.dataclass
+class TrialExecution:
+    """One execution of one trial: everything its process needs, picklable."""
+
+    trial_id: str
+    hyperparameters: keras_tuner.HyperParameters
+    build_index: int
+    builder: hypermodel.ShipUNetHyperModel
+    callbacks: list
+    fit_kwargs: dict
+    warm_start_weights: str | None
+    build_config_path: str
+    multi_gpu: bool
+
+
+# The training stream of this trial process, made by prepare_trial_process.
+_training_stream = None
+# This trial process's line to the search process (see TrialProcesses).
+_search_connection = None
+
+
+def past_start_up() -> None:
+    """Tells the search that this trial process is past its start-up (a no-op elsewhere).
+
+    The search then starts the next trial's process, whose own start-up would otherwise compete
+    with this one's for the CPU.
+    """
+    if _search_connection is not None:
+        _search_connection.send(("past start-up", None))
+
+
+def prepare_trial_process(data: TrainingData) -> None:
+    """Gets a trial process ready before its trial is known (runs while the previous trains)."""
+    global _training_stream
+    import tensorflow as tf
+
+    # Two trial processes share a GPU for a moment (one trains, the next gets ready): neither
+    # may reserve all of its memory up front, as TensorFlow does by default.
+    for gpu in tf.config.list_physical_devices("GPU"):
+        tf.config.experimental.set_memory_growth(gpu, True)
+    _training_stream = pipeline.training_dataset(data.table, data.input_config, data.seed)
+    from tensorboard.plugins.hparams import api  # noqa: F401  (imported ahead for the trial)
+
+
+def execute_trial(execution: TrialExecution) -> dict:
+    """Builds, warm-starts and trains one model (in a trial process made ready for it).
+
+    Returns:
+        ``{"history": dict, "epoch": list, "fit_seconds": float, "best_value": float,
+        "peak_memory_mib": float}``; ``best_value`` is the best objective value the checkpoint
+        callback has seen, carried over to the trial's next execution.
+
+    Raises:
+        keras_tuner.errors.FailedTrialError: NaN loss, out of memory, or a model too large.
+    """
+    import contextlib
+    import resource
+
+    import tensorflow as tf
+    from tensorboard.plugins.hparams import api as hparams_api
+
+    if _training_stream is None:
+        raise RuntimeError("execute_trial runs in a process set up by prepare_trial_process")
+    builder = execution.builder
+    builder.builds = execution.build_index
+    callbacks = list(execution.callbacks)
+    tensorboard = next((c for c in callbacks if isinstance(c, keras.callbacks.TensorBoard)), None)
+    if tensorboard is not None:
+        # Made here: the HParams callback opens its summary writer at once (not picklable).
+        callbacks.append(
+            hparams_api.KerasCallback(
+                writer=tensorboard.log_dir,
+                hparams=tuner_utils.convert_hyperparams_to_hparams(
+                    execution.hyperparameters, hparams_api
+                ),
+                trial_id=execution.trial_id,
+            )
+        )
+    scope = tf.distribute.MirroredStrategy().scope() if execution.multi_gpu else None
+    with scope or contextlib.nullcontext():
+        model = builder.build(execution.hyperparameters)
+        if execution.warm_start_weights:
+            # A Hyperband promotion continues from the best epoch of the trial it came from.
+            model.load_weights(execution.warm_start_weights)
+    pipeline.write_json_atomically(Path(execution.build_config_path), model.get_build_config())
+    past_start_up()
+    start = time.perf_counter()
+    history = builder.fit(
+        execution.hyperparameters,
+        model,
+        _training_stream,
+        callbacks=callbacks,
+        **execution.fit_kwargs,
+    )
+    fit_seconds = time.perf_counter() - start
+    checkpoint = next(c for c in callbacks if isinstance(c, tuner_utils.SaveBestEpoch))
+    return {
+        "history": {name: [float(v) for v in values] for name, values in history.history.items()},
+        "epoch": list(history.epoch),
+        "fit_seconds": fit_seconds,
+        "best_value": float(checkpoint.best_value),
+        # ru_maxrss is in KiB on Linux.
+        "peak_memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+_process_context = None
+
+
+def trial_process_context():
+    """The multiprocessing context for trial processes.
+
+    A fork server with this module preloaded: TensorFlow is imported once, in the fork server
+    (which never runs a TensorFlow op, so forking it is safe), and each trial process starts in
+    a fraction of a second instead of the seconds a fresh import takes. ``spawn`` where there
+    is no fork.
+    """
+    global _process_context
+    if _process_context is None:
+        import multiprocessing
+        from multiprocessing import forkserver
+
+        if "forkserver" not in multiprocessing.get_all_start_methods():
+            _process_context = multiprocessing.get_context("spawn")
+            return _process_context
+        # By file name: run as a script this module is __main__, which Python 3.11's fork server
+        # does not preload. It also ignores the caller's sys.path, hence PYTHONPATH while the
+        # server starts.
+        forkserver.set_forkserver_preload([Path(__file__).stem])
+        saved = os.environ.get("PYTHONPATH")
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(Path(__file__).parent), saved])
+        )
+        try:
+            forkserver.ensure_running()
+        finally:
+            if saved is None:
+                del os.environ["PYTHONPATH"]
+            else:
+                os.environ["PYTHONPATH"] = saved
+        _process_context = multiprocessing.get_context("forkserver")
+    return _process_context
+
+
+def _trial_process_main(connection, search_pid: int, prepare, prepare_arguments) -> None:
+    """A trial process: gets ready, runs the one call it is sent, replies, ends."""
+    import traceback
+
+    global _search_connection
+    _search_connection = connection
+    _exit_with(search_pid)
+    problem = None
+    try:
+        try:
+            if prepare is not None:
+                prepare(*prepare_arguments)
+        except Exception as error:  # Reported with the call, where the search can record it.
+            problem = error
+        try:
+            function, arguments = connection.recv()
+        except EOFError:
+            return  # The search ended without needing this process.
+        try:
+            if problem is not None:
+                raise problem
+            reply = ("result", function(*arguments))
+        except Exception as error:
+            error.add_note("In the trial process:\n" + traceback.format_exc())
+            reply = ("error", error)
+        try:
+            connection.send(reply)
+        except Exception as error:  # Not picklable: send what can be.
+            connection.send(("error", RuntimeError(f"{type(reply[1]).__name__}: {reply[1]}")))
+            del error
+    except KeyboardInterrupt:
+        pass  # Ctrl-C reaches every process of the search: the search process reports it.
+    finally:
+        connection.close()
+
+
+def _exit_with(search_pid: int) -> None:
+    """Ends this trial process as soon as the search process ``search_pid`` is gone.
+
+    A search killed with kill -9 cannot stop its trials; without this, the trial would keep
+    running, writing into a project that a rerun may already be resuming.
+    """
+    import threading
+
+    def search_is_alive() -> bool:
+        try:
+            os.kill(search_pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        try:  # A killed process stays a zombie until its own parent reaps it.
+            return Path(f"/proc/{search_pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+        except OSError:
+            return True
+
+    def watch() -> None:
+        while search_is_alive():
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-search", daemon=True).start()
+
+
+class TrialProcesses:
+    """Runs calls in fresh processes, one each; the next process gets ready while one works.
+
+    With ``prepare``, the next process is started when the current call reports that it is
+    past its start-up (``past_start_up``), or else when the call returns.
+
+    Args:
+        prepare: Called in each new process before its call arrives, or None.
+        prepare_arguments: Arguments of ``prepare``.
+    """
+
+    def __init__(self, prepare=None, *prepare_arguments):
+        self.prepare = prepare
+        self.prepare_arguments = prepare_arguments
+        self._ready = None
+
+    def _start(self):
+        context = trial_process_context()
+        ours, theirs = context.Pipe()
+        process = context.Process(
+            target=_trial_process_main,
+            args=(theirs, os.getpid(), self.prepare, self.prepare_arguments),
+            name="trial",
+            daemon=True,
+        )
+        process.start()
+        theirs.close()
+        return process, ours
+
+    def start_ahead(self) -> None:
+        """Starts the process for the next call now, so that it is ready when the call comes."""
+        if self._ready is None:
+            self._ready = self._start()
+
+    def run(self, function, *arguments):
+        """Runs ``function(*arguments)`` in a fresh process and returns its result.
+
+        Exceptions raised there are raised here (Keras Tuner's FailedTrialError included), with
+        the trial process's traceback as a note.
+
+        Raises:
+            keras_tuner.errors.FailedTrialError: When the process dies without an answer, for
+                example killed by the system for using too much memory.
+        """
+        process, connection = self._ready or self._start()
+        self._ready = None
+        try:
+            connection.send((function, arguments))
+            kind, value = connection.recv()
+            if kind == "past start-up":
+                if self.prepare is not None:
+                    self.start_ahead()
+                kind, value = connection.recv()
+        except (EOFError, BrokenPipeError, ConnectionResetError):
+            process.join()
+            raise keras_tuner.errors.FailedTrialError(
+                f"the trial's process ended abruptly (exit code {process.exitcode}; killed by "
+                "the system, often for using too much memory)"
+            ) from None
+        finally:
+            connection.close()
+        process.join()
+        if self.prepare is not None:
+            self.start_ahead()
+        if kind == "error":
+            raise value
+        return value
+
+    def close(self) -> None:
+        """Ends the process kept ready for a next call."""
+        if self._ready is not None:
+            process, connection = self._ready
+            self._ready = None
+            connection.close()  # It sees the end of its pipe and returns.
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+
+
+def run_in_fresh_process(function, *arguments):
+    """Runs ``function(*arguments)`` once in a new process (see ``TrialProcesses.run``)."""
+    processes = TrialProcesses()
+    try:
+        return processes.run(function, *arguments)
+    finally:
+        processes.close()
+
+
+class AtomicSaveBestEpoch(tuner_utils.SaveBestEpoch):
+    """Keras Tuner's best-epoch checkpoint, written atomically.
+
+    A trial killed while saving never leaves a half-written checkpoint for a promoted trial to
+    load, and a reader of the old checkpoint never blocks the writer of the new one.
+    """
+
+    def _save_model(self):
+        pipeline.write_atomically(self.filepath, self.model.save_weights, suffix=".weights.h5")
+
+
+def _build_index(trial_id: str, execution: int, executions_per_trial: int) -> int:
+    """The trial's position in the seed sequence: the same on resume and in distributed runs."""
+    number = int(trial_id) if trial_id.isdigit() else zlib.crc32(trial_id.encode())
+    return number * executions_per_trial + execution
+
+
+class IsolatedHyperband(keras_tuner.Hyperband):
+    """Hyperband that trains each trial in a fresh process and records how long it took.
+
+    Args:
+        unet_hypermodel: The ship U-Net HyperModel.
+        training_data: The training stream's table, input settings and seed.
+        multi_gpu: Train each trial on all local GPUs with ``tf.distribute.MirroredStrategy``.
+        **kwargs: Passed to ``keras_tuner.Hyperband``.
+    """
+
+    def __init__(
+        self,
+        unet_hypermodel: hypermodel.ShipUNetHyperModel,
+        training_data: TrainingData,
+        multi_gpu: bool = False,
+        **kwargs,
+    ):
+        super().__init__(unet_hypermodel, **kwargs)
+        self.multi_gpu = multi_gpu
+        self.trial_processes = TrialProcesses(prepare_trial_process, training_data)
+
+    def on_search_end(self):  # noqa: D102
+        self.trial_processes.close()
+        super().on_search_end()
 
     def run_trial(self, trial, *args, **kwargs):  # noqa: D102
+        if args:
+            raise TypeError("the training data is given to the tuner, not to search()")
+        values = trial.hyperparameters.values
+        callbacks = kwargs.pop("callbacks", [])
+        fit_kwargs = {
+            **kwargs,
+            "epochs": values["tuner/epochs"],
+            "initial_epoch": values["tuner/initial_epoch"],
+        }
+        parent_trial = values.get("tuner/trial_id")
+        # One checkpoint for the best epoch over all executions, as Keras Tuner does.
+        checkpoint = AtomicSaveBestEpoch(
+            objective=self.oracle.objective,
+            filepath=self._get_checkpoint_fname(trial.trial_id),
+        )
+        histories, fit_seconds, peak_memory = [], 0.0, 0.0
         start = time.perf_counter()
         try:
-            return super().run_trial(trial, *args, **kwargs)
+            for execution in range(self.executions_per_trial):
+                execution_callbacks = self._deepcopy_callbacks(callbacks)
+                for callback in execution_callbacks:
+                    if isinstance(callback, keras.callbacks.TensorBoard):
+                        callback.log_dir = self._get_tensorboard_dir(
+                            callback.log_dir, trial.trial_id, execution
+                        )
+                execution_callbacks.append(checkpoint)
+                result = self.trial_processes.run(
+                    execute_trial,
+                    TrialExecution(
+                        trial_id=trial.trial_id,
+                        hyperparameters=trial.hyperparameters,
+                        build_index=_build_index(
+                            trial.trial_id, execution, self.executions_per_trial
+                        ),
+                        builder=self.hypermodel,
+                        callbacks=execution_callbacks,
+                        fit_kwargs=fit_kwargs,
+                        warm_start_weights=(
+                            self._get_checkpoint_fname(parent_trial) if parent_trial else None
+                        ),
+                        build_config_path=self._get_build_config_fname(trial.trial_id),
+                        multi_gpu=self.multi_gpu,
+                    ),
+                )
+                checkpoint.best_value = result["best_value"]
+                fit_seconds += result["fit_seconds"]
+                peak_memory = max(peak_memory, result["peak_memory_mib"])
+                history = keras.callbacks.History()
+                history.history, history.epoch = result["history"], result["epoch"]
+                tuner_utils.validate_trial_results(
+                    history, self.oracle.objective, "HyperModel.fit()"
+                )
+                histories.append(history)
         finally:
             pipeline.write_json_atomically(
                 Path(self.get_trial_dir(trial.trial_id)) / "timing.json",
-                {"seconds": time.perf_counter() - start, "tuner_id": self.tuner_id},
+                {
+                    "seconds": time.perf_counter() - start,
+                    "fit_seconds": fit_seconds,
+                    "peak_memory_mib": peak_memory,
+                    "tuner_id": self.tuner_id,
+                },
             )
+        return histories
 
 
 def tuner_role() -> str:
@@ -298,6 +712,8 @@ def run_search(args: argparse.Namespace) -> dict:
     """
     settings = resolve_settings(args)
     role = tuner_role()
+    if role != "chief":
+        trial_process_context()  # The fork server imports TensorFlow while the data is read.
     if role == "worker" and args.overwrite:
         raise SearchError(
             "--overwrite is for the chief only: a worker would delete the others' trials"
@@ -354,8 +770,10 @@ def run_search(args: argparse.Namespace) -> dict:
         )
     validation = hypermodel.WholeImageValidation(val_table, input_config)
     model_space = hypermodel.search_space(args.hp)
+    training_data = TrainingData(train_table, input_config, args.seed)
+    _keep_off_gpus()
     try:
-        tuner = make_tuner(args, project_dir, model_space, validation)
+        tuner = make_tuner(args, project_dir, model_space, validation, training_data)
     except keras_tuner.errors.FailedTrialError as error:
         # Keras Tuner builds one model while it is constructed; a space whose smallest model
         # is already too big fails there, before any trial could record it.
@@ -367,12 +785,13 @@ def run_search(args: argparse.Namespace) -> dict:
         f"Searching: {len(train_table)} training and {len(val_table)} validation images, "
         f"{args.mode} {args.input_size} px, objective {args.objective}, results in {project_dir}"
     )
+    if role != "chief":
+        tuner.trial_processes.start_ahead()  # The first trial's process gets ready meanwhile.
     start = time.perf_counter()
-    tuner.search(
-        pipeline.training_dataset(train_table, input_config, args.seed),
-        callbacks=[tensorboard],
-        verbose=args.verbose,
-    )
+    try:
+        tuner.search(callbacks=[tensorboard], verbose=args.verbose)
+    finally:
+        tuner.trial_processes.close()
     wall_seconds = time.perf_counter() - start
     if role == "worker":
         print(f"Worker {os.environ['KERASTUNER_TUNER_ID']} finished; the chief writes the results.")
@@ -383,12 +802,20 @@ def run_search(args: argparse.Namespace) -> dict:
     return {"project_dir": project_dir, "trials": trials, "best": best}
 
 
-def make_tuner(args: argparse.Namespace, project_dir: Path, space, validation) -> TimedHyperband:
+def make_tuner(
+    args: argparse.Namespace,
+    project_dir: Path,
+    space,
+    validation: hypermodel.WholeImageValidation,
+    training_data: TrainingData,
+) -> IsolatedHyperband:
     """The Hyperband tuner over the ship U-Net HyperModel, stored under ``project_dir/tuner``."""
-    return TimedHyperband(
+    return IsolatedHyperband(
         hypermodel.ShipUNetHyperModel(
             space, validation, args.images_per_epoch, args.seed, args.max_parameters
         ),
+        training_data,
+        multi_gpu=args.multi_gpu,
         objective=keras_tuner.Objective(args.objective, direction="max"),
         max_epochs=args.max_epochs,
         factor=args.factor,
@@ -400,8 +827,21 @@ def make_tuner(args: argparse.Namespace, project_dir: Path, space, validation) -
         overwrite=args.overwrite,
         # None: failed trials are recorded and the search goes on, however many fail in a row.
         max_consecutive_failed_trials=None,
-        distribution_strategy=_mirrored_strategy() if args.multi_gpu else None,
     )
+
+
+def _keep_off_gpus() -> None:
+    """Hides the GPUs from this process: only the trial processes train.
+
+    Keras Tuner builds a model here while it sets up the search space; on a GPU that would
+    reserve the GPU's memory for the whole search, out of reach of the trials.
+    """
+    import tensorflow as tf
+
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:
+        pass  # TensorFlow already started here (a test or a notebook): nothing to hide any more.
 
 
 def remove_previous_results(project_dir: Path) -> None:
@@ -420,12 +860,6 @@ def remove_previous_results(project_dir: Path) -> None:
         (project_dir / name).unlink(missing_ok=True)
     for name in ("logs", "tuner", "final"):
         shutil.rmtree(project_dir / name, ignore_errors=True)
-
-
-def _mirrored_strategy():
-    import tensorflow as tf
-
-    return tf.distribute.MirroredStrategy()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -462,6 +896,8 @@ def trials_table(tuner: keras_tuner.Tuner, objective: str) -> pd.DataFrame:
         row["continued_from"] = values.get("tuner/trial_id", "")
         row["bracket"] = values.get("tuner/bracket", np.nan)
         row["duration_s"] = round(timing.get("seconds", np.nan), 2)
+        row["fit_s"] = round(timing.get("fit_seconds", np.nan), 2)
+        row["peak_memory_mib"] = round(timing.get("peak_memory_mib", np.nan), 1)
         row["tuner_id"] = timing.get("tuner_id", "")
         rows.append(row)
     table = pd.DataFrame(rows)
@@ -507,6 +943,7 @@ def export_results(
     summary = {
         "wall_seconds": round(wall_seconds, 2),
         "trial_seconds": round(float(trials.duration_s.sum()), 2) if len(trials) else 0.0,
+        "fit_seconds": round(float(trials.fit_s.sum()), 2) if len(trials) else 0.0,
         "trials": int(len(trials)),
         "completed": int(len(completed)),
         "failed": int((trials.status == "FAILED").sum()) if len(trials) else 0,

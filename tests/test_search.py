@@ -2,16 +2,20 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import keras_tuner
 import pandas as pd
+import psutil
 import pytest
 
 import hypermodel
+import search
 from conftest import ROOT, run, search_command
 
 
@@ -50,6 +54,9 @@ def test_search_writes_every_result_file(finished_search, synthetic_dataset):
         assert column in trials.columns, column
     assert (trials.status == "COMPLETED").all()
     assert trials.val_dice.notna().all() and (trials.duration_s > 0).all()
+    # Each trial ran (and was measured) in a process of its own.
+    assert ((trials.fit_s > 0) & (trials.fit_s < trials.duration_s)).all()
+    assert (trials.peak_memory_mib > 50).all()
     assert trials.val_dice.is_monotonic_decreasing
 
     best = json.loads((project / "best_hparams.json").read_text())
@@ -60,6 +67,8 @@ def test_search_writes_every_result_file(finished_search, synthetic_dataset):
     assert (project / "trials.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((project / "search_summary.json").read_text())
     assert summary["completed"] == len(trials)
+    assert summary["fit_seconds"] == pytest.approx(trials.fit_s.sum(), abs=0.05)
+    assert summary["fit_seconds"] < summary["trial_seconds"] <= summary["wall_seconds"] + 0.05
     assert f"Best {min(5, len(trials))} of {len(trials)} trials" in result.stdout
 
 
@@ -105,6 +114,29 @@ def test_resuming_with_other_settings_is_refused(finished_search, synthetic_data
     assert "searched with other settings (max_epochs)" in result.stderr
 
 
+def process_id() -> int:
+    return os.getpid()
+
+
+def fail_the_trial() -> None:
+    raise keras_tuner.errors.FailedTrialError("the loss became NaN")
+
+
+def die_abruptly() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_trials_run_in_fresh_processes_and_their_failures_are_kept():
+    first, second = search.run_in_fresh_process(process_id), search.run_in_fresh_process(process_id)
+    assert len({os.getpid(), first, second}) == 3
+    with pytest.raises(keras_tuner.errors.FailedTrialError, match="loss became NaN"):
+        search.run_in_fresh_process(fail_the_trial)
+    # Killed by the system (for memory, say): the trial fails, the search process lives on.
+    with pytest.raises(keras_tuner.errors.FailedTrialError, match="ended abruptly"):
+        search.run_in_fresh_process(die_abruptly)
+    assert search.run_in_fresh_process(process_id) != os.getpid()
+
+
 def completed_trials(tuner_dir: Path) -> dict[str, float]:
     done = {}
     for path in tuner_dir.glob("trial_*/trial.json"):
@@ -127,10 +159,15 @@ def test_a_killed_search_resumes_without_losing_completed_trials(synthetic_datas
         and process.poll() is None
     ):
         time.sleep(0.5)
+    helpers = psutil.Process(process.pid).children(recursive=True)
     process.kill()
     process.wait()
     before = completed_trials(tuner_dir)
     assert len(before) >= 2, "the search did not complete two trials before the kill"
+    # The running trial's process and the fork server go with the search they served.
+    assert helpers, "no trial process was running"
+    _, alive = psutil.wait_procs(helpers, timeout=20)
+    assert not alive, f"left running after the search was killed: {alive}"
 
     result = run(command)
     assert result.returncode == 0, result.stderr[-3000:]
