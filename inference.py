@@ -23,6 +23,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import json
+import os
 import sys
 import threading
 import time
@@ -37,9 +38,12 @@ import pandas as pd  # noqa: E402
 
 import evaluation  # noqa: E402
 
-# Predicted images waiting for post-processing: enough to keep both workers busy, few enough
+# Post-processing threads (PNG encoding and connected components release the GIL): one per
+# core, at least two, so that a machine with a GPU and many cores is not held up by them.
+POSTPROCESS_WORKERS = max(2, os.cpu_count() or 2)
+# Predicted images waiting for post-processing: enough to keep the workers busy, few enough
 # that memory does not grow with the number of images.
-MAX_IMAGES_IN_FLIGHT = 4
+MAX_IMAGES_IN_FLIGHT = 2 * POSTPROCESS_WORKERS
 
 
 class InferenceError(Exception):
@@ -181,14 +185,58 @@ def label_png(labels: np.ndarray) -> np.ndarray:
     return levels[labels]
 
 
-def save_png(path: Path, picture: np.ndarray) -> None:
-    """Writes a PNG atomically (light compression: inference should not wait on zlib)."""
-    from PIL import Image
+def encode_png(picture: np.ndarray, level: int = 1) -> bytes:
+    """Encodes an 8-bit grey ``(h, w)`` or RGB ``(h, w, 3)`` picture as PNG.
 
-    pipeline.write_atomically(
-        path,
-        lambda temporary: Image.fromarray(picture).save(temporary, format="PNG", compress_level=1),
+    Every row uses PNG's "up" filter (the difference to the row above) and zlib's fastest level:
+    for satellite pictures that is smaller than Pillow's PNG at its fastest level, and about
+    twice as fast. Speed matters: an overlay is written for every image, beside the network.
+
+    Args:
+        picture: ``uint8`` pixels.
+        level: zlib compression level (0-9).
+
+    Returns:
+        The PNG file's bytes.
+    """
+    import struct
+    import zlib
+
+    if picture.dtype != np.uint8 or picture.ndim not in (2, 3):
+        raise ValueError(
+            f"expected uint8 (h, w) or (h, w, 3) pixels, got {picture.dtype} {picture.shape}"
+        )
+    height, width = picture.shape[:2]
+    channels = 1 if picture.ndim == 2 else picture.shape[2]
+    if channels not in (1, 3):
+        raise ValueError(f"expected 1 or 3 channels, got {channels}")
+    rows = picture.reshape(height, width * channels)
+    filtered = np.empty((height, width * channels + 1), dtype=np.uint8)
+    filtered[:, 0] = 2  # filter type "up"
+    filtered[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # modulo 256, as PNG wants
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    colour_type = 0 if channels == 1 else 2
+    header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
+    return b"".join(
+        [
+            b"\x89PNG\r\n\x1a\n",
+            chunk(b"IHDR", header),
+            chunk(b"IDAT", zlib.compress(filtered.tobytes(), level)),
+            chunk(b"IEND", b""),
+        ]
     )
+
+
+def save_png(path: Path, picture: np.ndarray) -> None:
+    """Writes a picture as PNG, atomically."""
+    data = encode_png(picture)
+    pipeline.write_atomically(path, lambda temporary: Path(temporary).write_bytes(data))
 
 
 def process_prediction(
@@ -276,7 +324,7 @@ def load_labels(path: str | None) -> pd.DataFrame | None:
 def run_inference(args: argparse.Namespace) -> dict:
     """Predicts every image, writes masks, overlays and ``submission.csv``; optionally scores.
 
-    Memory stays flat however many images there are: post-processing runs in two worker
+    Memory stays flat however many images there are: post-processing runs in worker
     threads beside the next batch's prediction, at most a few images are in flight, and only
     each image's submission rows are kept.
 
@@ -332,7 +380,7 @@ def run_inference(args: argparse.Namespace) -> dict:
     pending: collections.deque = collections.deque()
     with (
         tqdm(total=len(table), unit="image", desc="inference") as progress,
-        concurrent.futures.ThreadPoolExecutor(max_workers=2) as workers,
+        concurrent.futures.ThreadPoolExecutor(POSTPROCESS_WORKERS) as workers,
     ):
         for position, probabilities, image in evaluation.predict_table(
             model, table, input_config, args.batch_size, postprocess.flip_tta, with_images=True

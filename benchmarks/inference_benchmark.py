@@ -82,7 +82,7 @@ def main() -> None:
     for repeat in range(options.repeats):
         args = inference.build_parser().parse_args(
             [
-                options.images,
+                *[str(path) for path in paths],
                 "--model",
                 str(model_path),
                 "--out",

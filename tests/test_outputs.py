@@ -1,0 +1,66 @@
+"""The per-image outputs of inference: PNG encoding and overlays."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import hypermodel
+import inference
+
+
+def decode(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (5, 7), (64, 33), (1, 9, 3), (31, 2, 3), (48, 64, 3)])
+def test_png_encoding_is_lossless(shape):
+    picture = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
+    data = inference.encode_png(picture)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    np.testing.assert_array_equal(decode(data), picture)
+
+
+def test_png_encoding_compresses_smooth_pictures_and_rejects_other_pixels():
+    gradient = np.tile(np.arange(256, dtype=np.uint8), (256, 1))
+    assert len(inference.encode_png(np.dstack([gradient] * 3))) < gradient.size // 20
+    with pytest.raises(ValueError, match="uint8"):
+        inference.encode_png(gradient.astype(np.float32))
+    with pytest.raises(ValueError, match="channels"):
+        inference.encode_png(np.zeros((4, 4, 4), np.uint8))
+
+
+def test_saved_png_is_written_atomically_and_reads_back(tmp_path):
+    picture = np.arange(60, dtype=np.uint8).reshape(4, 5, 3)
+    inference.save_png(tmp_path / "a" / "picture.png", picture)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "a" / "picture.png")), picture)
+    assert [path.name for path in (tmp_path / "a").iterdir()] == ["picture.png"]
+
+
+def test_overlay_colours_ships_and_leaves_the_sea_alone():
+    image = np.full((6, 8, 3), 100, np.uint8)
+    truth, predicted = np.zeros((6, 8), bool), np.zeros((6, 8), bool)
+    truth[1, 1:3] = True
+    predicted[1, 2:4] = True
+    overlay = hypermodel.mask_overlay(image, truth, predicted)
+    assert overlay.dtype == np.uint8 and overlay.shape == image.shape
+    red, green, yellow, sea = overlay[1, 3], overlay[1, 1], overlay[1, 2], overlay[4, 4]
+    assert red[0] > 150 and red[1] < 50 and green[1] > 150 and green[0] < 50
+    assert yellow[0] > 150 and yellow[1] > 150
+    np.testing.assert_array_equal(sea, [100, 100, 100])
+    assert (image == 100).all(), "the input image was changed"
+    # Float images in 0-255 (as the input pipeline gives them) give the same picture.
+    np.testing.assert_array_equal(
+        hypermodel.mask_overlay(image.astype(np.float32), truth, predicted), overlay
+    )
+    np.testing.assert_array_equal(hypermodel.mask_overlay(image, None, None), image)
+
+
+def test_downscaled_overlay_keeps_thin_ships_visible():
+    image = np.zeros((64, 64, 3), np.uint8)
+    predicted = np.zeros((64, 64), bool)
+    predicted[10, 5:40] = True  # one pixel wide
+    overlay = hypermodel.mask_overlay(image, None, predicted, max_side=16)
+    assert overlay.shape == (16, 16, 3)
+    assert (overlay[2, 1:10, 0] > 100).all() and overlay[8:, :, 0].max() == 0
