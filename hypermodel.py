@@ -677,6 +677,7 @@ class ShipUNetHyperModel(keras_tuner.HyperModel):
             callbacks.insert(0, validation)
         callbacks.insert(1 if self.validation is not None else 0, keras.callbacks.TerminateOnNaN())
         kwargs.setdefault("steps_per_epoch", max(1, math.ceil(self.images_per_epoch / batch_size)))
+        kwargs.setdefault("shuffle", False)  # tf.data shuffles; Keras would only warn about it
         try:
             history = model.fit(
                 x.batch(batch_size, drop_remainder=True).prefetch(2),

@@ -39,8 +39,12 @@ import pandas as pd  # noqa: E402
 import evaluation  # noqa: E402
 
 # Post-processing threads (PNG encoding and connected components release the GIL): one per
-# core, at least two, so that a machine with a GPU and many cores is not held up by them.
-POSTPROCESS_WORKERS = max(2, os.cpu_count() or 2)
+# core this process may use, at least two, so that a machine with a GPU and many cores is not
+# held up by them; capped, so that images in flight stay few.
+_USABLE_CORES = (
+    len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
+)
+POSTPROCESS_WORKERS = min(16, max(2, _USABLE_CORES))
 # Predicted images waiting for post-processing: enough to keep the workers busy, few enough
 # that memory does not grow with the number of images.
 MAX_IMAGES_IN_FLIGHT = 2 * POSTPROCESS_WORKERS
@@ -207,6 +211,8 @@ def encode_png(picture: np.ndarray, level: int = 1) -> bytes:
             f"expected uint8 (h, w) or (h, w, 3) pixels, got {picture.dtype} {picture.shape}"
         )
     height, width = picture.shape[:2]
+    if height == 0 or width == 0:
+        raise ValueError(f"a PNG needs at least one pixel, got {picture.shape}")
     channels = 1 if picture.ndim == 2 else picture.shape[2]
     if channels not in (1, 3):
         raise ValueError(f"expected 1 or 3 channels, got {channels}")

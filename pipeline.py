@@ -429,6 +429,17 @@ def sample_images(table: pd.DataFrame, limit: int | None, seed: int = 0) -> pd.D
     return pd.concat(parts).sort_values("ImageId").reset_index(drop=True)
 
 
+def _read_umask() -> int:
+    # os.umask can only be read by setting it: done once, at import, before any thread runs
+    # (two threads doing this at once could leave the process's umask at 0).
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+_UMASK = _read_umask()
+
+
 def write_atomically(path: str | os.PathLike, write, suffix: str | None = None) -> None:
     """Writes a file through a temporary file in the same folder, then renames it into place.
 
@@ -447,9 +458,7 @@ def write_atomically(path: str | os.PathLike, write, suffix: str | None = None) 
     try:
         write(temporary)
         # mkstemp creates owner-only files; give the result the permissions of a normal file.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
+        os.chmod(temporary, 0o666 & ~_UMASK)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -212,7 +212,8 @@ class TrialExecution:
     multi_gpu: bool
 
 
-# The training stream of this trial process, made by prepare_trial_process.
+# What prepare_trial_process made ready in this trial process.
+_training_data: TrainingData | None = None
 _training_stream = None
 # This trial process's line to the search process (see TrialProcesses).
 _search_connection = None
@@ -228,17 +229,35 @@ def past_start_up() -> None:
         _search_connection.send(("past start-up", None))
 
 
+class _PastStartUp(keras.callbacks.Callback):
+    """Calls ``past_start_up`` after the first training step (tracing is start-up too)."""
+
+    def __init__(self):
+        super().__init__()
+        self.told = False
+
+    def on_train_batch_end(self, batch, logs=None):  # noqa: D102
+        if not self.told:
+            self.told = True
+            past_start_up()
+
+
 def prepare_trial_process(data: TrainingData) -> None:
     """Gets a trial process ready before its trial is known (runs while the previous trains)."""
-    global _training_stream
+    global _training_data, _training_stream
     import tensorflow as tf
-
-    # Two trial processes share a GPU for a moment (one trains, the next gets ready): neither
-    # may reserve all of its memory up front, as TensorFlow does by default.
-    for gpu in tf.config.list_physical_devices("GPU"):
-        tf.config.experimental.set_memory_growth(gpu, True)
-    _training_stream = pipeline.training_dataset(data.table, data.input_config, data.seed)
     from tensorboard.plugins.hparams import api  # noqa: F401  (imported ahead for the trial)
+
+    _training_data = data
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        # Trials on a GPU may share it with the next one's process for a moment: none may
+        # reserve all of its memory up front, as TensorFlow does by default. Nor does this
+        # process start TensorFlow's runtime (which takes GPU memory) before its trial comes.
+        for gpu in gpus:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        return
+    _training_stream = pipeline.training_dataset(data.table, data.input_config, data.seed)
 
 
 def execute_trial(execution: TrialExecution) -> dict:
@@ -250,7 +269,8 @@ def execute_trial(execution: TrialExecution) -> dict:
         callback has seen, carried over to the trial's next execution.
 
     Raises:
-        keras_tuner.errors.FailedTrialError: NaN loss, out of memory, or a model too large.
+        keras_tuner.errors.FailedTrialError: NaN loss, out of memory while training, or a model
+            too large.
     """
     import contextlib
     import resource
@@ -258,11 +278,14 @@ def execute_trial(execution: TrialExecution) -> dict:
     import tensorflow as tf
     from tensorboard.plugins.hparams import api as hparams_api
 
-    if _training_stream is None:
+    if _training_data is None:
         raise RuntimeError("execute_trial runs in a process set up by prepare_trial_process")
+    stream = _training_stream or pipeline.training_dataset(
+        _training_data.table, _training_data.input_config, _training_data.seed
+    )
     builder = execution.builder
     builder.builds = execution.build_index
-    callbacks = list(execution.callbacks)
+    callbacks = [*execution.callbacks, _PastStartUp()]
     tensorboard = next((c for c in callbacks if isinstance(c, keras.callbacks.TensorBoard)), None)
     if tensorboard is not None:
         # Made here: the HParams callback opens its summary writer at once (not picklable).
@@ -282,12 +305,11 @@ def execute_trial(execution: TrialExecution) -> dict:
             # A Hyperband promotion continues from the best epoch of the trial it came from.
             model.load_weights(execution.warm_start_weights)
     pipeline.write_json_atomically(Path(execution.build_config_path), model.get_build_config())
-    past_start_up()
     start = time.perf_counter()
     history = builder.fit(
         execution.hyperparameters,
         model,
-        _training_stream,
+        stream,
         callbacks=callbacks,
         **execution.fit_kwargs,
     )
@@ -343,6 +365,7 @@ def trial_process_context():
 
 def _trial_process_main(connection, search_pid: int, prepare, prepare_arguments) -> None:
     """A trial process: gets ready, runs the one call it is sent, replies, ends."""
+    import pickle
     import traceback
 
     global _search_connection
@@ -353,8 +376,13 @@ def _trial_process_main(connection, search_pid: int, prepare, prepare_arguments)
         try:
             if prepare is not None:
                 prepare(*prepare_arguments)
-        except Exception as error:  # Reported with the call, where the search can record it.
-            problem = error
+        except Exception as error:
+            # Every trial process would fail the same way: stop the search rather than record
+            # every trial as failed. Keras Tuner re-raises FatalError.
+            problem = keras_tuner.errors.FatalError(
+                f"a trial process could not get ready: {type(error).__name__}: {error}\n"
+                + traceback.format_exc()
+            )
         try:
             function, arguments = connection.recv()
         except EOFError:
@@ -367,10 +395,11 @@ def _trial_process_main(connection, search_pid: int, prepare, prepare_arguments)
             error.add_note("In the trial process:\n" + traceback.format_exc())
             reply = ("error", error)
         try:
-            connection.send(reply)
-        except Exception as error:  # Not picklable: send what can be.
-            connection.send(("error", RuntimeError(f"{type(reply[1]).__name__}: {reply[1]}")))
-            del error
+            pickle.loads(pickle.dumps(reply))
+        except Exception:  # Would not arrive intact: send what can be.
+            text = f"{type(reply[1]).__name__}: {reply[1]}"
+            reply = ("error", RuntimeError(text + "".join(getattr(reply[1], "__notes__", []))))
+        connection.send(reply)
     except KeyboardInterrupt:
         pass  # Ctrl-C reaches every process of the search: the search process reports it.
     finally:
@@ -449,6 +478,8 @@ class TrialProcesses:
             keras_tuner.errors.FailedTrialError: When the process dies without an answer, for
                 example killed by the system for using too much memory.
         """
+        if self._ready is not None and not self._ready[0].is_alive():
+            self.close()  # Died while waiting (killed for memory, say): not this call's fault.
         process, connection = self._ready or self._start()
         self._ready = None
         try:
@@ -459,14 +490,14 @@ class TrialProcesses:
                     self.start_ahead()
                 kind, value = connection.recv()
         except (EOFError, BrokenPipeError, ConnectionResetError):
-            process.join()
+            _join_or_kill(process)
             raise keras_tuner.errors.FailedTrialError(
                 f"the trial's process ended abruptly (exit code {process.exitcode}; killed by "
                 "the system, often for using too much memory)"
             ) from None
         finally:
             connection.close()
-        process.join()
+        _join_or_kill(process)
         if self.prepare is not None:
             self.start_ahead()
         if kind == "error":
@@ -474,14 +505,21 @@ class TrialProcesses:
         return value
 
     def close(self) -> None:
-        """Ends the process kept ready for a next call."""
+        """Ends the process kept ready for a next call (it holds nothing worth waiting for)."""
         if self._ready is not None:
             process, connection = self._ready
             self._ready = None
-            connection.close()  # It sees the end of its pipe and returns.
-            process.join(timeout=10)
-            if process.is_alive():
-                process.kill()
+            connection.close()
+            process.kill()
+            process.join()
+
+
+def _join_or_kill(process, timeout: float = 60) -> None:
+    """Waits for a process that has replied to end; kills it if it hangs on its way out."""
+    process.join(timeout)
+    if process.is_alive():
+        process.kill()
+        process.join()
 
 
 def run_in_fresh_process(function, *arguments):

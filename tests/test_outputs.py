@@ -29,6 +29,8 @@ def test_png_encoding_compresses_smooth_pictures_and_rejects_other_pixels():
         inference.encode_png(gradient.astype(np.float32))
     with pytest.raises(ValueError, match="channels"):
         inference.encode_png(np.zeros((4, 4, 4), np.uint8))
+    with pytest.raises(ValueError, match="at least one pixel"):
+        inference.encode_png(np.zeros((0, 4), np.uint8))
 
 
 def test_saved_png_is_written_atomically_and_reads_back(tmp_path):

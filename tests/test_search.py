@@ -137,6 +137,34 @@ def test_trials_run_in_fresh_processes_and_their_failures_are_kept():
     assert search.run_in_fresh_process(process_id) != os.getpid()
 
 
+def cannot_get_ready() -> None:
+    raise OSError("no space left on device")
+
+
+def test_a_trial_process_that_cannot_get_ready_stops_the_search():
+    processes = search.TrialProcesses(cannot_get_ready)
+    try:
+        with pytest.raises(keras_tuner.errors.FatalError, match="could not get ready.*no space"):
+            processes.run(process_id)
+    finally:
+        processes.close()
+
+
+def test_a_process_that_died_while_waiting_does_not_fail_the_next_trial():
+    processes = search.TrialProcesses(process_id)  # any harmless preparation
+    try:
+        processes.start_ahead()
+        waiting, _ = processes._ready
+        waiting.kill()
+        waiting.join()
+        assert processes.run(process_id) not in (os.getpid(), waiting.pid)
+        spare, _ = processes._ready  # the next one is ready already
+        assert spare.is_alive()
+    finally:
+        processes.close()
+    assert not spare.is_alive()
+
+
 def completed_trials(tuner_dir: Path) -> dict[str, float]:
     done = {}
     for path in tuner_dir.glob("trial_*/trial.json"):
