@@ -100,7 +100,11 @@ def test_inference_writes_masks_overlays_and_a_submission_that_decodes_back(
     for path in images:
         mask = np.array(Image.open(out / "masks" / f"{path.stem}.png"))
         assert mask.shape == (64, 64)
-        assert np.array(Image.open(out / "overlays" / f"{path.stem}.png")).shape == (64, 64, 3)
+        overlay = np.array(Image.open(out / "overlays" / f"{path.stem}.png").convert("RGB"))
+        assert overlay.shape == (64, 64, 3)
+        # Red exactly where the mask has ships; grey everywhere else.
+        red = (overlay[..., 0] > overlay[..., 1]) & (overlay[..., 1] == overlay[..., 2])
+        np.testing.assert_array_equal(red, mask > 0)
         ships = decoded_submission(submission, path.name, mask.shape)
         # One row per ship, no overlaps, exactly the mask's ships.
         assert len(ships) == len(np.unique(mask[mask > 0]))

@@ -1,4 +1,4 @@
-"""The per-image outputs of inference: PNG encoding and overlays."""
+"""The per-image outputs of inference (PNG encoding, overlays) and the training pictures' overlay."""
 
 import io
 
@@ -31,6 +31,31 @@ def test_png_encoding_compresses_smooth_pictures_and_rejects_other_pixels():
         inference.encode_png(np.zeros((4, 4, 4), np.uint8))
     with pytest.raises(ValueError, match="at least one pixel"):
         inference.encode_png(np.zeros((0, 4), np.uint8))
+
+
+def test_palette_png_decodes_to_the_palette_colours():
+    palette = np.array([[0, 0, 0], [255, 0, 0], [10, 20, 30]], np.uint8)
+    indices = np.array([[0, 1, 2], [2, 2, 1]], np.uint8)
+    decoded = Image.open(io.BytesIO(inference.encode_png(indices, palette)))
+    assert decoded.mode == "P"
+    np.testing.assert_array_equal(np.asarray(decoded.convert("RGB")), palette[indices])
+    with pytest.raises(ValueError, match="palette"):
+        inference.encode_png(np.zeros((2, 2, 3), np.uint8), palette)
+
+
+def test_inference_overlay_shows_the_image_in_grey_and_the_ships_in_red():
+    image = np.zeros((4, 6, 3), np.float32)
+    image[:, :3] = [200, 200, 200]  # bright left half
+    image[:, 3:] = [0, 0, 255]  # dark blue right half
+    ships = np.zeros((4, 6), bool)
+    ships[1, 1:5] = True
+    picture = inference.OVERLAY_PALETTE[inference.overlay_indices(image, ships)]
+    sea, ship = picture[~ships], picture[ships]
+    assert (sea[:, 0] == sea[:, 1]).all() and (sea[:, 1] == sea[:, 2]).all(), "sea not grey"
+    assert (ship[:, 0] > 140).all() and (ship[:, 0] > 2 * ship[:, 1]).all(), "ships not red"
+    assert (ship[:, 1] == ship[:, 2]).all()
+    # Brightness survives: bright sea stays brighter than dark sea, under ships too.
+    assert picture[0, 0, 0] > picture[0, 5, 0] + 100 and picture[1, 1, 1] > picture[1, 4, 1]
 
 
 def test_saved_png_is_written_atomically_and_reads_back(tmp_path):
