@@ -565,28 +565,11 @@ def mask_overlay(
     Returns:
         ``(h', w', 3)`` uint8 image.
     """
-    if max_side and max(image.shape[:2]) > max_side:
-        return _downscaled_overlay(image, truth, predicted, max_side, alpha)
-    picture = image.copy() if image.dtype == np.uint8 else np.clip(image, 0, 255).astype(np.uint8)
-    painted = np.zeros(picture.shape[:2], dtype=bool)
-    for mask in (truth, predicted):
-        if mask is not None:
-            painted |= mask.astype(bool)
-    if painted.any():
-        # Only the few ship pixels are blended: inference writes an overlay for every image.
-        colour = np.zeros((int(painted.sum()), 3), dtype=np.float32)
-        if truth is not None:
-            colour[:, 1] = truth[painted] * 255
-        if predicted is not None:
-            colour[:, 0] = predicted[painted] * 255
-        blended = (1 - alpha) * picture[painted] + alpha * colour
-        picture[painted] = np.clip(blended, 0, 255).astype(np.uint8)
-    return picture
-
-
-def _downscaled_overlay(image, truth, predicted, max_side: int, alpha: float) -> np.ndarray:
-    from skimage.measure import block_reduce
-
+    nothing_drawn = (truth is None or not truth.any()) and (
+        predicted is None or not predicted.any()
+    )
+    if nothing_drawn and not (max_side and max(image.shape[:2]) > max_side):
+        return np.clip(image, 0, 255).astype(np.uint8)
     picture = np.asarray(image, dtype=np.float32).copy()
     colour = np.zeros_like(picture)
     if truth is not None:
@@ -595,12 +578,17 @@ def _downscaled_overlay(image, truth, predicted, max_side: int, alpha: float) ->
         colour[..., 0] = predicted * 255
     painted = colour.max(axis=-1) > 0
     picture[painted] = (1 - alpha) * picture[painted] + alpha * colour[painted]
-    factor = math.ceil(max(picture.shape[:2]) / max_side)
-    picture = block_reduce(picture, (factor, factor, 1), np.mean)
-    # Thin ships would fade in the average: redraw every block that held a ship pixel.
-    ship_blocks = block_reduce(painted, (factor, factor), np.max)
-    block_colour = block_reduce(colour, (factor, factor, 1), np.max)
-    picture[ship_blocks] = (1 - alpha) * picture[ship_blocks] + alpha * block_colour[ship_blocks]
+    if max_side and max(picture.shape[:2]) > max_side:
+        from skimage.measure import block_reduce
+
+        factor = math.ceil(max(picture.shape[:2]) / max_side)
+        picture = block_reduce(picture, (factor, factor, 1), np.mean)
+        # Thin ships would fade in the average: redraw every block that held a ship pixel.
+        ship_blocks = block_reduce(painted, (factor, factor), np.max)
+        block_colour = block_reduce(colour, (factor, factor, 1), np.max)
+        picture[ship_blocks] = (1 - alpha) * picture[ship_blocks] + alpha * block_colour[
+            ship_blocks
+        ]
     return np.clip(picture, 0, 255).astype(np.uint8)
 
 

@@ -280,9 +280,11 @@ def execute_trial(execution: TrialExecution) -> dict:
 
     if _training_data is None:
         raise RuntimeError("execute_trial runs in a process set up by prepare_trial_process")
-    stream = _training_stream or pipeline.training_dataset(
-        _training_data.table, _training_data.input_config, _training_data.seed
-    )
+    stream = _training_stream
+    if stream is None:  # On a GPU it is built only now (see prepare_trial_process).
+        stream = pipeline.training_dataset(
+            _training_data.table, _training_data.input_config, _training_data.seed
+        )
     builder = execution.builder
     builder.builds = execution.build_index
     callbacks = [*execution.callbacks, _PastStartUp()]
