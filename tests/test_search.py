@@ -137,6 +137,19 @@ def test_trials_run_in_fresh_processes_and_their_failures_are_kept():
     assert search.run_in_fresh_process(process_id) != os.getpid()
 
 
+def garbage_collector_counts() -> tuple[int, int]:
+    import gc
+
+    return gc.get_freeze_count(), len(gc.get_objects())
+
+
+def test_the_garbage_collector_leaves_what_a_trial_process_inherits_alone():
+    # Walking TensorFlow's objects takes about 0.2 s per full collection, several per build.
+    frozen, tracked = search.run_in_fresh_process(garbage_collector_counts)
+    assert frozen > 100_000
+    assert tracked < frozen / 10
+
+
 def cannot_get_ready() -> None:
     raise OSError("no space left on device")
 
