@@ -41,10 +41,7 @@ import evaluation  # noqa: E402
 # Post-processing threads (PNG encoding and connected components release the GIL): one per
 # core this process may use, at least two, so that a machine with a GPU and many cores is not
 # held up by them; capped, so that images in flight stay few.
-_USABLE_CORES = (
-    len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
-)
-POSTPROCESS_WORKERS = min(16, max(2, _USABLE_CORES))
+POSTPROCESS_WORKERS = min(16, max(2, pipeline.usable_cores()))
 # Predicted images waiting for post-processing: enough to keep the workers busy, few enough
 # that memory does not grow with the number of images.
 MAX_IMAGES_IN_FLIGHT = 2 * POSTPROCESS_WORKERS

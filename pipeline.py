@@ -752,6 +752,18 @@ def training_dataset(table: pd.DataFrame, config: InputConfig, seed: int = 0):
     return examples.ignore_errors()
 
 
+def usable_cores() -> int:
+    """The number of CPU cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+# Images decoded at once for whole-image prediction: a JPEG of 768 x 768 takes about 3 ms, so
+# a few threads keep up with a GPU; more would only compete with the network on a CPU.
+DECODING_THREADS = min(4, usable_cores())
+
+
 def evaluation_dataset(table: pd.DataFrame, config: InputConfig | None = None, batch_size: int = 4):
     """Deterministic batches of whole images for validation, testing and inference.
 
@@ -783,13 +795,18 @@ def evaluation_dataset(table: pd.DataFrame, config: InputConfig | None = None, b
     positions = tf.data.Dataset.from_tensor_slices(
         (np.arange(len(table), dtype=np.int64), table.path.to_numpy(str))
     )
+    # Fixed parallelism, no autotuning: beside a network that keeps every core busy, tf.data's
+    # autotuner sometimes settles on a pace that leaves a core idle for the whole run (passes
+    # at exactly 5.85 or 2.93 images/s against 7.4 with these settings, 768 x 768 on 2 cores).
     images = positions.map(
         tf.autograph.experimental.do_not_convert(load),
-        num_parallel_calls=tf.data.AUTOTUNE,
+        num_parallel_calls=DECODING_THREADS,
         deterministic=True,
     )
     images = images.ignore_errors()
-    return images.padded_batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return images.padded_batch(batch_size).prefetch(2).with_options(options)
 
 
 # ---------------------------------------------------------------------------------------------

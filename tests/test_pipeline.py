@@ -779,6 +779,8 @@ def test_evaluation_dataset(synthetic_table):
         assert np.abs(image - pil_image(table.path[position])).mean() < 2
     again = np.concatenate([batch[1] for batch in evaluation_batches(table, batch_size=4)])
     np.testing.assert_array_equal(images, again)
+    # Beside a busy network, tf.data's autotuner can settle on a pace that idles a core.
+    assert not pipeline.evaluation_dataset(table).options().autotune.enabled
 
 
 def test_evaluation_dataset_resize_mode_and_crop_mode(synthetic_table):
