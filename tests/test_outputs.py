@@ -1,6 +1,7 @@
 """The per-image outputs of inference (PNG encoding, overlays) and the training pictures' overlay."""
 
 import io
+import zlib
 
 import numpy as np
 import pytest
@@ -14,10 +15,12 @@ def decode(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)))
 
 
+@pytest.mark.parametrize("strategy", [zlib.Z_RLE, zlib.Z_HUFFMAN_ONLY, zlib.Z_DEFAULT_STRATEGY])
 @pytest.mark.parametrize("shape", [(1, 1), (5, 7), (64, 33), (1, 9, 3), (31, 2, 3), (48, 64, 3)])
-def test_png_encoding_is_lossless(shape):
+def test_png_encoding_is_lossless(shape, strategy):
     picture = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
-    data = inference.encode_png(picture)
+    picture[: shape[0] // 2] = 7  # runs, for the run-length strategy
+    data = inference.encode_png(picture, strategy=strategy)
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     np.testing.assert_array_equal(decode(data), picture)
 
@@ -56,6 +59,26 @@ def test_inference_overlay_shows_the_image_in_grey_and_the_ships_in_red():
     assert (ship[:, 1] == ship[:, 2]).all()
     # Brightness survives: bright sea stays brighter than dark sea, under ships too.
     assert picture[0, 0, 0] > picture[0, 5, 0] + 100 and picture[1, 1, 1] > picture[1, 4, 1]
+
+
+def test_masks_and_overlays_of_images_with_and_without_ships(tmp_path):
+    image = np.random.default_rng(0).integers(0, 256, (24, 20, 3)).astype(np.float32)
+    sure_ship = np.zeros((24, 20), np.float32)
+    sure_ship[3:9, 4:12] = 0.99
+    settings = inference.evaluation.PostprocessConfig(threshold=0.5, image_threshold=0.9)
+    for name, probabilities in (("sea", np.zeros((24, 20), np.float32)), ("ship", sure_ship)):
+        labels = inference.process_prediction(
+            tmp_path / f"{name}.jpg", probabilities, settings, tmp_path, True, image
+        )
+        mask = np.asarray(Image.open(tmp_path / "masks" / f"{name}.png"))
+        overlay = np.asarray(Image.open(tmp_path / "overlays" / f"{name}.png"))
+        assert mask.shape == overlay.shape == (24, 20)
+        np.testing.assert_array_equal(mask > 0, labels > 0)
+        np.testing.assert_array_equal(overlay >= 128, labels > 0)  # red palette entries
+        np.testing.assert_array_equal(
+            overlay % 128, inference.overlay_indices(image, None)
+        )  # the grey image everywhere
+    assert (labels > 0).sum() == 48
 
 
 def test_saved_png_is_written_atomically_and_reads_back(tmp_path):
