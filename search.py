@@ -264,9 +264,10 @@ def execute_trial(execution: TrialExecution) -> dict:
     """Builds, warm-starts and trains one model (in a trial process made ready for it).
 
     Returns:
-        ``{"history": dict, "epoch": list, "fit_seconds": float, "best_value": float,
-        "peak_memory_mib": float}``; ``best_value`` is the best objective value the checkpoint
-        callback has seen, carried over to the trial's next execution.
+        ``{"history": dict, "epoch": list, "fit_seconds": float, "strategy": str,
+        "best_value": float, "peak_memory_mib": float}``; ``best_value`` is the best objective
+        value the checkpoint callback has seen, carried over to the trial's next execution;
+        ``strategy`` names the distribution strategy and its number of replicas.
 
     Raises:
         keras_tuner.errors.FailedTrialError: NaN loss, out of memory while training, or a model
@@ -317,10 +318,12 @@ def execute_trial(execution: TrialExecution) -> dict:
     )
     fit_seconds = time.perf_counter() - start
     checkpoint = next(c for c in callbacks if isinstance(c, tuner_utils.SaveBestEpoch))
+    strategy = model.distribute_strategy
     return {
         "history": {name: [float(v) for v in values] for name, values in history.history.items()},
         "epoch": list(history.epoch),
         "fit_seconds": fit_seconds,
+        "strategy": f"{type(strategy).__name__} ({strategy.num_replicas_in_sync} replicas)",
         "best_value": float(checkpoint.best_value),
         # ru_maxrss is in KiB on Linux.
         "peak_memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -597,7 +600,7 @@ class IsolatedHyperband(keras_tuner.Hyperband):
             objective=self.oracle.objective,
             filepath=self._get_checkpoint_fname(trial.trial_id),
         )
-        histories, fit_seconds, peak_memory = [], 0.0, 0.0
+        histories, fit_seconds, peak_memory, strategy = [], 0.0, 0.0, None
         start = time.perf_counter()
         try:
             for execution in range(self.executions_per_trial):
@@ -629,6 +632,7 @@ class IsolatedHyperband(keras_tuner.Hyperband):
                 checkpoint.best_value = result["best_value"]
                 fit_seconds += result["fit_seconds"]
                 peak_memory = max(peak_memory, result["peak_memory_mib"])
+                strategy = result["strategy"]
                 history = keras.callbacks.History()
                 history.history, history.epoch = result["history"], result["epoch"]
                 tuner_utils.validate_trial_results(
@@ -642,6 +646,7 @@ class IsolatedHyperband(keras_tuner.Hyperband):
                     "seconds": time.perf_counter() - start,
                     "fit_seconds": fit_seconds,
                     "peak_memory_mib": peak_memory,
+                    "strategy": strategy,
                     "tuner_id": self.tuner_id,
                 },
             )

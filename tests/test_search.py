@@ -178,6 +178,22 @@ def test_a_process_that_died_while_waiting_does_not_fail_the_next_trial():
     assert not spare.is_alive()
 
 
+def test_multi_gpu_trains_every_trial_under_a_mirrored_strategy(synthetic_dataset, tmp_path):
+    # Without a GPU, MirroredStrategy mirrors over the CPU: one replica, the same code path
+    # (model, optimizer and a promoted trial's weights loaded inside the strategy's scope).
+    command = search_command(synthetic_dataset, tmp_path, "--max-epochs", "2", "--factor", "2")
+    result = run([*command, "--multi-gpu"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = pd.read_csv(tmp_path / "tiny" / "trials.csv", dtype={"trial_id": str})
+    assert (trials.status == "COMPLETED").all() and trials.val_dice.notna().all()
+    assert (trials.epochs == 2).any(), "no promoted trial, so no warm start was tested"
+    for trial_id in trials.trial_id:
+        timing = json.loads(
+            (tmp_path / "tiny" / "tuner" / f"trial_{trial_id}" / "timing.json").read_text()
+        )
+        assert timing["strategy"] == "MirroredStrategy (1 replicas)"
+
+
 def completed_trials(tuner_dir: Path) -> dict[str, float]:
     done = {}
     for path in tuner_dir.glob("trial_*/trial.json"):
