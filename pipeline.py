@@ -702,7 +702,6 @@ def training_dataset(table: pd.DataFrame, config: InputConfig, seed: int = 0):
         Batch it and pass ``steps_per_epoch`` to ``fit``: the stream never ends.
     """
     tf = _tf()
-    autotune = tf.data.AUTOTUNE
 
     def stream(rows: pd.DataFrame, stream_seed: int):
         files = tf.data.Dataset.from_tensor_slices(
@@ -742,14 +741,16 @@ def training_dataset(table: pd.DataFrame, config: InputConfig, seed: int = 0):
         return image, mask
 
     # No AutoGraph: the branches are tf.cond already, and converting the code costs about a
-    # second per dataset, which every trial process would pay.
+    # second per dataset, which every trial process would pay. One example per core at a time
+    # and no autotuning (see evaluation_dataset): a 4-level U-Net on 256 crops trained at
+    # 12.5 images/s on two cores with autotuning, 16-17 without.
     examples = tf.data.Dataset.zip(files, element_seeds).map(
         tf.autograph.experimental.do_not_convert(make_example),
-        num_parallel_calls=autotune,
+        num_parallel_calls=usable_cores(),
         deterministic=True,
     )
     # A file that passed the header check but still does not decode is dropped, not fatal.
-    return examples.ignore_errors()
+    return examples.ignore_errors().with_options(_without_autotuning())
 
 
 def usable_cores() -> int:
@@ -804,9 +805,13 @@ def evaluation_dataset(table: pd.DataFrame, config: InputConfig | None = None, b
         deterministic=True,
     )
     images = images.ignore_errors()
-    options = tf.data.Options()
+    return images.padded_batch(batch_size).prefetch(2).with_options(_without_autotuning())
+
+
+def _without_autotuning():
+    options = _tf().data.Options()
     options.autotune.enabled = False
-    return images.padded_batch(batch_size).prefetch(2).with_options(options)
+    return options
 
 
 # ---------------------------------------------------------------------------------------------

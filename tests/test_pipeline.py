@@ -671,6 +671,9 @@ def test_training_stream_is_reproducible(synthetic_table):
         np.testing.assert_array_equal(x1, x2)
         np.testing.assert_array_equal(y1, y2)
     assert not all(np.array_equal(x1, x3) for (x1, _), (x3, _) in zip(first, other, strict=True))
+    # Beside a busy network, tf.data's autotuner can settle on a pace that idles a core.
+    batched = pipeline.training_dataset(synthetic_table, config, seed=11).batch(16).prefetch(2)
+    assert not batched.options().autotune.enabled
 
 
 def test_resize_mode(synthetic_table):
