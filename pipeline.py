@@ -684,6 +684,24 @@ def _augment(image, mask, seed):
     return stacked[:, :, :3], stacked[:, :, 3:]
 
 
+def usable_cores() -> int:
+    """The number of CPU cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+# Images decoded at once for whole-image prediction: a JPEG of 768 x 768 takes about 3 ms, so
+# a few threads keep up with a GPU; more would only compete with the network on a CPU.
+DECODING_THREADS = min(4, usable_cores())
+
+
+def _without_autotuning():
+    options = _tf().data.Options()
+    options.autotune.enabled = False
+    return options
+
+
 def training_dataset(table: pd.DataFrame, config: InputConfig, seed: int = 0):
     """An endless, shuffled, unbatched stream of training ``(image, mask)`` pairs.
 
@@ -753,18 +771,6 @@ def training_dataset(table: pd.DataFrame, config: InputConfig, seed: int = 0):
     return examples.ignore_errors().with_options(_without_autotuning())
 
 
-def usable_cores() -> int:
-    """The number of CPU cores this process may run on."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-# Images decoded at once for whole-image prediction: a JPEG of 768 x 768 takes about 3 ms, so
-# a few threads keep up with a GPU; more would only compete with the network on a CPU.
-DECODING_THREADS = min(4, usable_cores())
-
-
 def evaluation_dataset(table: pd.DataFrame, config: InputConfig | None = None, batch_size: int = 4):
     """Deterministic batches of whole images for validation, testing and inference.
 
@@ -806,12 +812,6 @@ def evaluation_dataset(table: pd.DataFrame, config: InputConfig | None = None, b
     )
     images = images.ignore_errors()
     return images.padded_batch(batch_size).prefetch(2).with_options(_without_autotuning())
-
-
-def _without_autotuning():
-    options = _tf().data.Options()
-    options.autotune.enabled = False
-    return options
 
 
 # ---------------------------------------------------------------------------------------------
