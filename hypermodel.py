@@ -189,6 +189,7 @@ def build_unet(
     upsampling: str = "transpose",
     input_size: int | None = None,
     ship_prior: float = 0.01,
+    ship_head: bool = False,
 ) -> keras.Model:
     """Builds a U-Net for binary ship masks.
 
@@ -208,9 +209,13 @@ def build_unet(
         input_size: Fixes a square input size (checked against ``levels``); None accepts any.
         ship_prior: Initial output probability; ships are rare, so starting near their share
             avoids a first epoch spent unlearning 0.5 everywhere.
+        ship_head: Adds the image-level decision "does this image hold a ship?" (see
+            ``ship_head``): the model then returns a dict, ``{"ship_probability": mask,
+            "has_ship": (batch, 1) probability}``.
 
     Returns:
-        An uncompiled ``keras.Model`` from RGB images in 0-255 (float) to one sigmoid channel.
+        An uncompiled ``keras.Model`` from RGB images in 0-255 (float) to one sigmoid channel
+        (and the image's ship probability when ``ship_head``).
     """
     if input_size is not None:
         check_input_size(input_size, levels)
@@ -235,6 +240,7 @@ def build_unet(
     x = _conv_block(x, base_filters * 2**levels, batch_norm, "bottleneck")
     if dropout:
         x = layers.SpatialDropout2D(dropout, name="bottleneck_dropout")(x)
+    has_ship = _ship_head(x) if ship_head else None
 
     for level in reversed(range(levels)):
         filters = base_filters * 2**level
@@ -257,17 +263,54 @@ def build_unet(
         name="ship_probability",
         bias_initializer=keras.initializers.Constant(bias),
     )(x)
+    if has_ship is not None:
+        outputs = {"ship_probability": outputs, "has_ship": has_ship}
     return keras.Model(inputs, outputs, name=f"unet_{levels}x{base_filters}")
 
 
+def _ship_head(bottleneck):
+    """The image-level ship decision: global max pooling of the bottleneck, one sigmoid unit.
+
+    Max rather than average pooling: the network trains on 256 crops and predicts whole 768
+    images, nine times the area; a maximum over positions means the same on both ("the most
+    ship-like place"), where an average would dilute one ship ninefold. The bottleneck sees
+    the widest context (waves, coast, cloud), which is what tells a ship from clutter.
+    """
+    pooled = layers.GlobalMaxPooling2D(name="ship_head_pool")(bottleneck)
+    hidden = layers.Dense(32, activation="relu", name="ship_head_dense")(pooled)
+    return layers.Dense(1, activation="sigmoid", dtype="float32", name="has_ship")(hidden)
+
+
+def has_ship_head(model: keras.Model) -> bool:
+    """Whether ``model`` also predicts each image's ship probability (see ``build_unet``)."""
+    return isinstance(model.output, dict)
+
+
 def compile_unet(
-    model: keras.Model, learning_rate: float, pixel_loss: str, pixel_weight: float
+    model: keras.Model,
+    learning_rate: float,
+    pixel_loss: str,
+    pixel_weight: float,
+    ship_loss_weight: float = 0.0,
 ) -> None:
-    """Compiles with Adam, the weighted loss, and the pixel Dice and IoU metrics."""
+    """Compiles with Adam, the weighted loss, and the pixel Dice and IoU metrics.
+
+    With a ship head the loss adds ``ship_loss_weight`` times the head's binary cross-entropy
+    against "the crop holds a ship pixel", and the head reports its accuracy.
+    """
+    optimizer = keras.optimizers.Adam(learning_rate)
+    pixel = WeightedLoss(pixel_loss, pixel_weight)
+    if not has_ship_head(model):
+        model.compile(optimizer=optimizer, loss=pixel, metrics=[DiceScore(), IoUScore()])
+        return
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss=WeightedLoss(pixel_loss, pixel_weight),
-        metrics=[DiceScore(), IoUScore()],
+        optimizer=optimizer,
+        loss={"ship_probability": pixel, "has_ship": "binary_crossentropy"},
+        loss_weights={"ship_probability": 1.0, "has_ship": ship_loss_weight},
+        metrics={
+            "ship_probability": [DiceScore(), IoUScore()],
+            "has_ship": [keras.metrics.BinaryAccuracy(name="accuracy")],
+        },
     )
 
 
@@ -410,7 +453,18 @@ DEFAULT_SPACE: tuple[Dimension, ...] = (
         help="loss = w * pixel_loss + (1 - w) * dice",
     ),
     Dimension("batch_size", "choice", (4, 8, 16), limits=(1, 4096), help="training batch size"),
+    Dimension(
+        "ship_loss_weight",
+        "float",
+        (0.0, 1.0),
+        step=0.25,
+        limits=(0.0, 10.0),
+        help="weight of the image-level ship head's loss; 0: no head (pixel maximum decides)",
+    ),
 )
+# Hyperparameters added after searches were run: their value when a saved configuration lacks
+# them (the model it describes had no such part).
+ADDED_LATER = {"ship_loss_weight": 0.0}
 
 
 def search_space(overrides: Sequence[str] = ()) -> tuple[Dimension, ...]:
@@ -463,11 +517,23 @@ def fixed_hyperparameters(values: dict) -> keras_tuner.HyperParameters:
 # ---------------------------------------------------------------------------------------------
 
 
+# Scoreboard results that are counts, not scores: kept out of the epoch's logs.
+COUNTS = (
+    "images",
+    "f2_no_ship_baseline",
+    "ship_images",
+    "ship_images_found",
+    "empty_images_with_ships",
+)
+
+
 class WholeImageValidation(keras.callbacks.Callback):
     """After each epoch, predicts whole validation images and adds ``val_*`` scores to the logs.
 
     Scores (see ``evaluation.Scoreboard``): ``val_dice``, ``val_dice_ship_images``,
-    ``val_iou``, ``val_f2``, ``val_ship_accuracy``. They are computed on full-size images with
+    ``val_iou``, ``val_f2``, ``val_ship_accuracy``, ``val_ship_auc`` (how well the image-level
+    evidence, the ship head or the top pixel, ranks ship images above empty ones) and
+    ``val_f2_tuned`` (the F2 with the image-level threshold chosen on these images). They are computed on full-size images with
     the natural share of empty images, which crops cannot show. Because the values are added to
     the epoch's logs before later callbacks run, Keras Tuner, TensorBoard, checkpoints and
     early stopping all see them like any Keras metric.
@@ -509,19 +575,34 @@ class WholeImageValidation(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):  # noqa: D102
         scoreboard = evaluation.Scoreboard()
-        drawn = []
-        for position, probabilities in evaluation.predict_table(
+        drawn, gate = [], {"scores": [], "open": [], "closed": []}
+        for prediction in evaluation.predict_table(
             self.model, self.table, self.input_config, self.batch_size, self.postprocess.flip_tta
         ):
+            position, probabilities = prediction.position, prediction.probabilities
             truth = evaluation.true_labels_for(self.table.iloc[position], probabilities.shape)
-            predicted = evaluation.probabilities_to_ships(probabilities, self.postprocess)
-            scoreboard.add(truth, predicted)
+            predicted = evaluation.probabilities_to_ships(
+                probabilities, self.postprocess, prediction.ship_probability
+            )
+            scoreboard.add(truth, predicted, evaluation.ship_score(prediction))
+            ungated = evaluation.split_ships(
+                probabilities > self.postprocess.threshold, self.postprocess.min_ship_pixels
+            )
+            gate["scores"].append(evaluation.ship_score(prediction))
+            gate["open"].append(evaluation.image_f2(truth, ungated))
+            gate["closed"].append(0.0 if truth.any() else 1.0)
             if position in self.logged_positions and self.image_log_dir:
                 drawn.append((self.table.path[position], truth > 0, predicted > 0))
         self.last_results = scoreboard.results()
+        if self.last_results["images"]:
+            # What the model scores once train.py tunes its image-level threshold: the metric
+            # that sees a better ship / no-ship decision, which a fixed 0.5 gate hides.
+            self.last_results["f2_tuned"] = evaluation.best_gate(
+                gate["scores"], gate["open"], gate["closed"]
+            )[1]
         if logs is not None:
             for name, value in self.last_results.items():
-                if name not in ("images", "f2_no_ship_baseline"):
+                if name not in COUNTS:
                     logs[f"val_{name}"] = value
         if drawn:
             self._log_images(epoch, drawn)
@@ -641,13 +722,20 @@ class ShipUNetHyperModel(keras_tuner.HyperModel):
             values["dropout"],
             values["batch_norm"],
             values["upsampling"],
+            ship_head=values["ship_loss_weight"] > 0,
         )
         if self.max_parameters and model.count_params() > self.max_parameters:
             raise keras_tuner.errors.FailedTrialError(
                 f"model has {model.count_params():,} weights, "
                 f"over the limit of {self.max_parameters:,}"
             )
-        compile_unet(model, values["learning_rate"], values["pixel_loss"], values["pixel_weight"])
+        compile_unet(
+            model,
+            values["learning_rate"],
+            values["pixel_loss"],
+            values["pixel_weight"],
+            values["ship_loss_weight"],
+        )
         return model
 
     def fit(self, hp: keras_tuner.HyperParameters, model: keras.Model, x, *args, **kwargs):
@@ -666,9 +754,12 @@ class ShipUNetHyperModel(keras_tuner.HyperModel):
         callbacks.insert(1 if self.validation is not None else 0, keras.callbacks.TerminateOnNaN())
         kwargs.setdefault("steps_per_epoch", max(1, math.ceil(self.images_per_epoch / batch_size)))
         kwargs.setdefault("shuffle", False)  # tf.data shuffles; Keras would only warn about it
+        batches = x.batch(batch_size, drop_remainder=True)
+        if has_ship_head(model):
+            batches = batches.map(_with_ship_targets)
         try:
             history = model.fit(
-                x.batch(batch_size, drop_remainder=True).prefetch(2),
+                batches.prefetch(2),
                 *args,
                 callbacks=callbacks,
                 **kwargs,
@@ -681,6 +772,14 @@ class ShipUNetHyperModel(keras_tuner.HyperModel):
                 "the loss became NaN or infinite; trial stopped"
             )
         return history
+
+
+def _with_ship_targets(images, masks):
+    """Targets for a model with a ship head: the mask, and whether the crop holds a ship pixel."""
+    import tensorflow as tf
+
+    has_ship = tf.reduce_max(masks, axis=[1, 2])
+    return images, {"ship_probability": masks, "has_ship": has_ship}
 
 
 def _copy_validation(template: WholeImageValidation, callbacks) -> WholeImageValidation:

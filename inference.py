@@ -10,6 +10,8 @@ Writes to ``--out`` (default: ``results/<project>/predictions/``):
     overlays/<image>.png   the image in grey with the predicted ships in red
     submission.csv         ImageId,EncodedPixels: one row per ship, one empty row per image
                            without ships (the Kaggle format)
+    images.csv             one row per image: the ship head's probability (the learnt "is
+                           there a ship?"), the top pixel probability, and the ships kept
     scores.json            with ``--labels``: pixel Dice and instance F2 against a ship CSV
 
 A file that cannot be read is reported and skipped; the exit status is non-zero only when no
@@ -74,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="an image has ships only if its top probability reaches this (default: tuned)",
     )
+    parser.add_argument(
+        "--ship-threshold",
+        type=float,
+        help="for a model with a ship head: an image has ships only if the head's probability "
+        "reaches this (default: tuned)",
+    )
     parser.add_argument("--min-ship-pixels", type=int, help="drop smaller ships (default: tuned)")
     parser.add_argument(
         "--tta",
@@ -113,7 +121,7 @@ def load_model(path: Path):
     """Loads a U-Net saved by ``train.py`` and checks that it maps RGB images to one channel."""
     import keras
 
-    import hypermodel  # noqa: F401  (registers the custom losses and metrics)
+    import hypermodel  # registers the custom losses and metrics
 
     try:
         model = keras.saving.load_model(path)
@@ -122,10 +130,12 @@ def load_model(path: Path):
             f"{path}: cannot load the model ({type(error).__name__}: "
             f"{str(error).splitlines()[0][:200]})"
         ) from None
-    if len(model.inputs) != 1 or model.inputs[0].shape[-1] != 3 or model.outputs[0].shape[-1] != 1:
+    # A model with a ship head returns {"ship_probability": mask, "has_ship": probability}.
+    output = model.output["ship_probability"] if hypermodel.has_ship_head(model) else model.outputs[0]
+    if len(model.inputs) != 1 or model.inputs[0].shape[-1] != 3 or len(output.shape) != 4 or output.shape[-1] != 1:
         raise InferenceError(
             f"{path}: not a ship U-Net (expects one RGB input and one mask output, "
-            f"got {model.inputs[0].shape} -> {model.outputs[0].shape})"
+            f"got {model.inputs[0].shape} -> {output.shape})"
         )
     return model
 
@@ -155,14 +165,16 @@ def load_settings(model_path: Path, args: argparse.Namespace):
     overrides = {
         "threshold": args.threshold,
         "image_threshold": args.image_threshold,
+        "ship_threshold": args.ship_threshold,
         "min_ship_pixels": args.min_ship_pixels,
         "flip_tta": args.tta,
     }
     postprocess = dataclasses.replace(
         postprocess, **{k: v for k, v in overrides.items() if v is not None}
     )
-    for name in ("threshold", "image_threshold"):
-        if not 0 <= getattr(postprocess, name) <= 1:
+    for name in ("threshold", "image_threshold", "ship_threshold"):
+        # Only flags are checked: a tuned threshold may sit just above 1 ("no image opens").
+        if overrides[name] is not None and not 0 <= overrides[name] <= 1:
             raise InferenceError(f"--{name.replace('_', '-')} must be in [0, 1]")
     return input_config, postprocess
 
@@ -178,6 +190,24 @@ def ship_rows(image_id: str, labels: np.ndarray) -> list[tuple[str, str]]:
         (image_id, pipeline.rle_encode(labels == ship)) for ship in range(1, int(labels.max()) + 1)
     ]
     return rows or [(image_id, "")]
+
+
+# images.csv: one row per image, beside submission.csv.
+IMAGE_COLUMNS = ("ImageId", "ship_probability", "top_pixel_probability", "ships")
+
+
+def image_row(image_id: str, prediction: evaluation.Prediction, labels: np.ndarray) -> tuple:
+    """One row of ``images.csv``: the image's ship evidence and how many ships were kept.
+
+    ``ship_probability`` is the ship head's (empty for a model without a head): the learnt
+    answer to "is there a ship?", which gates the image's ships at the tuned threshold.
+    """
+    return (
+        image_id,
+        "" if prediction.ship_probability is None else round(prediction.ship_probability, 6),
+        round(float(prediction.probabilities.max(initial=0.0)), 6),
+        int(labels.max(initial=0)),
+    )
 
 
 def label_png(labels: np.ndarray) -> np.ndarray:
@@ -323,6 +353,7 @@ def process_prediction(
     out_dir: Path,
     overlays: bool,
     image: np.ndarray | None = None,
+    ship_probability: float | None = None,
 ) -> np.ndarray:
     """Post-processes one image's probabilities and writes its mask (and overlay) PNG.
 
@@ -333,11 +364,12 @@ def process_prediction(
         out_dir: Output folder (``masks/`` and ``overlays/`` are created in it).
         overlays: Whether to write the overlay.
         image: The decoded RGB image, when the caller already has it.
+        ship_probability: The ship head's probability for the image (None without a head).
 
     Returns:
         The label image of the predicted ships.
     """
-    labels = evaluation.probabilities_to_ships(probabilities, postprocess)
+    labels = evaluation.probabilities_to_ships(probabilities, postprocess, ship_probability)
     has_ships = bool(labels.any())
     save_png(
         out_dir / "masks" / f"{path.stem}.png",
@@ -445,19 +477,25 @@ def run_inference(args: argparse.Namespace) -> dict:
 
     scoreboard, score_lock, unlabelled = evaluation.Scoreboard(), threading.Lock(), []
 
-    def finish_image(position: int, probabilities: np.ndarray, image: np.ndarray | None):
-        path = readable[position]
+    def finish_image(prediction: evaluation.Prediction):
+        path = readable[prediction.position]
         labels = process_prediction(
-            path, probabilities, postprocess, out_dir, not args.no_overlays, image
+            path,
+            prediction.probabilities,
+            postprocess,
+            out_dir,
+            not args.no_overlays,
+            prediction.image,
+            prediction.ship_probability,
         )
         if truth is not None:
             if path.name in truth.index:
                 true_labels = pipeline.ships_to_label_image(truth[path.name], labels.shape)
                 with score_lock:
-                    scoreboard.add(true_labels, labels)
+                    scoreboard.add(true_labels, labels, evaluation.ship_score(prediction))
             else:
                 unlabelled.append(path.name)
-        return ship_rows(path.name, labels)
+        return ship_rows(path.name, labels), image_row(path.name, prediction, labels)
 
     start = time.perf_counter()
     rows_by_position: dict[int, list] = {}
@@ -468,10 +506,10 @@ def run_inference(args: argparse.Namespace) -> dict:
             POSTPROCESS_WORKERS, initializer=_yield_to_the_network
         ) as workers,
     ):
-        for position, probabilities, image in evaluation.predict_table(
+        for prediction in evaluation.predict_table(
             model, table, input_config, args.batch_size, postprocess.flip_tta, with_images=True
         ):
-            pending.append((position, workers.submit(finish_image, position, probabilities, image)))
+            pending.append((prediction.position, workers.submit(finish_image, prediction)))
             while len(pending) > MAX_IMAGES_IN_FLIGHT or (pending and pending[0][1].done()):
                 done_position, future = pending.popleft()
                 rows_by_position[done_position] = future.result()
@@ -484,11 +522,18 @@ def run_inference(args: argparse.Namespace) -> dict:
             skipped.append(f"{path}: could not be decoded")
             print(f"skipped {path}: could not be decoded", file=sys.stderr)
 
-    rows = [row for position in sorted(rows_by_position) for row in rows_by_position[position]]
+    done = sorted(rows_by_position)
+    rows = [row for position in done for row in rows_by_position[position][0]]
     submission = pd.DataFrame(rows, columns=list(pipeline.CSV_COLUMNS))
+    images = pd.DataFrame(
+        [rows_by_position[position][1] for position in done], columns=IMAGE_COLUMNS
+    )
     if rows:
         pipeline.write_atomically(
             out_dir / "submission.csv", lambda temporary: submission.to_csv(temporary, index=False)
+        )
+        pipeline.write_atomically(
+            out_dir / "images.csv", lambda temporary: images.to_csv(temporary, index=False)
         )
     seconds = time.perf_counter() - start
     scores = report_scores(scoreboard, unlabelled, out_dir) if truth is not None else None

@@ -408,6 +408,39 @@ def make_split(
     return pd.concat(parts).sort_values("ImageId").reset_index(drop=True)
 
 
+def make_folds(table: pd.DataFrame, folds: int, seed: int = 0) -> pd.Series:
+    """Assigns every image to one of ``folds`` folds, stratified by ship count.
+
+    scikit-learn's ``StratifiedKFold`` on the strata of ``ship_count_stratum``; a stratum with
+    fewer images than folds is merged into the next more common one (5+ ships into 3-4, and so
+    on), so every fold keeps the natural share of empty and of crowded images.
+
+    Returns:
+        The fold (0 to ``folds - 1``) of each image, indexed by ``ImageId``.
+
+    Raises:
+        ValueError: For fewer than 2 folds, or fewer images than folds.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    if folds < 2:
+        raise ValueError(f"K-fold needs at least 2 folds, got {folds}")
+    if len(table) < folds:
+        raise ValueError(f"{len(table)} images cannot make {folds} folds")
+    strata = table.ship_count.map(ship_count_stratum).to_numpy()
+    order = ["0", "1", "2", "3-4", "5+"]
+    for position in range(len(order) - 1, 0, -1):
+        if 0 < (strata == order[position]).sum() < folds:
+            strata[strata == order[position]] = order[position - 1]
+    if (strata == "0").sum() < folds:  # Only possible on a tiny table: no stratification left.
+        strata[:] = "0"
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    assignment = np.empty(len(table), dtype=int)
+    for fold, (_, test_positions) in enumerate(splitter.split(np.zeros(len(table)), strata)):
+        assignment[test_positions] = fold
+    return pd.Series(assignment, index=table.ImageId.to_numpy(), name="fold")
+
+
 def sample_images(table: pd.DataFrame, limit: int | None, seed: int = 0) -> pd.DataFrame:
     """At most ``limit`` rows, drawn with the seed, keeping the share of images with ships.
 

@@ -36,8 +36,10 @@ import keras_tuner  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from keras_tuner.src.engine import tuner_utils  # noqa: E402
+from keras_tuner.oracles import HyperbandOracle  # noqa: E402
 
 import hypermodel  # noqa: E402
+from shipseg import budget  # noqa: E402
 
 # On the synthetic default, a budget that ends in a few minutes on two CPU cores.
 SYNTHETIC_DEFAULTS = {"input_size": 128, "max_epochs": 6, "images_per_epoch": 192}
@@ -62,6 +64,9 @@ RESUME_KEYS = (
     "val_images",
     "executions_per_trial",
 )
+
+
+OBJECTIVES = ("val_dice", "val_f2", "val_f2_tuned")
 
 
 class SearchError(Exception):
@@ -120,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="Hyperband's most epochs for one model (default 10 on real data, 6 on synthetic)",
     )
     budget.add_argument("--factor", type=int, default=3, help="Hyperband's reduction factor")
+    budget.add_argument(
+        "--time-budget",
+        help="wall time for the whole project, e.g. 45m or 1h30m: no trial starts once it is "
+        "spent and the running one stops at it; a rerun resumes with what is left, and a larger "
+        "budget extends it (default: none, Hyperband's own budget)",
+    )
     budget.add_argument("--iterations", type=int, default=1, help="Hyperband iterations")
     budget.add_argument("--executions-per-trial", type=int, default=1)
     budget.add_argument(
@@ -146,9 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     space.add_argument(
         "--objective",
-        choices=("val_dice", "val_f2"),
+        choices=OBJECTIVES,
         default="val_dice",
-        help="pixel Dice or the competition's instance F2, on whole val images",
+        help="on whole val images: pixel Dice, the competition's instance F2 with fixed 0.5 "
+        "thresholds, or that F2 with the image-level ship threshold tuned (val_f2_tuned: what "
+        "train.py will reach; rewards a better ship / no-ship decision)",
     )
 
     run = parser.add_argument_group("run")
@@ -210,6 +223,7 @@ class TrialExecution:
     warm_start_weights: str | None
     build_config_path: str
     multi_gpu: bool
+    deadline: float | None = None
 
 
 # What prepare_trial_process made ready in this trial process.
@@ -289,6 +303,10 @@ def execute_trial(execution: TrialExecution) -> dict:
     builder = execution.builder
     builder.builds = execution.build_index
     callbacks = [*execution.callbacks, _PastStartUp()]
+    time_budget = None
+    if execution.deadline is not None:
+        time_budget = budget.TimeBudget(execution.deadline, verbose=False)
+        callbacks.append(time_budget)
     tensorboard = next((c for c in callbacks if isinstance(c, keras.callbacks.TensorBoard)), None)
     if tensorboard is not None:
         # Made here: the HParams callback opens its summary writer at once (not picklable).
@@ -325,6 +343,10 @@ def execute_trial(execution: TrialExecution) -> dict:
         "fit_seconds": fit_seconds,
         "strategy": f"{type(strategy).__name__} ({strategy.num_replicas_in_sync} replicas)",
         "best_value": float(checkpoint.best_value),
+        "stopped_by_budget": bool(time_budget is not None and time_budget.stopped),
+        "epochs_completed": (
+            time_budget.epochs_completed if time_budget is not None else len(history.epoch)
+        ),
         # ru_maxrss is in KiB on Linux.
         "peak_memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
@@ -559,14 +581,32 @@ def _build_index(trial_id: str, execution: int, executions_per_trial: int) -> in
     return number * executions_per_trial + execution
 
 
-class IsolatedHyperband(keras_tuner.Hyperband):
+class BudgetedHyperbandOracle(HyperbandOracle):
+    """Keras Tuner's Hyperband oracle that hands out no trial once a wall-clock deadline passes.
+
+    The deadline is not part of the oracle's saved state: each run sets it from what is left of
+    the project's ``--time-budget`` (see ``shipseg.budget.SearchBudget``). In a distributed
+    search the chief's oracle decides for every worker.
+    """
+
+    deadline: float | None = None
+
+    def populate_space(self, trial_id):  # noqa: D102
+        if self.deadline is not None and time.time() >= self.deadline:
+            return {"status": keras_tuner.engine.trial.TrialStatus.STOPPED, "values": None}
+        return super().populate_space(trial_id)
+
+
+class IsolatedHyperband(keras_tuner.Tuner):
     """Hyperband that trains each trial in a fresh process and records how long it took.
 
     Args:
         unet_hypermodel: The ship U-Net HyperModel.
         training_data: The training stream's table, input settings and seed.
         multi_gpu: Train each trial on all local GPUs with ``tf.distribute.MirroredStrategy``.
-        **kwargs: Passed to ``keras_tuner.Hyperband``.
+        search_budget: The project's wall-time budget, or None for Hyperband's own budget.
+        hyperband: Arguments of Keras Tuner's ``HyperbandOracle`` (objective, max_epochs, ...).
+        **kwargs: Passed to ``keras_tuner.Tuner`` (directory, project_name, overwrite, ...).
     """
 
     def __init__(
@@ -574,11 +614,30 @@ class IsolatedHyperband(keras_tuner.Hyperband):
         unet_hypermodel: hypermodel.ShipUNetHyperModel,
         training_data: TrainingData,
         multi_gpu: bool = False,
+        search_budget: budget.SearchBudget | None = None,
+        hyperband: dict | None = None,
         **kwargs,
     ):
-        super().__init__(unet_hypermodel, **kwargs)
+        oracle = BudgetedHyperbandOracle(**(hyperband or {}))
+        super().__init__(oracle=oracle, hypermodel=unet_hypermodel, **kwargs)
         self.multi_gpu = multi_gpu
+        self.search_budget = search_budget
+        if search_budget is not None:
+            self.oracle.deadline = search_budget.deadline()
         self.trial_processes = TrialProcesses(prepare_trial_process, training_data)
+
+    def on_trial_begin(self, trial):  # noqa: D102
+        if self.search_budget is not None:
+            print(
+                f"Trial {trial.trial_id}: "
+                f"{budget.format_duration(self.search_budget.left())} left in the time budget"
+            )
+        super().on_trial_begin(trial)
+
+    def on_trial_end(self, trial):  # noqa: D102
+        super().on_trial_end(trial)
+        if self.search_budget is not None:
+            self.search_budget.save(pipeline.write_json_atomically)
 
     def on_search_end(self):  # noqa: D102
         self.trial_processes.close()
@@ -601,6 +660,7 @@ class IsolatedHyperband(keras_tuner.Hyperband):
             filepath=self._get_checkpoint_fname(trial.trial_id),
         )
         histories, fit_seconds, peak_memory, strategy = [], 0.0, 0.0, None
+        stopped_by_budget, epochs_completed = False, 0
         start = time.perf_counter()
         try:
             for execution in range(self.executions_per_trial):
@@ -627,12 +687,15 @@ class IsolatedHyperband(keras_tuner.Hyperband):
                         ),
                         build_config_path=self._get_build_config_fname(trial.trial_id),
                         multi_gpu=self.multi_gpu,
+                        deadline=self.oracle.deadline,
                     ),
                 )
                 checkpoint.best_value = result["best_value"]
                 fit_seconds += result["fit_seconds"]
                 peak_memory = max(peak_memory, result["peak_memory_mib"])
                 strategy = result["strategy"]
+                stopped_by_budget |= result["stopped_by_budget"]
+                epochs_completed = result["epochs_completed"]
                 history = keras.callbacks.History()
                 history.history, history.epoch = result["history"], result["epoch"]
                 tuner_utils.validate_trial_results(
@@ -648,6 +711,8 @@ class IsolatedHyperband(keras_tuner.Hyperband):
                     "peak_memory_mib": peak_memory,
                     "strategy": strategy,
                     "tuner_id": self.tuner_id,
+                    "stopped_by_budget": stopped_by_budget,
+                    "epochs_completed": epochs_completed,
                 },
             )
         return histories
@@ -689,6 +754,11 @@ def resolve_settings(args: argparse.Namespace) -> dict:
         raise SearchError("--val-images must be at least 1")
     if args.factor < 2:
         raise SearchError("--factor must be at least 2")
+    if args.time_budget is not None:
+        try:
+            budget.parse_duration(args.time_budget)
+        except ValueError as error:
+            raise SearchError(f"--time-budget: {error}") from None
     if synthetic:
         args.hp = [*SYNTHETIC_SPACE, *args.hp]
     try:
@@ -728,6 +798,7 @@ def resolve_settings(args: argparse.Namespace) -> dict:
         "space": {d.name: d.describe() for d in space},
         "hp_overrides": list(args.hp),
         "multi_gpu": args.multi_gpu,
+        "time_budget": args.time_budget,
         "versions": hypermodel.library_versions(),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     }
@@ -824,7 +895,14 @@ def run_search(args: argparse.Namespace) -> dict:
     training_data = TrainingData(train_table, input_config, args.seed)
     _keep_off_gpus()
     try:
-        tuner = make_tuner(args, project_dir, model_space, validation, training_data)
+        tuner = make_tuner(
+            args,
+            project_dir,
+            model_space,
+            validation,
+            training_data,
+            search_budget(args, project_dir),
+        )
     except keras_tuner.errors.FailedTrialError as error:
         # Keras Tuner builds one model while it is constructed; a space whose smallest model
         # is already too big fails there, before any trial could record it.
@@ -853,12 +931,36 @@ def run_search(args: argparse.Namespace) -> dict:
     return {"project_dir": project_dir, "trials": trials, "best": best}
 
 
+def search_budget(args: argparse.Namespace, project_dir: Path) -> budget.SearchBudget | None:
+    """The project's time budget (what earlier runs spent counts), or None without one."""
+    if args.time_budget is None:
+        return None
+    try:
+        project_budget = budget.SearchBudget(
+            project_dir / "budget.json", budget.parse_duration(args.time_budget)
+        )
+    except ValueError as error:
+        raise SearchError(str(error)) from None
+    spent, total = (
+        budget.format_duration(s) for s in (project_budget.spent(), project_budget.seconds)
+    )
+    if project_budget.left() <= 0:
+        print(
+            f"Time budget spent ({spent} of {total}): no new trial starts; rerun with a larger "
+            "--time-budget to extend it."
+        )
+    else:
+        print(f"Time budget {total}, {spent} spent by earlier runs of this project")
+    return project_budget
+
+
 def make_tuner(
     args: argparse.Namespace,
     project_dir: Path,
     space,
     validation: hypermodel.WholeImageValidation,
     training_data: TrainingData,
+    search_budget: budget.SearchBudget | None = None,
 ) -> IsolatedHyperband:
     """The Hyperband tuner over the ship U-Net HyperModel, stored under ``project_dir/tuner``."""
     return IsolatedHyperband(
@@ -867,17 +969,20 @@ def make_tuner(
         ),
         training_data,
         multi_gpu=args.multi_gpu,
-        objective=keras_tuner.Objective(args.objective, direction="max"),
-        max_epochs=args.max_epochs,
-        factor=args.factor,
-        hyperband_iterations=args.iterations,
+        search_budget=search_budget,
+        hyperband={
+            "objective": keras_tuner.Objective(args.objective, direction="max"),
+            "max_epochs": args.max_epochs,
+            "factor": args.factor,
+            "hyperband_iterations": args.iterations,
+            "seed": args.seed,
+            # None: failed trials are recorded and the search goes on, however many fail in a row.
+            "max_consecutive_failed_trials": None,
+        },
         executions_per_trial=args.executions_per_trial,
-        seed=args.seed,
         directory=str(project_dir),
         project_name="tuner",
         overwrite=args.overwrite,
-        # None: failed trials are recorded and the search goes on, however many fail in a row.
-        max_consecutive_failed_trials=None,
     )
 
 
@@ -930,7 +1035,7 @@ def trials_table(tuner: keras_tuner.Tuner, objective: str) -> pd.DataFrame:
             "status": trial.status,
             objective: trial.score if trial.score is not None else np.nan,
         }
-        for metric in ("val_dice", "val_dice_ship_images", "val_f2", "val_ship_accuracy"):
+        for metric in OBJECTIVES + ("val_dice_ship_images", "val_ship_accuracy", "val_ship_auc"):
             if metric != objective:
                 row[metric] = (
                     trial.metrics.get_best_value(metric) if trial.metrics.exists(metric) else np.nan
@@ -950,6 +1055,9 @@ def trials_table(tuner: keras_tuner.Tuner, objective: str) -> pd.DataFrame:
         row["fit_s"] = round(timing.get("fit_seconds", np.nan), 2)
         row["peak_memory_mib"] = round(timing.get("peak_memory_mib", np.nan), 1)
         row["tuner_id"] = timing.get("tuner_id", "")
+        # A trial the time budget cut short still counts, with the epochs it finished.
+        row["stopped_by_budget"] = bool(timing.get("stopped_by_budget", False))
+        row["epochs_completed"] = timing.get("epochs_completed", np.nan)
         rows.append(row)
     table = pd.DataFrame(rows)
     if table.empty:

@@ -17,6 +17,7 @@ on the untouched test split, on whole images. Everything goes to ``results/<proj
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import shutil
@@ -35,11 +36,15 @@ import pandas as pd  # noqa: E402
 
 import evaluation  # noqa: E402
 import hypermodel  # noqa: E402
+from shipseg import budget  # noqa: E402
 
-# The post-processing grid tried on validation images; the best F2 becomes inference's default.
+# The post-processing grid tried on validation images (the image-level threshold is found
+# exactly for each setting); the best F2 becomes inference's default.
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
-IMAGE_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 MIN_SHIP_PIXELS = (0, 10, 30, 100)
+# Validation images train.py scores per epoch by default: all of them on any dataset of up to
+# this many (the whole Airbus validation split would be sampled down to it).
+VAL_IMAGES = 3000
 # What a finished training leaves in results/<project>/final/ (besides logs/).
 FINAL_FILES = (
     "model.keras",
@@ -80,6 +85,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--patience", type=int, default=6, help="epochs without improvement before stopping early"
+    )
+    parser.add_argument(
+        "--time-budget",
+        help="wall time for training, e.g. 60m or 1h30m: stops at it and keeps the best epoch "
+        "(post-processing tuning and the test evaluation follow); with --folds, for all folds",
+    )
+    parser.add_argument(
+        "--folds",
+        type=int,
+        help="K-fold cross-validation over train + val instead of one training: each fold is "
+        "tested once, the next fold validates, the rest trains; reports mean and spread of the "
+        "F2 and of its gain over the no-ship baseline (results/<project>/folds/)",
+    )
+    parser.add_argument(
+        "--monitor",
+        choices=("val_dice", "val_f2", "val_f2_tuned"),
+        help="score that picks the best epoch and stops early (default: the search's objective)",
+    )
+    parser.add_argument(
+        "--val-images",
+        type=int,
+        default=VAL_IMAGES,
+        help="validate on at most this many whole val images (share of empty ones kept)",
     )
     parser.add_argument(
         "--full",
@@ -123,6 +151,7 @@ def load_hyperparameters(path: Path) -> dict:
     if not isinstance(values, dict):
         raise TrainError(f"{path}: expected a JSON object of hyperparameters")
     names = [dimension.name for dimension in hypermodel.DEFAULT_SPACE]
+    values = {**hypermodel.ADDED_LATER, **values}
     missing = [name for name in names if name not in values]
     unknown = [name for name in values if name not in names]
     if missing or unknown:
@@ -171,78 +200,103 @@ class AtomicCheckpoint(keras.callbacks.Callback):
             pipeline.write_atomically(self.path, self.model.save)
 
 
-def train_model(
-    values: dict,
-    train_table: pd.DataFrame,
-    validation_table: pd.DataFrame | None,
-    input_config: pipeline.InputConfig,
-    out_dir: Path,
-    monitor: str,
-    epochs: int,
-    images_per_epoch: int,
-    patience: int,
-    seed: int,
-    verbose: int = 1,
-) -> dict:
-    """Trains one configuration with checkpointing, early stopping and logs.
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    """How one configuration is trained (the same for the final model and for every fold).
 
-    Args:
-        values: Hyperparameters (see ``hypermodel.DEFAULT_SPACE``).
-        train_table: Training images.
-        validation_table: Whole-image validation images, or None (then the last epoch is kept
-            and there is no early stopping).
+    Attributes:
         input_config: Crops or resizing, as in the search.
-        out_dir: Where ``model.keras``, ``history.csv`` and ``logs/`` go.
-        monitor: ``val_dice`` or ``val_f2``.
+        monitor: ``val_dice``, ``val_f2`` or ``val_f2_tuned``: picks the best epoch.
         epochs: Most epochs.
         images_per_epoch: Training images per epoch.
         patience: Epochs without improvement before stopping.
         seed: Fixes initialisation and sampling.
         verbose: Keras verbosity.
-
-    Returns:
-        ``{"history": DataFrame, "best_epoch": int, "seconds": float}``.
+        deadline: ``time.time()`` at which training stops (the time budget), or None.
     """
-    space = hypermodel.search_space([f"{name}={value}" for name, value in values.items()])
-    model_builder = hypermodel.ShipUNetHyperModel(
-        space,
-        hypermodel.WholeImageValidation(validation_table, input_config)
-        if validation_table is not None
-        else None,
-        images_per_epoch,
-        seed,
-    )
-    hp = hypermodel.fixed_hyperparameters(values)
-    model = model_builder.build(hp)
-    checkpoint = AtomicCheckpoint(
-        out_dir / "model.keras", monitor if validation_table is not None else None
-    )
-    history_partial = out_dir / ".history.csv.partial"
+
+    input_config: pipeline.InputConfig
+    monitor: str
+    epochs: int
+    images_per_epoch: int
+    patience: int
+    seed: int
+    verbose: int = 1
+    deadline: float | None = None
+
+
+def training_callbacks(
+    settings: TrainSettings, out_dir: Path, validated: bool
+) -> tuple[AtomicCheckpoint, list]:
+    """The checkpoint, and every callback of a training (logs, stopping, budget)."""
+    checkpoint = AtomicCheckpoint(out_dir / "model.keras", settings.monitor if validated else None)
     callbacks = [
         checkpoint,
-        keras.callbacks.CSVLogger(str(history_partial)),
+        keras.callbacks.CSVLogger(str(out_dir / ".history.csv.partial")),
         keras.callbacks.TensorBoard(str(out_dir / "logs"), write_graph=False, profile_batch=0),
     ]
-    if validation_table is not None:
+    if validated:
         callbacks += [
-            keras.callbacks.EarlyStopping(monitor, mode="max", patience=patience, verbose=1),
+            keras.callbacks.EarlyStopping(
+                settings.monitor, mode="max", patience=settings.patience, verbose=1
+            ),
             keras.callbacks.ReduceLROnPlateau(
-                monitor, mode="max", factor=0.5, patience=max(1, patience // 2), verbose=1
+                settings.monitor,
+                mode="max",
+                factor=0.5,
+                patience=max(1, settings.patience // 2),
+                verbose=1,
             ),
         ]
     else:
         callbacks.append(
             keras.callbacks.ReduceLROnPlateau("loss", factor=0.5, patience=3, verbose=1)
         )
+    if settings.deadline is not None:
+        callbacks.append(budget.TimeBudget(settings.deadline, verbose=bool(settings.verbose)))
+    return checkpoint, callbacks
+
+
+def train_model(
+    values: dict,
+    train_table: pd.DataFrame,
+    validation_table: pd.DataFrame | None,
+    settings: TrainSettings,
+    out_dir: Path,
+) -> dict:
+    """Trains one configuration with checkpointing, early stopping, a time budget and logs.
+
+    Args:
+        values: Hyperparameters (see ``hypermodel.DEFAULT_SPACE``).
+        train_table: Training images.
+        validation_table: Whole-image validation images, or None (then the last epoch is kept
+            and there is no early stopping).
+        settings: Input, monitor, epochs, patience, seed and time budget.
+        out_dir: Where ``model.keras``, ``history.csv`` and ``logs/`` go.
+
+    Returns:
+        ``{"history": DataFrame, "best_epoch": int, "seconds": float,
+        "stopped_by_budget": bool}``.
+    """
+    validation = None
+    if validation_table is not None:
+        validation = hypermodel.WholeImageValidation(validation_table, settings.input_config)
+    space = hypermodel.search_space([f"{name}={value}" for name, value in values.items()])
+    model_builder = hypermodel.ShipUNetHyperModel(
+        space, validation, settings.images_per_epoch, settings.seed
+    )
+    hp = hypermodel.fixed_hyperparameters(values)
+    model = model_builder.build(hp)
+    checkpoint, callbacks = training_callbacks(settings, out_dir, validation is not None)
     start = time.perf_counter()
     try:
         model_builder.fit(
             hp,
             model,
-            pipeline.training_dataset(train_table, input_config, seed),
-            epochs=epochs,
+            pipeline.training_dataset(train_table, settings.input_config, settings.seed),
+            epochs=settings.epochs,
             callbacks=callbacks,
-            verbose=verbose,
+            verbose=settings.verbose,
         )
     except keras_tuner.errors.FailedTrialError as error:
         kept = (
@@ -252,12 +306,18 @@ def train_model(
         )
         raise TrainError(f"training stopped: {error}{kept}") from None
     seconds = time.perf_counter() - start
+    history_partial = out_dir / ".history.csv.partial"
     history = pd.read_csv(history_partial)
     pipeline.write_atomically(
         out_dir / "history.csv", lambda temporary: history.to_csv(temporary, index=False)
     )
     history_partial.unlink()
-    return {"history": history, "best_epoch": int(checkpoint.best_epoch) + 1, "seconds": seconds}
+    return {
+        "history": history,
+        "best_epoch": int(checkpoint.best_epoch) + 1,
+        "seconds": seconds,
+        "stopped_by_budget": any(isinstance(c, budget.TimeBudget) and c.stopped for c in callbacks),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,54 +326,47 @@ def train_model(
 
 
 def tune_postprocess(model, table: pd.DataFrame, input_config: pipeline.InputConfig) -> dict:
-    """Chooses the thresholds and minimum ship size that maximise the F2 on ``table``.
+    """Chooses the pixel threshold, minimum ship size and image-level threshold on ``table``.
 
     Streams over the images: the network runs once per image, its components are labelled once
-    per pixel threshold, and every image threshold and minimum size of the grid is scored from
-    that one IoU matrix (a size filter only removes predicted columns). Memory does not grow
-    with the number of images. Ties keep the stricter setting (fewer false ships).
+    per pixel threshold, and every minimum size is scored from that one IoU matrix (a size
+    filter only removes predicted columns). The image-level threshold, on the ship head's
+    probability or (without a head) on the top pixel probability, is then found exactly for
+    each setting by ``evaluation.best_gate``, not from a grid. Memory grows by a few numbers
+    per image. Ties keep the stricter setting (fewer false ships).
 
     Returns:
         ``{"config": PostprocessConfig, "f2": float, "tried": int, "images": int}``.
     """
-    grid = list(
-        dict.fromkeys(
-            (threshold, max(image_threshold, threshold), min_size)
-            for threshold, image_threshold, min_size in itertools.product(
-                THRESHOLDS, IMAGE_THRESHOLDS, MIN_SHIP_PIXELS
-            )
-        )
-    )
-    totals = np.zeros(len(grid))
-    images = 0
-    for position, probabilities in evaluation.predict_table(model, table, input_config):
-        truth = evaluation.true_labels_for(table.iloc[position], probabilities.shape)
-        top = float(probabilities.max(initial=0.0))
+    grid = list(itertools.product(THRESHOLDS, MIN_SHIP_PIXELS))
+    f2_open = [[] for _ in grid]
+    scores, f2_closed, head = [], [], False
+    for prediction in evaluation.predict_table(model, table, input_config):
+        probabilities = prediction.probabilities
+        truth = evaluation.true_labels_for(table.iloc[prediction.position], probabilities.shape)
+        head = prediction.ship_probability is not None
+        scores.append(evaluation.ship_score(prediction))
+        f2_closed.append(0.0 if truth.any() else 1.0)
         for threshold in THRESHOLDS:
             components = evaluation.split_ships(probabilities > threshold)
             areas = np.bincount(components.ravel())[1:]
             ious = evaluation.iou_matrix(truth, components)
-            for index, (pixel_threshold, image_threshold, min_size) in enumerate(grid):
-                if pixel_threshold != threshold:
-                    continue
-                kept = (
-                    areas >= max(min_size, 1)
-                    if top >= image_threshold
-                    else np.zeros(len(areas), bool)
-                )
-                totals[index] += evaluation.f2_from_ious(ious[:, kept])
-        images += 1
-    if images == 0:
+            for index, (pixel_threshold, min_size) in enumerate(grid):
+                if pixel_threshold == threshold:
+                    f2_open[index].append(
+                        evaluation.f2_from_ious(ious[:, areas >= max(min_size, 1)])
+                    )
+    if not scores:
         raise TrainError("no validation image could be read to tune the post-processing")
-    scores = totals / images
+    gates = [evaluation.best_gate(scores, opened, f2_closed) for opened in f2_open]
     # The grid runs from loose to strict: >= lets a stricter setting win a tie.
-    best = max(range(len(grid)), key=lambda index: (scores[index], index))
-    return {
-        "config": evaluation.PostprocessConfig(*grid[best]),
-        "f2": float(scores[best]),
-        "tried": len(grid),
-        "images": images,
-    }
+    best = max(range(len(grid)), key=lambda index: (gates[index][1], index))
+    (threshold, min_size), (gate, f2) = grid[best], gates[best]
+    if head:
+        config = evaluation.PostprocessConfig(threshold, threshold, min_size, ship_threshold=gate)
+    else:
+        config = evaluation.PostprocessConfig(threshold, max(gate, threshold), min_size)
+    return {"config": config, "f2": f2, "tried": len(grid), "images": len(scores)}
 
 
 def plot_history(history: pd.DataFrame, monitor: str, path: Path) -> None:
@@ -361,12 +414,14 @@ def plot_examples(
     figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 4.4 * rows), squeeze=False)
     for axis in axes.ravel():
         axis.axis("off")
-    for (position, probabilities), axis in zip(
+    for prediction, axis in zip(
         evaluation.predict_table(model, chosen, input_config), axes.ravel(), strict=False
     ):
-        row = chosen.iloc[position]
-        truth = evaluation.true_labels_for(row, probabilities.shape)
-        predicted = evaluation.probabilities_to_ships(probabilities, postprocess)
+        row = chosen.iloc[prediction.position]
+        truth = evaluation.true_labels_for(row, prediction.probabilities.shape)
+        predicted = evaluation.probabilities_to_ships(
+            prediction.probabilities, postprocess, prediction.ship_probability
+        )
         image = pipeline.decode_image(row.path).numpy()
         axis.imshow(hypermodel.mask_overlay(image, truth > 0, predicted > 0, max_side=512))
         axis.set_title(
@@ -390,14 +445,22 @@ def clear_previous_training(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
-def run_training(args: argparse.Namespace) -> dict:
-    """Retrains, tunes post-processing on val, evaluates on test; writes ``final/``.
+@dataclasses.dataclass
+class Run:
+    """What a training run starts from: the search's project, data, split and configuration."""
 
-    Returns:
-        The content of ``metrics.json``.
-    """
-    results_dir = Path(args.results_dir)
-    project_dir = find_project(results_dir, args.project)
+    project_dir: Path
+    search_config: dict
+    values: dict
+    hparams_path: Path
+    table: pd.DataFrame
+    split: pd.DataFrame
+    settings: TrainSettings
+
+
+def load_run(args: argparse.Namespace) -> Run:
+    """Reads the project, the configuration and the data, and checks the settings."""
+    project_dir = find_project(Path(args.results_dir), args.project)
     search_config = json.loads((project_dir / "search_config.json").read_text())
     hparams_path = Path(args.hparams) if args.hparams else project_dir / "best_hparams.json"
     if not hparams_path.is_file():
@@ -412,113 +475,285 @@ def run_training(args: argparse.Namespace) -> dict:
         hypermodel.check_input_size(search_config["input"]["size"], values["levels"])
     except ValueError as error:
         raise TrainError(f"{hparams_path}: {error} (the search's input size)") from None
-
+    try:
+        seconds = budget.parse_duration(args.time_budget) if args.time_budget else None
+    except ValueError as error:
+        raise TrainError(f"--time-budget: {error}") from None
     table = pipeline.read_dataset(search_config["resolved_data_dir"])
+    settings = TrainSettings(
+        input_config=pipeline.InputConfig(**search_config["input"]),
+        monitor=args.monitor or search_config["objective"],
+        epochs=args.epochs,
+        images_per_epoch=args.images_per_epoch or search_config["images_per_epoch"],
+        patience=args.patience,
+        seed=search_config["seed"] if args.seed is None else args.seed,
+        verbose=args.verbose,
+        deadline=None if seconds is None else time.time() + seconds,
+    )
     split = pipeline.load_split(search_config["split_file"], table)
-    input_config = pipeline.InputConfig(**search_config["input"])
-    seed = search_config["seed"] if args.seed is None else args.seed
-    monitor = search_config["objective"]
-    train_table = pipeline.select_split(
-        table, split, *(("train", "val") if args.full else ("train",))
-    )
-    # The same capped, share-keeping subset of validation images as the search.
-    val_table = pipeline.sample_images(
-        pipeline.select_split(table, split, "val"), search_config.get("val_images"), seed
-    )
-    test_table = pipeline.select_split(table, split, "test")
-    if test_table.empty:
-        raise TrainError(f"{search_config['split_file']}: the split has no test image")
+    return Run(project_dir, search_config, values, hparams_path, table, split, settings)
 
-    out_dir = project_dir / "final"
-    clear_previous_training(out_dir)
-    config = {
-        "project": project_dir.name,
-        "hyperparameters": values,
-        "hyperparameters_from": str(hparams_path.resolve()),
-        "input": search_config["input"],
+
+def run_config(run: Run, args: argparse.Namespace, **extra) -> dict:
+    """The ``config.json`` record of a training: everything needed to repeat it."""
+    return {
+        "project": run.project_dir.name,
+        "hyperparameters": run.values,
+        "hyperparameters_from": str(run.hparams_path.resolve()),
+        "input": run.search_config["input"],
         "input_note": "RGB float 0-255 (the model rescales); crop mode predicts whole images at "
         "full resolution, resize mode resizes to input.size and back",
-        "data_dir": search_config["resolved_data_dir"],
-        "split_file": search_config["split_file"],
-        "trained_on": "train+val" if args.full else "train",
-        "monitor": monitor,
-        "epochs": args.epochs,
-        "images_per_epoch": args.images_per_epoch or search_config["images_per_epoch"],
-        "patience": args.patience,
-        "seed": seed,
+        "data_dir": run.search_config["resolved_data_dir"],
+        "split_file": run.search_config["split_file"],
+        "monitor": run.settings.monitor,
+        "epochs": run.settings.epochs,
+        "images_per_epoch": run.settings.images_per_epoch,
+        "patience": run.settings.patience,
+        "time_budget": args.time_budget,
+        "seed": run.settings.seed,
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "versions": hypermodel.library_versions(),
+        **extra,
     }
+
+
+def train_and_evaluate(
+    run: Run,
+    tables: dict[str, pd.DataFrame],
+    out_dir: Path,
+    config: dict,
+    settings: TrainSettings | None = None,
+) -> dict:
+    """Trains on ``tables["train"]``, tunes post-processing on ``"val"``, scores ``"test"``.
+
+    With ``full`` in ``config["trained_on"]`` the validation images are trained on too and
+    nothing stops early. Writes ``model.keras``, ``config.json``, ``metrics.json``, the
+    history and the example figure to ``out_dir``.
+
+    Returns:
+        The content of ``metrics.json``.
+    """
+    settings = settings or run.settings
+    full = config["trained_on"] == "train+val"
+    clear_previous_training(out_dir)
     pipeline.write_json_atomically(out_dir / "config.json", {**config, "status": "training"})
-    keras.utils.set_random_seed(seed)
+    keras.utils.set_random_seed(settings.seed)
     print(
-        f"Training {values} on {len(train_table)} images for up to {args.epochs} epochs "
-        f"(checkpoint on {monitor}); results in {out_dir}"
+        f"Training {run.values} on {len(tables['train'])} images for up to {settings.epochs} "
+        f"epochs (checkpoint on {settings.monitor}); results in {out_dir}"
     )
     trained = train_model(
-        values,
-        train_table,
-        None if args.full else val_table,
-        input_config,
-        out_dir,
-        monitor,
-        args.epochs,
-        config["images_per_epoch"],
-        args.patience,
-        seed,
-        args.verbose,
+        run.values, tables["train"], None if full else tables["val"], settings, out_dir
     )
-    plot_history(trained["history"], monitor, out_dir / "history.png")
-
+    plot_history(trained["history"], settings.monitor, out_dir / "history.png")
     model = keras.saving.load_model(out_dir / "model.keras")
-    print(f"Tuning post-processing on {len(val_table)} validation images ...")
-    tuned = tune_postprocess(model, val_table, input_config)
-    postprocess = tuned["config"]
-    print(f"Evaluating on {len(test_table)} whole test images ...")
-    test_scores = evaluation.evaluate_model(model, test_table, input_config, postprocess)
-    val_scores = evaluation.evaluate_model(model, val_table, input_config, postprocess)
-    plot_examples(model, test_table, input_config, postprocess, out_dir / "test_examples.png")
-
-    metrics = {
-        "test": test_scores,
-        "validation": val_scores,
-        "postprocess": postprocess.__dict__,
-        "postprocess_tuning": f"grid of {tuned['tried']} settings on {tuned['images']} validation images, "
-        f"best validation F2 {tuned['f2']:.4f}"
-        + (" (validation images were also trained on: --full)" if args.full else ""),
-        "best_epoch": trained["best_epoch"],
-        "epochs_run": int(len(trained["history"])),
-        "train_seconds": round(trained["seconds"], 1),
-    }
+    metrics = evaluate_trained(model, tables, settings.input_config, out_dir)
+    metrics.update(
+        best_epoch=trained["best_epoch"],
+        epochs_run=int(len(trained["history"])),
+        stopped_by_budget=trained["stopped_by_budget"],
+        train_seconds=round(trained["seconds"], 1),
+    )
+    if full:
+        metrics["postprocess_tuning"] += " (validation images were also trained on: --full)"
     pipeline.write_json_atomically(out_dir / "metrics.json", metrics)
     pipeline.write_json_atomically(
         out_dir / "config.json",
-        {**config, "postprocess": postprocess.__dict__, "status": "complete"},
+        {**config, "postprocess": metrics["postprocess"], "status": "complete"},
     )
+    return metrics
+
+
+def evaluate_trained(model, tables: dict[str, pd.DataFrame], input_config, out_dir: Path) -> dict:
+    """Tunes the post-processing on the validation images, then scores the test images."""
+    print(f"Tuning post-processing on {len(tables['val'])} validation images ...")
+    tuned = tune_postprocess(model, tables["val"], input_config)
+    postprocess = tuned["config"]
+    print(f"Evaluating on {len(tables['test'])} whole test images ...")
+    test = evaluation.evaluate_model(
+        model, tables["test"], input_config, postprocess, intervals=True
+    )
+    validation = evaluation.evaluate_model(model, tables["val"], input_config, postprocess)
+    plot_examples(model, tables["test"], input_config, postprocess, out_dir / "test_examples.png")
+    return {
+        "test": test,
+        "validation": validation,
+        "postprocess": dataclasses.asdict(postprocess),
+        "postprocess_tuning": f"{tuned['tried']} settings, each with its image-level threshold "
+        f"chosen exactly, on {tuned['images']} validation images; best validation F2 "
+        f"{tuned['f2']:.4f}",
+    }
+
+
+def run_training(args: argparse.Namespace) -> dict:
+    """Retrains, tunes post-processing on val, evaluates on test; writes ``final/``.
+
+    Returns:
+        The content of ``metrics.json``.
+    """
+    run = load_run(args)
+    # Every validation image up to a few thousand (share-keeping sample beyond): early
+    # stopping, the checkpoint and the post-processing all hang on these scores, and on 40
+    # images the val Dice of one training swung between 0.06 and 0.50 from epoch to epoch.
+    tables = {
+        "train": pipeline.select_split(
+            run.table, run.split, *(("train", "val") if args.full else ("train",))
+        ),
+        "val": pipeline.sample_images(
+            pipeline.select_split(run.table, run.split, "val"), args.val_images, run.settings.seed
+        ),
+        "test": pipeline.select_split(run.table, run.split, "test"),
+    }
+    if tables["test"].empty:
+        raise TrainError(f"{run.search_config['split_file']}: the split has no test image")
+    out_dir = run.project_dir / "final"
+    config = run_config(
+        run,
+        args,
+        trained_on="train+val" if args.full else "train",
+        val_images=len(tables["val"]),
+    )
+    metrics = train_and_evaluate(run, tables, out_dir, config)
     print_metrics(metrics, out_dir)
     return metrics
 
 
 def print_metrics(metrics: dict, out_dir: Path) -> None:
-    """Prints the test scores next to the no-ship baseline."""
+    """Prints the test scores next to the no-ship baseline, with their 95 % intervals."""
     test = metrics["test"]
+    low_high = test.get("intervals", {})
+
+    def interval(name: str) -> str:
+        return f"[{low_high[name][0]:.3f}, {low_high[name][1]:.3f}]" if name in low_high else ""
+
     print(f"\nTest split ({test['images']} whole images, natural share of empty images):")
+    print(f"  instance F2 (IoU 0.5-0.95)   {test['f2']:.4f} {interval('f2')}")
     print(
-        f"  instance F2 (IoU 0.5-0.95)   {test['f2']:.4f}   no-ship baseline {test['f2_no_ship_baseline']:.4f}"
+        f"  no-ship baseline F2          {test['f2_no_ship_baseline']:.4f} "
+        f"{interval('f2_no_ship_baseline')}"
+    )
+    print(
+        f"  gain over the baseline       {test['f2'] - test['f2_no_ship_baseline']:+.4f} "
+        f"{interval('gain')}  (95 % bootstrap intervals over images)"
     )
     print(f"  pixel Dice, all images       {test['dice']:.4f}")
     print(f"  pixel Dice, ship images      {test['dice_ship_images']:.4f}")
     print(f"  pixel IoU                    {test['iou']:.4f}")
-    print(f"  ship / no-ship accuracy      {test['ship_accuracy']:.4f}")
+    print(
+        f"  ship images found            {test['ship_images_found']} of {test['ship_images']}; "
+        f"empty images with a false ship: {test['empty_images_with_ships']} of "
+        f"{test['images'] - test['ship_images']}"
+    )
+    print(
+        f"  ship / no-ship accuracy      {test['ship_accuracy']:.4f}  (ROC AUC {test['ship_auc']:.3f})"
+    )
     print(f"Post-processing (tuned on validation): {metrics['postprocess']}")
     print(f"Saved in {out_dir}: {', '.join(FINAL_FILES)}")
+
+
+def fold_tables(pool: pd.DataFrame, folds: pd.Series, fold: int) -> dict[str, pd.DataFrame]:
+    """Fold ``fold`` tests, the next fold validates, the others train (no image in two).
+
+    Args:
+        pool: The images the folds were made from (train + val; never the test split).
+        folds: ``pipeline.make_folds`` of ``pool``.
+        fold: The fold to test on.
+    """
+    count = int(folds.max()) + 1
+    fold_of = pool.ImageId.map(folds)
+    return {
+        "test": pool[fold_of == fold].reset_index(drop=True),
+        "val": pool[fold_of == (fold + 1) % count].reset_index(drop=True),
+        "train": pool[~fold_of.isin([fold, (fold + 1) % count])].reset_index(drop=True),
+    }
+
+
+def run_folds(args: argparse.Namespace) -> dict:
+    """K-fold cross-validation over train + val (the test split stays untouched).
+
+    Each fold trains a model as ``run_training`` does, so the spread across folds says how
+    much one training's test figure can be trusted. Writes ``folds/fold_<k>/`` and
+    ``folds/summary.json``.
+
+    Returns:
+        The content of ``summary.json``.
+    """
+    run = load_run(args)
+    pool = pipeline.select_split(run.table, run.split, "train", "val")
+    try:
+        folds = pipeline.make_folds(pool, args.folds, run.settings.seed)
+    except ValueError as error:
+        raise TrainError(f"--folds: {error}") from None
+    rows = []
+    for fold in range(args.folds):
+        settings = run.settings
+        if settings.deadline is not None:  # What is left, shared by the remaining folds.
+            share = (settings.deadline - time.time()) / (args.folds - fold)
+            settings = dataclasses.replace(settings, deadline=time.time() + max(share, 0))
+        tables = fold_tables(pool, folds, fold)
+        out_dir = run.project_dir / "folds" / f"fold_{fold}"
+        config = run_config(
+            run, args, trained_on=f"folds except {fold} and {(fold + 1) % args.folds}", fold=fold
+        )
+        metrics = train_and_evaluate(run, tables, out_dir, config, settings)
+        rows.append(fold_row(fold, tables, metrics))
+        print(f"Fold {fold}: F2 {rows[-1]['f2']:.4f}, baseline {rows[-1]['baseline']:.4f}")
+    summary = summarise_folds(pd.DataFrame(rows))
+    pipeline.write_json_atomically(run.project_dir / "folds" / "summary.json", summary)
+    print_folds(summary)
+    return summary
+
+
+def fold_row(fold: int, tables: dict[str, pd.DataFrame], metrics: dict) -> dict:
+    """One fold's line of the summary."""
+    test = metrics["test"]
+    return {
+        "fold": fold,
+        "train_images": len(tables["train"]),
+        "val_images": len(tables["val"]),
+        "test_images": test["images"],
+        "f2": test["f2"],
+        "baseline": test["f2_no_ship_baseline"],
+        "gain": test["f2"] - test["f2_no_ship_baseline"],
+        "gain_interval": test["intervals"]["gain"],
+        "dice_ship_images": test["dice_ship_images"],
+        "ship_images_found": test["ship_images_found"],
+        "empty_images_with_ships": test["empty_images_with_ships"],
+        "train_seconds": metrics["train_seconds"],
+    }
+
+
+def summarise_folds(folds: pd.DataFrame) -> dict:
+    """Mean and standard deviation across folds of the F2, the baseline and the gain."""
+    summary = {"folds": folds.to_dict(orient="records")}
+    for name in ("f2", "baseline", "gain", "dice_ship_images"):
+        summary[name] = {
+            "mean": float(folds[name].mean()),
+            "std": float(folds[name].std(ddof=1)) if len(folds) > 1 else 0.0,
+        }
+    summary["folds_above_baseline"] = int((folds.gain > 0).sum())
+    return summary
+
+
+def print_folds(summary: dict) -> None:
+    """Fold by fold, then the mean and spread."""
+    print("\nfold  test images  F2      baseline  gain     95 % interval of the gain")
+    for row in summary["folds"]:
+        low, high = row["gain_interval"]
+        print(
+            f"{row['fold']:>4}  {row['test_images']:>11}  {row['f2']:.4f}  {row['baseline']:.4f}"
+            f"    {row['gain']:+.4f}  [{low:+.3f}, {high:+.3f}]"
+        )
+    for name in ("f2", "baseline", "gain"):
+        print(f"{name:>8}: mean {summary[name]['mean']:+.4f}, std {summary[name]['std']:.4f}")
+    print(f"folds above the baseline: {summary['folds_above_baseline']} of {len(summary['folds'])}")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
-        run_training(args)
+        run_folds(args) if args.folds else run_training(args)
     except (TrainError, pipeline.DataError) as error:
         print(f"train.py: error: {error}", file=sys.stderr)
         return 2

@@ -57,6 +57,7 @@ def test_train_best_writes_the_final_model_and_honest_metrics(trained_project):
         "image_threshold",
         "min_ship_pixels",
         "flip_tta",
+        "ship_threshold",
     }
     metrics = json.loads((final / "metrics.json").read_text())
     split = pd.read_csv(project / "split.csv")

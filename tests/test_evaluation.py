@@ -123,10 +123,10 @@ def test_pad_to_multiple_and_predict_batch_keep_size():
             return images[..., :1] / 255.0
 
     images = np.random.default_rng(0).uniform(0, 255, (2, 50, 70, 3)).astype(np.float32)
-    probabilities = evaluation.predict_batch(Echo(), images)
-    assert probabilities.shape == (2, 50, 70)
+    probabilities, ship = evaluation.predict_batch(Echo(), images)
+    assert probabilities.shape == (2, 50, 70) and ship is None
     np.testing.assert_allclose(probabilities, images[..., 0] / 255.0, rtol=1e-6)
     # Flip TTA of a flip-equivariant model changes nothing.
     np.testing.assert_allclose(
-        evaluation.predict_batch(Echo(), images, flip_tta=True), probabilities, rtol=1e-5
+        evaluation.predict_batch(Echo(), images, flip_tta=True)[0], probabilities, rtol=1e-5
     )

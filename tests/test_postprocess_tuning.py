@@ -36,13 +36,15 @@ def test_tuned_post_processing_is_the_best_of_the_grid(synthetic_table):
     tuned = train.tune_postprocess(BrightnessModel(), table, None)
     assert tuned["images"] == 24
     best_brute_force = -1.0
+    image_thresholds = np.linspace(0.3, 1.0, 29)
     for threshold, image_threshold, min_size in itertools.product(
-        train.THRESHOLDS, train.IMAGE_THRESHOLDS, train.MIN_SHIP_PIXELS
+        train.THRESHOLDS, image_thresholds, train.MIN_SHIP_PIXELS
     ):
         config = evaluation.PostprocessConfig(threshold, max(image_threshold, threshold), min_size)
         score = evaluation.evaluate_model(BrightnessModel(), table, None, config)["f2"]
         best_brute_force = max(best_brute_force, score)
-    assert tuned["f2"] == pytest.approx(best_brute_force)
+    # The exact sweep finds every threshold a grid can, and those between its points.
+    assert tuned["f2"] >= best_brute_force - 1e-9
     chosen = evaluation.evaluate_model(BrightnessModel(), table, None, tuned["config"])["f2"]
     assert chosen == pytest.approx(tuned["f2"])
 
