@@ -131,8 +131,15 @@ def load_model(path: Path):
             f"{str(error).splitlines()[0][:200]})"
         ) from None
     # A model with a ship head returns {"ship_probability": mask, "has_ship": probability}.
-    output = model.output["ship_probability"] if hypermodel.has_ship_head(model) else model.outputs[0]
-    if len(model.inputs) != 1 or model.inputs[0].shape[-1] != 3 or len(output.shape) != 4 or output.shape[-1] != 1:
+    output = (
+        model.output["ship_probability"] if hypermodel.has_ship_head(model) else model.outputs[0]
+    )
+    if (
+        len(model.inputs) != 1
+        or model.inputs[0].shape[-1] != 3
+        or len(output.shape) != 4
+        or output.shape[-1] != 1
+    ):
         raise InferenceError(
             f"{path}: not a ship U-Net (expects one RGB input and one mask output, "
             f"got {model.inputs[0].shape} -> {output.shape})"

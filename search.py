@@ -35,8 +35,8 @@ import keras  # noqa: E402
 import keras_tuner  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from keras_tuner.src.engine import tuner_utils  # noqa: E402
 from keras_tuner.oracles import HyperbandOracle  # noqa: E402
+from keras_tuner.src.engine import tuner_utils  # noqa: E402
 
 import hypermodel  # noqa: E402
 from shipseg import budget  # noqa: E402
@@ -618,12 +618,14 @@ class IsolatedHyperband(keras_tuner.Tuner):
         hyperband: dict | None = None,
         **kwargs,
     ):
+        self.search_budget = search_budget
+        # On a worker Keras Tuner wraps the oracle in a client that hides its attributes: the
+        # deadline is kept here too, for the trials this process runs.
+        self.deadline = search_budget.deadline() if search_budget is not None else None
         oracle = BudgetedHyperbandOracle(**(hyperband or {}))
+        oracle.deadline = self.deadline
         super().__init__(oracle=oracle, hypermodel=unet_hypermodel, **kwargs)
         self.multi_gpu = multi_gpu
-        self.search_budget = search_budget
-        if search_budget is not None:
-            self.oracle.deadline = search_budget.deadline()
         self.trial_processes = TrialProcesses(prepare_trial_process, training_data)
 
     def on_trial_begin(self, trial):  # noqa: D102
@@ -687,7 +689,7 @@ class IsolatedHyperband(keras_tuner.Tuner):
                         ),
                         build_config_path=self._get_build_config_fname(trial.trial_id),
                         multi_gpu=self.multi_gpu,
-                        deadline=self.oracle.deadline,
+                        deadline=self.deadline,
                     ),
                 )
                 checkpoint.best_value = result["best_value"]

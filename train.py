@@ -92,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(post-processing tuning and the test evaluation follow); with --folds, for all folds",
     )
     parser.add_argument(
+        "--tta",
+        action="store_true",
+        help="flip test-time augmentation: tune and evaluate on predictions averaged over the "
+        "image and its two flips (3x slower); inference then repeats it",
+    )
+    parser.add_argument(
         "--folds",
         type=int,
         help="K-fold cross-validation over train + val instead of one training: each fold is "
@@ -325,7 +331,9 @@ def train_model(
 # ---------------------------------------------------------------------------------------------
 
 
-def tune_postprocess(model, table: pd.DataFrame, input_config: pipeline.InputConfig) -> dict:
+def tune_postprocess(
+    model, table: pd.DataFrame, input_config: pipeline.InputConfig, flip_tta: bool = False
+) -> dict:
     """Chooses the pixel threshold, minimum ship size and image-level threshold on ``table``.
 
     Streams over the images: the network runs once per image, its components are labelled once
@@ -333,7 +341,8 @@ def tune_postprocess(model, table: pd.DataFrame, input_config: pipeline.InputCon
     filter only removes predicted columns). The image-level threshold, on the ship head's
     probability or (without a head) on the top pixel probability, is then found exactly for
     each setting by ``evaluation.best_gate``, not from a grid. Memory grows by a few numbers
-    per image. Ties keep the stricter setting (fewer false ships).
+    per image. Ties keep the stricter setting (fewer false ships). With ``flip_tta`` the
+    probabilities are averaged over flips, and the chosen setting keeps doing so.
 
     Returns:
         ``{"config": PostprocessConfig, "f2": float, "tried": int, "images": int}``.
@@ -341,7 +350,7 @@ def tune_postprocess(model, table: pd.DataFrame, input_config: pipeline.InputCon
     grid = list(itertools.product(THRESHOLDS, MIN_SHIP_PIXELS))
     f2_open = [[] for _ in grid]
     scores, f2_closed, head = [], [], False
-    for prediction in evaluation.predict_table(model, table, input_config):
+    for prediction in evaluation.predict_table(model, table, input_config, flip_tta=flip_tta):
         probabilities = prediction.probabilities
         truth = evaluation.true_labels_for(table.iloc[prediction.position], probabilities.shape)
         head = prediction.ship_probability is not None
@@ -363,9 +372,9 @@ def tune_postprocess(model, table: pd.DataFrame, input_config: pipeline.InputCon
     best = max(range(len(grid)), key=lambda index: (gates[index][1], index))
     (threshold, min_size), (gate, f2) = grid[best], gates[best]
     if head:
-        config = evaluation.PostprocessConfig(threshold, threshold, min_size, ship_threshold=gate)
+        config = evaluation.PostprocessConfig(threshold, threshold, min_size, flip_tta, gate)
     else:
-        config = evaluation.PostprocessConfig(threshold, max(gate, threshold), min_size)
+        config = evaluation.PostprocessConfig(threshold, max(gate, threshold), min_size, flip_tta)
     return {"config": config, "f2": f2, "tried": len(grid), "images": len(scores)}
 
 
@@ -415,7 +424,9 @@ def plot_examples(
     for axis in axes.ravel():
         axis.axis("off")
     for prediction, axis in zip(
-        evaluation.predict_table(model, chosen, input_config), axes.ravel(), strict=False
+        evaluation.predict_table(model, chosen, input_config, flip_tta=postprocess.flip_tta),
+        axes.ravel(),
+        strict=False,
     ):
         row = chosen.iloc[prediction.position]
         truth = evaluation.true_labels_for(row, prediction.probabilities.shape)
@@ -510,6 +521,7 @@ def run_config(run: Run, args: argparse.Namespace, **extra) -> dict:
         "images_per_epoch": run.settings.images_per_epoch,
         "patience": run.settings.patience,
         "time_budget": args.time_budget,
+        "flip_tta": args.tta,
         "seed": run.settings.seed,
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "versions": hypermodel.library_versions(),
@@ -547,7 +559,7 @@ def train_and_evaluate(
     )
     plot_history(trained["history"], settings.monitor, out_dir / "history.png")
     model = keras.saving.load_model(out_dir / "model.keras")
-    metrics = evaluate_trained(model, tables, settings.input_config, out_dir)
+    metrics = evaluate_trained(model, tables, settings.input_config, out_dir, config["flip_tta"])
     metrics.update(
         best_epoch=trained["best_epoch"],
         epochs_run=int(len(trained["history"])),
@@ -564,10 +576,12 @@ def train_and_evaluate(
     return metrics
 
 
-def evaluate_trained(model, tables: dict[str, pd.DataFrame], input_config, out_dir: Path) -> dict:
+def evaluate_trained(
+    model, tables: dict[str, pd.DataFrame], input_config, out_dir: Path, flip_tta: bool = False
+) -> dict:
     """Tunes the post-processing on the validation images, then scores the test images."""
     print(f"Tuning post-processing on {len(tables['val'])} validation images ...")
-    tuned = tune_postprocess(model, tables["val"], input_config)
+    tuned = tune_postprocess(model, tables["val"], input_config, flip_tta)
     postprocess = tuned["config"]
     print(f"Evaluating on {len(tables['test'])} whole test images ...")
     test = evaluation.evaluate_model(
