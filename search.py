@@ -8,6 +8,7 @@ budget of a few minutes on a laptop CPU. Everything goes under ``results/<projec
     trials.csv           one row per trial: hyperparameters, score, epochs, status, duration
     best_hparams.json    the best configuration, read by ``train.py --best``
     trials.png           the trials at a glance
+    budget.json          with ``--time-budget``: the wall time the project has spent
     tuner/               Keras Tuner's own state (resuming, distributed runs)
     logs/                TensorBoard: ``tensorboard --logdir results``
 
