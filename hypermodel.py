@@ -283,7 +283,10 @@ def _ship_head(bottleneck):
 
 def has_ship_head(model: keras.Model) -> bool:
     """Whether ``model`` also predicts each image's ship probability (see ``build_unet``)."""
-    return isinstance(model.output, dict)
+    try:
+        return isinstance(model.output, dict)
+    except AttributeError:  # A model never called (a foreign file): no outputs to speak of.
+        return False
 
 
 def compile_unet(
