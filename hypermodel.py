@@ -584,13 +584,15 @@ class WholeImageValidation(keras.callbacks.Callback):
         ):
             position, probabilities = prediction.position, prediction.probabilities
             truth = evaluation.true_labels_for(self.table.iloc[position], probabilities.shape)
-            predicted = evaluation.probabilities_to_ships(
-                probabilities, self.postprocess, prediction.ship_probability
-            )
-            scoreboard.add(truth, predicted, evaluation.ship_score(prediction))
+            # Labelled once: the gate only decides whether these ships are kept.
             ungated = evaluation.split_ships(
                 probabilities > self.postprocess.threshold, self.postprocess.min_ship_pixels
             )
+            gate_open = evaluation.image_has_ships(
+                probabilities, self.postprocess, prediction.ship_probability
+            )
+            predicted = ungated if gate_open else np.zeros_like(ungated)
+            scoreboard.add(truth, predicted, evaluation.ship_score(prediction))
             gate["scores"].append(evaluation.ship_score(prediction))
             gate["open"].append(evaluation.image_f2(truth, ungated))
             gate["closed"].append(0.0 if truth.any() else 1.0)
