@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 import pipeline
+from shipseg.rle import ships_to_label_image
 
 F2_THRESHOLDS = np.arange(0.5, 1.0, 0.05)
 # U-Nets of up to 5 levels halve the image 5 times: inputs are padded to a multiple of this.
@@ -478,7 +479,7 @@ def predict_table(
 
 def true_labels_for(row: pd.Series, shape: tuple[int, int]) -> np.ndarray:
     """The ground-truth label image of one table row (one label per ship)."""
-    return pipeline.ships_to_label_image(row.rles, shape)
+    return ships_to_label_image(row.rles, shape)
 
 
 def score_predictions(

@@ -1,13 +1,12 @@
-"""The U-Net, its losses and metrics, and the search space over them.
+"""The ship U-Net and the search space over it.
 
 Sections:
-    1. Losses and metrics, registered with Keras so that a saved ``.keras`` model reloads in a
-       fresh process after ``import hypermodel``, without ``custom_objects``.
-    2. ``build_unet``: a pure factory from plain arguments.
-    3. The search space: every hyperparameter, its default range, and command-line overrides.
-    4. ``WholeImageValidation``: the per-epoch validation on whole images (pixel Dice, IoU and
-       the competition's instance F2), with predicted masks in TensorBoard.
-    5. ``ShipUNetHyperModel``: the ``keras_tuner.HyperModel`` tying them together.
+    1. ``build_unet``: a pure factory from plain arguments (the losses and metrics it compiles
+       with live in ``shipseg.losses``; importing this module registers them, so a saved
+       ``.keras`` model reloads in a fresh process without ``custom_objects``).
+    2. The search space: every hyperparameter, its default range, and command-line overrides.
+    3. ``ShipUNetHyperModel``: the ``keras_tuner.HyperModel`` tying them together, validated
+       each epoch on whole images by ``shipseg.validation.WholeImageValidation``.
 """
 
 from __future__ import annotations
@@ -19,136 +18,15 @@ from collections.abc import Sequence
 import keras
 import keras_tuner
 import numpy as np
-import pandas as pd
-from keras import layers, ops
+from keras import layers
 
-import evaluation
-import pipeline
+from shipseg.losses import DiceScore, IoUScore, WeightedLoss
+from shipseg.validation import WholeImageValidation
 
-SERIALIZATION_PACKAGE = "ships"
 MIN_LEVELS, MAX_LEVELS = 2, 5
 
 # ---------------------------------------------------------------------------------------------
-# 1. Losses and metrics
-# ---------------------------------------------------------------------------------------------
-
-
-@keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
-def bce_loss(y_true, y_pred):
-    """Binary cross-entropy averaged over pixels."""
-    return ops.mean(keras.losses.binary_crossentropy(y_true, y_pred))
-
-
-@keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
-def focal_loss(y_true, y_pred, gamma: float = 2.0):
-    """Binary focal loss averaged over pixels: BCE scaled by ``(1 - p_true) ** gamma``.
-
-    Easy background pixels (the vast majority) contribute almost nothing, so the rare ship
-    pixels and hard sea clutter drive the gradient.
-    """
-    y_true = ops.cast(y_true, y_pred.dtype)
-    y_pred = ops.clip(y_pred, keras.backend.epsilon(), 1 - keras.backend.epsilon())
-    p_true = y_true * y_pred + (1 - y_true) * (1 - y_pred)
-    return ops.mean(-((1 - p_true) ** gamma) * ops.log(p_true))
-
-
-@keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
-def dice_loss(y_true, y_pred, smooth: float = 1.0):
-    """Soft Dice loss over the whole batch: ``1 - (2 |Y P| + s) / (|Y| + |P| + s)``.
-
-    Summed over the batch rather than per image, so crops without ships do not make the loss
-    undefined or dominate it.
-    """
-    y_true = ops.cast(y_true, y_pred.dtype)
-    intersection = ops.sum(y_true * y_pred)
-    return 1 - (2 * intersection + smooth) / (ops.sum(y_true) + ops.sum(y_pred) + smooth)
-
-
-PIXEL_LOSSES = {"bce": bce_loss, "focal": focal_loss}
-
-
-@keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
-class WeightedLoss(keras.losses.Loss):
-    """``w * pixel_loss + (1 - w) * dice_loss``, the pixel loss being BCE or focal.
-
-    Args:
-        pixel_loss: ``"bce"`` or ``"focal"``.
-        pixel_weight: ``w`` in [0, 1]; 1 is the pixel loss alone, 0 is Dice alone.
-    """
-
-    def __init__(
-        self, pixel_loss: str = "bce", pixel_weight: float = 0.5, name: str | None = None, **kwargs
-    ):
-        if pixel_loss not in PIXEL_LOSSES:
-            raise ValueError(
-                f"pixel_loss must be one of {sorted(PIXEL_LOSSES)}, got {pixel_loss!r}"
-            )
-        if not 0 <= pixel_weight <= 1:
-            raise ValueError(f"pixel_weight must be in [0, 1], got {pixel_weight}")
-        super().__init__(name=name or f"{pixel_weight:g}_{pixel_loss}_dice", **kwargs)
-        self.pixel_loss = pixel_loss
-        self.pixel_weight = float(pixel_weight)
-
-    def call(self, y_true, y_pred):  # noqa: D102
-        pixel = PIXEL_LOSSES[self.pixel_loss](y_true, y_pred)
-        return self.pixel_weight * pixel + (1 - self.pixel_weight) * dice_loss(y_true, y_pred)
-
-    def get_config(self):  # noqa: D102
-        return {
-            **super().get_config(),
-            "pixel_loss": self.pixel_loss,
-            "pixel_weight": self.pixel_weight,
-        }
-
-
-class _OverlapMetric(keras.metrics.Metric):
-    """Accumulates intersection and pixel sums of thresholded predictions over an epoch."""
-
-    def __init__(self, threshold: float = 0.5, name: str | None = None, **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.threshold = float(threshold)
-        self.intersection = self.add_variable(shape=(), initializer="zeros", name="intersection")
-        self.total = self.add_variable(shape=(), initializer="zeros", name="total")
-
-    def update_state(self, y_true, y_pred, sample_weight=None):  # noqa: D102
-        y_true = ops.cast(y_true > 0.5, "float32")
-        y_pred = ops.cast(y_pred > self.threshold, "float32")
-        self.intersection.assign_add(ops.sum(y_true * y_pred))
-        self.total.assign_add(ops.sum(y_true) + ops.sum(y_pred))
-
-    def reset_state(self):  # noqa: D102
-        self.intersection.assign(0.0)
-        self.total.assign(0.0)
-
-    def get_config(self):  # noqa: D102
-        return {**super().get_config(), "threshold": self.threshold}
-
-
-@keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
-class DiceScore(_OverlapMetric):
-    """Pixel Dice of predictions thresholded at ``threshold``, over all pixels seen (1 if none)."""
-
-    def __init__(self, threshold: float = 0.5, name: str = "dice", **kwargs):
-        super().__init__(threshold, name=name, **kwargs)
-
-    def result(self):  # noqa: D102
-        return ops.where(self.total > 0, 2 * self.intersection / ops.maximum(self.total, 1.0), 1.0)
-
-
-@keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
-class IoUScore(_OverlapMetric):
-    """Pixel IoU of predictions thresholded at ``threshold``, over all pixels seen (1 if none)."""
-
-    def __init__(self, threshold: float = 0.5, name: str = "iou", **kwargs):
-        super().__init__(threshold, name=name, **kwargs)
-
-    def result(self):  # noqa: D102
-        union = self.total - self.intersection
-        return ops.where(union > 0, self.intersection / ops.maximum(union, 1.0), 1.0)
-
-
-# ---------------------------------------------------------------------------------------------
-# 2. The U-Net factory
+# 1. The U-Net factory
 # ---------------------------------------------------------------------------------------------
 
 
@@ -318,7 +196,7 @@ def compile_unet(
 
 
 # ---------------------------------------------------------------------------------------------
-# 3. The search space
+# 2. The search space
 # ---------------------------------------------------------------------------------------------
 
 
@@ -491,21 +369,6 @@ def search_space(overrides: Sequence[str] = ()) -> tuple[Dimension, ...]:
     return tuple(space.values())
 
 
-def library_versions() -> dict[str, str]:
-    """Versions of the libraries that shape a run's results, recorded with every run."""
-    import sys
-
-    import tensorflow as tf
-
-    return {
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "keras_tuner": keras_tuner.__version__,
-        "numpy": np.__version__,
-        "python": sys.version.split()[0],
-    }
-
-
 def fixed_hyperparameters(values: dict) -> keras_tuner.HyperParameters:
     """HyperParameters holding exactly ``values`` (for rebuilding a chosen configuration)."""
     hp = keras_tuner.HyperParameters()
@@ -516,170 +379,7 @@ def fixed_hyperparameters(values: dict) -> keras_tuner.HyperParameters:
 
 
 # ---------------------------------------------------------------------------------------------
-# 4. Validation on whole images
-# ---------------------------------------------------------------------------------------------
-
-
-# Scoreboard results that are counts, not scores: kept out of the epoch's logs.
-COUNTS = (
-    "images",
-    "f2_no_ship_baseline",
-    "ship_images",
-    "ship_images_found",
-    "empty_images_with_ships",
-)
-
-
-class WholeImageValidation(keras.callbacks.Callback):
-    """After each epoch, predicts whole validation images and adds ``val_*`` scores to the logs.
-
-    Scores (see ``evaluation.Scoreboard``): ``val_dice``, ``val_dice_ship_images``,
-    ``val_iou``, ``val_f2``, ``val_ship_accuracy``, ``val_ship_auc`` (how well the image-level
-    evidence, the ship head or the top pixel, ranks ship images above empty ones) and
-    ``val_f2_tuned`` (the F2 with the image-level threshold chosen on these images). They are computed on full-size images with
-    the natural share of empty images, which crops cannot show. Because the values are added to
-    the epoch's logs before later callbacks run, Keras Tuner, TensorBoard, checkpoints and
-    early stopping all see them like any Keras metric.
-
-    When a TensorBoard log directory is given, a few fixed validation images are drawn there
-    each epoch with the true ships in green and the predicted ones in red.
-
-    Args:
-        table: Validation rows from ``pipeline.read_dataset``.
-        input_config: The training input settings (resize mode is repeated here).
-        postprocess: How probabilities become ships for the F2.
-        batch_size: Images per forward pass.
-        image_log_dir: TensorBoard directory for the mask images, or None.
-        images_to_log: How many validation images to draw (ship images first).
-    """
-
-    def __init__(
-        self,
-        table: pd.DataFrame,
-        input_config: pipeline.InputConfig | None = None,
-        postprocess: evaluation.PostprocessConfig = evaluation.DEFAULT_POSTPROCESS,
-        batch_size: int = 4,
-        image_log_dir: str | None = None,
-        images_to_log: int = 4,
-    ):
-        super().__init__()
-        self.table = table.reset_index(drop=True)
-        self.input_config = input_config
-        self.postprocess = postprocess
-        self.batch_size = batch_size
-        self.image_log_dir = image_log_dir
-        ship_first = self.table.sort_values(["ship_count", "ImageId"], ascending=[False, True])
-        shown = list(ship_first.index[: max(images_to_log - 1, 0)])
-        empty = self.table.index[self.table.ship_count == 0]
-        if len(empty) and images_to_log:
-            shown.append(empty[0])
-        self.logged_positions = shown[:images_to_log]
-        self.last_results: dict[str, float] = {}
-
-    def on_epoch_end(self, epoch, logs=None):  # noqa: D102
-        scoreboard = evaluation.Scoreboard()
-        drawn, gate = [], {"scores": [], "open": [], "closed": []}
-        for prediction in evaluation.predict_table(
-            self.model, self.table, self.input_config, self.batch_size, self.postprocess.flip_tta
-        ):
-            position, probabilities = prediction.position, prediction.probabilities
-            truth = evaluation.true_labels_for(self.table.iloc[position], probabilities.shape)
-            # Labelled once: the gate only decides whether these ships are kept.
-            ungated = evaluation.split_ships(
-                probabilities > self.postprocess.threshold, self.postprocess.min_ship_pixels
-            )
-            gate_open = evaluation.image_has_ships(
-                probabilities, self.postprocess, prediction.ship_probability
-            )
-            predicted = ungated if gate_open else np.zeros_like(ungated)
-            scoreboard.add(truth, predicted, evaluation.ship_score(prediction))
-            gate["scores"].append(evaluation.ship_score(prediction))
-            gate["open"].append(evaluation.image_f2(truth, ungated))
-            gate["closed"].append(0.0 if truth.any() else 1.0)
-            if position in self.logged_positions and self.image_log_dir:
-                drawn.append((self.table.path[position], truth > 0, predicted > 0))
-        self.last_results = scoreboard.results()
-        if self.last_results["images"]:
-            # What the model scores once train.py tunes its image-level threshold: the metric
-            # that sees a better ship / no-ship decision, which a fixed 0.5 gate hides.
-            self.last_results["f2_tuned"] = evaluation.best_gate(
-                gate["scores"], gate["open"], gate["closed"]
-            )[1]
-        if logs is not None:
-            for name, value in self.last_results.items():
-                if name not in COUNTS:
-                    logs[f"val_{name}"] = value
-        if drawn:
-            self._log_images(epoch, drawn)
-
-    def _log_images(self, epoch: int, drawn) -> None:
-        import tensorflow as tf
-
-        pictures = [
-            mask_overlay(pipeline.decode_image(path).numpy(), truth, predicted, max_side=256)
-            for path, truth, predicted in drawn
-        ]
-        writer = tf.summary.create_file_writer(f"{self.image_log_dir}/masks")
-        with writer.as_default():
-            for index, picture in enumerate(pictures):
-                tf.summary.image(
-                    f"validation_image_{index}",
-                    picture[None] / 255.0,
-                    step=epoch,
-                    description="green: true ships, red: predicted, yellow: both",
-                )
-        writer.close()
-
-
-def mask_overlay(
-    image: np.ndarray,
-    truth: np.ndarray | None,
-    predicted: np.ndarray | None,
-    max_side: int | None = None,
-    alpha: float = 0.55,
-) -> np.ndarray:
-    """Colours true ships green, predicted ships red (overlap yellow) over an RGB image.
-
-    Args:
-        image: ``(h, w, 3)`` RGB in 0-255.
-        truth: Boolean mask of true ships, or None.
-        predicted: Boolean mask of predicted ships, or None.
-        max_side: Downscale the result so its longer side is at most this (ship pixels kept
-            visible by taking the maximum over each block).
-        alpha: Opacity of the colours.
-
-    Returns:
-        ``(h', w', 3)`` uint8 image.
-    """
-    nothing_drawn = (truth is None or not truth.any()) and (
-        predicted is None or not predicted.any()
-    )
-    if nothing_drawn and not (max_side and max(image.shape[:2]) > max_side):
-        return np.clip(image, 0, 255).astype(np.uint8)
-    picture = np.asarray(image, dtype=np.float32).copy()
-    colour = np.zeros_like(picture)
-    if truth is not None:
-        colour[..., 1] = truth * 255
-    if predicted is not None:
-        colour[..., 0] = predicted * 255
-    painted = colour.max(axis=-1) > 0
-    picture[painted] = (1 - alpha) * picture[painted] + alpha * colour[painted]
-    if max_side and max(picture.shape[:2]) > max_side:
-        from skimage.measure import block_reduce
-
-        factor = math.ceil(max(picture.shape[:2]) / max_side)
-        picture = block_reduce(picture, (factor, factor, 1), np.mean)
-        # Thin ships would fade in the average: redraw every block that held a ship pixel.
-        ship_blocks = block_reduce(painted, (factor, factor), np.max)
-        block_colour = block_reduce(colour, (factor, factor, 1), np.max)
-        picture[ship_blocks] = (1 - alpha) * picture[ship_blocks] + alpha * block_colour[
-            ship_blocks
-        ]
-    return np.clip(picture, 0, 255).astype(np.uint8)
-
-
-# ---------------------------------------------------------------------------------------------
-# 5. The HyperModel
+# 3. The HyperModel
 # ---------------------------------------------------------------------------------------------
 
 

@@ -24,7 +24,6 @@ import argparse
 import collections
 import concurrent.futures
 import dataclasses
-import functools
 import json
 import os
 import sys
@@ -33,26 +32,30 @@ import time
 import zlib
 from pathlib import Path
 
-import pipeline  # noqa: E402, I001  (first: TensorFlow is imported quietly below)
+from shipseg import runtime  # noqa: I001  (first: it imports TensorFlow quietly)
 
-pipeline.import_tensorflow_quietly()
+runtime.import_tensorflow_quietly()
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import numpy as np
+import pandas as pd
 
-import evaluation  # noqa: E402
+import evaluation
+import pipeline
+from shipseg import (
+    airbus,
+    atomic,
+    cli,
+    drawing,
+)
+from shipseg.rle import parse_rle, rle_encode, ships_to_label_image
 
 # Post-processing threads (PNG encoding and connected components release the GIL): one per
 # core this process may use, at least two, so that a machine with a GPU and many cores is not
 # held up by them; capped, so that images in flight stay few.
-POSTPROCESS_WORKERS = min(16, max(2, pipeline.usable_cores()))
+POSTPROCESS_WORKERS = min(16, max(2, runtime.usable_cores()))
 # Predicted images waiting for post-processing: enough to keep the workers busy, few enough
 # that memory does not grow with the number of images.
 MAX_IMAGES_IN_FLIGHT = 2 * POSTPROCESS_WORKERS
-
-
-class InferenceError(Exception):
-    """A user error (model, paths, labels): printed as one line."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,11 +109,11 @@ def find_model(results_dir: Path, model: str | None) -> Path:
     if model:
         path = Path(model)
         if not path.is_file():
-            raise InferenceError(f"{path}: model file not found")
+            raise cli.UserError(f"{path}: model file not found")
         return path
     models = sorted(results_dir.glob("*/final/model.keras"), key=lambda p: p.stat().st_mtime)
     if not models:
-        raise InferenceError(
+        raise cli.UserError(
             f"{results_dir}: no trained model found; run python train.py --best first, "
             "or pass --model"
         )
@@ -126,7 +129,7 @@ def load_model(path: Path):
     try:
         model = keras.saving.load_model(path)
     except Exception as error:  # Keras raises many types for a bad or foreign file.
-        raise InferenceError(
+        raise cli.UserError(
             f"{path}: cannot load the model ({type(error).__name__}: "
             f"{str(error).splitlines()[0][:200]})"
         ) from None
@@ -140,7 +143,7 @@ def load_model(path: Path):
         or len(output.shape) != 4
         or output.shape[-1] != 1
     ):
-        raise InferenceError(
+        raise cli.UserError(
             f"{path}: not a ship U-Net (expects one RGB input and one mask output, "
             f"got {model.inputs[0].shape} -> {output.shape})"
         )
@@ -182,7 +185,7 @@ def load_settings(model_path: Path, args: argparse.Namespace):
     for name in ("threshold", "image_threshold", "ship_threshold"):
         # Only flags are checked: a tuned threshold may sit just above 1 ("no image opens").
         if overrides[name] is not None and not 0 <= overrides[name] <= 1:
-            raise InferenceError(f"--{name.replace('_', '-')} must be in [0, 1]")
+            raise cli.UserError(f"--{name.replace('_', '-')} must be in [0, 1]")
     return input_config, postprocess
 
 
@@ -193,9 +196,7 @@ def load_settings(model_path: Path, args: argparse.Namespace):
 
 def ship_rows(image_id: str, labels: np.ndarray) -> list[tuple[str, str]]:
     """Submission rows of one image: one per ship, or one empty row when there is none."""
-    rows = [
-        (image_id, pipeline.rle_encode(labels == ship)) for ship in range(1, int(labels.max()) + 1)
-    ]
+    rows = [(image_id, rle_encode(labels == ship)) for ship in range(1, int(labels.max()) + 1)]
     return rows or [(image_id, "")]
 
 
@@ -215,142 +216,6 @@ def image_row(image_id: str, prediction: evaluation.Prediction, labels: np.ndarr
         round(float(prediction.probabilities.max(initial=0.0)), 6),
         int(labels.max(initial=0)),
     )
-
-
-def label_png(labels: np.ndarray) -> np.ndarray:
-    """A grey-level picture of a label image: sea 0, ships spread over 255 down to 55."""
-    if labels.max() == 0:
-        return np.zeros(labels.shape, dtype=np.uint8)
-    levels = np.concatenate([[0], np.linspace(255, 55, int(labels.max()))]).astype(np.uint8)
-    return levels[labels]
-
-
-def encode_png(
-    picture: np.ndarray,
-    palette: np.ndarray | None = None,
-    strategy: int = zlib.Z_RLE,
-) -> bytes:
-    """Encodes an 8-bit grey ``(h, w)``, RGB ``(h, w, 3)`` or palette picture as PNG.
-
-    Every row uses PNG's "up" filter (the difference to the row above) and zlib's fastest level:
-    for satellite pictures that is smaller than Pillow's PNG at its fastest level, and about
-    twice as fast. Speed matters: a mask and an overlay are written for every image, on the
-    same cores as the network.
-
-    Args:
-        picture: ``uint8`` pixels, or palette indices when ``palette`` is given.
-        palette: ``(n, 3)`` uint8 RGB colours (n <= 256) for a 2-D ``picture`` of indices.
-        strategy: zlib's strategy. ``zlib.Z_RLE`` (the default) suits masks, mostly runs of
-            zeros; ``zlib.Z_HUFFMAN_ONLY`` suits photographs: at 768 x 768, 4 ms against zlib's
-            default 7 ms, and 7 % smaller.
-
-    Returns:
-        The PNG file's bytes.
-    """
-    import struct
-
-    if picture.dtype != np.uint8 or picture.ndim not in (2, 3):
-        raise ValueError(
-            f"expected uint8 (h, w) or (h, w, 3) pixels, got {picture.dtype} {picture.shape}"
-        )
-    height, width = picture.shape[:2]
-    if height == 0 or width == 0:
-        raise ValueError(f"a PNG needs at least one pixel, got {picture.shape}")
-    channels = 1 if picture.ndim == 2 else picture.shape[2]
-    if channels not in (1, 3):
-        raise ValueError(f"expected 1 or 3 channels, got {channels}")
-    if palette is not None and (
-        channels != 1
-        or palette.dtype != np.uint8
-        or palette.shape[1:] != (3,)
-        or len(palette) > 256
-    ):
-        raise ValueError("a palette is (n <= 256, 3) uint8 colours for a 2-D picture of indices")
-    rows = picture.reshape(height, width * channels)
-    filtered = np.empty((height, width * channels + 1), dtype=np.uint8)
-    filtered[:, 0] = 2  # filter type "up"
-    filtered[0, 1:] = rows[0]
-    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # modulo 256, as PNG wants
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-        )
-
-    colour_type = 3 if palette is not None else 0 if channels == 1 else 2
-    header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
-    return b"".join(
-        [
-            b"\x89PNG\r\n\x1a\n",
-            chunk(b"IHDR", header),
-            chunk(b"PLTE", palette.tobytes()) if palette is not None else b"",
-            chunk(b"IDAT", _deflate(filtered.tobytes(), strategy)),
-            chunk(b"IEND", b""),
-        ]
-    )
-
-
-def _deflate(data: bytes, strategy: int) -> bytes:
-    compressor = zlib.compressobj(1, zlib.DEFLATED, zlib.MAX_WBITS, 9, strategy)
-    return compressor.compress(data) + compressor.flush()
-
-
-@functools.lru_cache(maxsize=8)
-def _empty_mask_png(height: int, width: int) -> bytes:
-    # Most images have no ship: their masks are all alike.
-    return encode_png(np.zeros((height, width), dtype=np.uint8))
-
-
-def save_png(
-    path: Path,
-    picture: np.ndarray | bytes,
-    palette: np.ndarray | None = None,
-    strategy: int = zlib.Z_RLE,
-) -> None:
-    """Writes a picture (or an encoded PNG's bytes) as PNG, atomically (see ``encode_png``)."""
-    data = picture if isinstance(picture, bytes) else encode_png(picture, palette, strategy)
-    pipeline.write_atomically(path, lambda temporary: Path(temporary).write_bytes(data))
-
-
-def _overlay_palette(alpha: float = 0.55) -> np.ndarray:
-    grey = np.arange(128) * 255 // 127
-    palette = np.zeros((256, 3), dtype=np.uint8)
-    palette[:128] = grey[:, None]
-    palette[128:, 0] = (1 - alpha) * grey + alpha * 255
-    palette[128:, 1:] = ((1 - alpha) * grey)[:, None]
-    return palette
-
-
-# Indices 0-127: 128 grey levels of the image; 128-255: the same levels tinted red (ships).
-OVERLAY_PALETTE = _overlay_palette()
-_LUMA_TO_GREY_INDEX = (77 / 512, 150 / 512, 29 / 512)
-
-
-def overlay_indices(image: np.ndarray, ships: np.ndarray | None) -> np.ndarray:
-    """The overlay of predicted ships on an image, as indices into ``OVERLAY_PALETTE``.
-
-    The image is shown in grey and the ships in red. One byte per pixel against three: the
-    overlay PNG is about a third of the size of a colour one and written in about a third of
-    the time, and red ships stand out better on grey.
-
-    Args:
-        image: ``(h, w, 3)`` RGB in 0-255 (uint8 or float).
-        ships: ``(h, w)`` boolean mask of predicted ship pixels, or None for none.
-
-    Returns:
-        ``(h, w)`` uint8 palette indices.
-    """
-    # Luma (ITU-R BT.601 weights, 77 + 150 + 29 = 256) scaled to 0-127. Element-wise on
-    # purpose: a matrix product would wake BLAS's threads, which spin and starve the network.
-    rgb = np.asarray(image, dtype=np.float32)
-    red, green, blue = _LUMA_TO_GREY_INDEX
-    luma = rgb[..., 0] * red
-    luma += rgb[..., 1] * green
-    luma += rgb[..., 2] * blue
-    indices = luma.astype(np.uint8)
-    if ships is not None:
-        indices[ships] += 128
-    return indices
 
 
 def process_prediction(
@@ -378,16 +243,16 @@ def process_prediction(
     """
     labels = evaluation.probabilities_to_ships(probabilities, postprocess, ship_probability)
     has_ships = bool(labels.any())
-    save_png(
+    drawing.save_png(
         out_dir / "masks" / f"{path.stem}.png",
-        label_png(labels) if has_ships else _empty_mask_png(*labels.shape),
+        drawing.label_png(labels) if has_ships else drawing.empty_mask_png(*labels.shape),
     )
     if overlays:
         image = np.asarray(_read_rgb(path)) if image is None else image
-        save_png(
+        drawing.save_png(
             out_dir / "overlays" / f"{path.stem}.png",
-            overlay_indices(image, labels > 0 if has_ships else None),
-            OVERLAY_PALETTE,
+            drawing.overlay_indices(image, labels > 0 if has_ships else None),
+            drawing.OVERLAY_PALETTE,
             zlib.Z_HUFFMAN_ONLY,
         )
     return labels
@@ -409,7 +274,7 @@ def check_files(paths: list[Path]) -> tuple[list[Path], list[str]]:
     """Splits paths into readable images and one-line problems for the others."""
     good, problems = [], []
     for path in paths:
-        problem, _ = pipeline.inspect_image_file(path)
+        problem, _ = airbus.inspect_image_file(path)
         if problem is None:
             good.append(path)
         else:
@@ -418,27 +283,27 @@ def check_files(paths: list[Path]) -> tuple[list[Path], list[str]]:
 
 
 def load_labels(path: str | None) -> pd.DataFrame | None:
-    """Reads a ship CSV for scoring, one row per image (see ``pipeline.read_dataset``)."""
+    """Reads a ship CSV for scoring, one row per image (see ``airbus.read_dataset``)."""
     if path is None:
         return None
     csv_path = Path(path)
     if not csv_path.is_file():
-        raise InferenceError(f"{csv_path}: labels file not found")
+        raise cli.UserError(f"{csv_path}: labels file not found")
     try:
         rows = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise InferenceError(f"{csv_path}: not a readable CSV ({error})") from None
-    if list(rows.columns) != list(pipeline.CSV_COLUMNS):
-        raise InferenceError(
-            f"{csv_path}: columns are {list(rows.columns)}, expected {list(pipeline.CSV_COLUMNS)}"
+        raise cli.UserError(f"{csv_path}: not a readable CSV ({error})") from None
+    if list(rows.columns) != list(airbus.CSV_COLUMNS):
+        raise cli.UserError(
+            f"{csv_path}: columns are {list(rows.columns)}, expected {list(airbus.CSV_COLUMNS)}"
         )
     for line, (image_id, rle) in enumerate(
         zip(rows.ImageId, rows.EncodedPixels, strict=True), start=2
     ):
         try:
-            pipeline.parse_rle(rle, 2**40)
+            parse_rle(rle, 2**40)
         except ValueError as error:
-            raise InferenceError(f"{csv_path}, line {line} ({image_id}): {error}") from None
+            raise cli.UserError(f"{csv_path}, line {line} ({image_id}): {error}") from None
     return rows.groupby("ImageId").EncodedPixels.agg(
         lambda rles: tuple(r for r in rles if r.strip())
     )
@@ -458,15 +323,15 @@ def run_inference(args: argparse.Namespace) -> dict:
     from tqdm import tqdm
 
     try:
-        paths = pipeline.list_images(args.images)
-    except pipeline.DataError as error:
-        raise InferenceError(str(error)) from None
+        paths = airbus.list_images(args.images)
+    except airbus.DataError as error:
+        raise cli.UserError(str(error)) from None
     if args.batch_size < 1:
-        raise InferenceError("--batch-size must be at least 1")
+        raise cli.UserError("--batch-size must be at least 1")
     stems = [path.stem for path in paths]
     if len(set(stems)) != len(stems):
         duplicate = next(stem for stem in stems if stems.count(stem) > 1)
-        raise InferenceError(
+        raise cli.UserError(
             f"several input images are named {duplicate}.*: masks and overlays are named by the "
             "image name, so each must be unique"
         )
@@ -497,7 +362,7 @@ def run_inference(args: argparse.Namespace) -> dict:
         )
         if truth is not None:
             if path.name in truth.index:
-                true_labels = pipeline.ships_to_label_image(truth[path.name], labels.shape)
+                true_labels = ships_to_label_image(truth[path.name], labels.shape)
                 with score_lock:
                     scoreboard.add(true_labels, labels, evaluation.ship_score(prediction))
             else:
@@ -531,15 +396,15 @@ def run_inference(args: argparse.Namespace) -> dict:
 
     done = sorted(rows_by_position)
     rows = [row for position in done for row in rows_by_position[position][0]]
-    submission = pd.DataFrame(rows, columns=list(pipeline.CSV_COLUMNS))
+    submission = pd.DataFrame(rows, columns=list(airbus.CSV_COLUMNS))
     images = pd.DataFrame(
         [rows_by_position[position][1] for position in done], columns=IMAGE_COLUMNS
     )
     if rows:
-        pipeline.write_atomically(
+        atomic.write_atomically(
             out_dir / "submission.csv", lambda temporary: submission.to_csv(temporary, index=False)
         )
-        pipeline.write_atomically(
+        atomic.write_atomically(
             out_dir / "images.csv", lambda temporary: images.to_csv(temporary, index=False)
         )
     seconds = time.perf_counter() - start
@@ -590,7 +455,7 @@ def report_scores(scoreboard: evaluation.Scoreboard, unlabelled: list[str], out_
             f"(first: {', '.join(sorted(unlabelled)[:3])})",
             file=sys.stderr,
         )
-    pipeline.write_json_atomically(out_dir / "scores.json", scores)
+    atomic.write_json_atomically(out_dir / "scores.json", scores)
     print(
         f"Scores on {scores['images']} labelled images: instance F2 {scores['f2']:.4f} "
         f"(no-ship baseline {scores['f2_no_ship_baseline']:.4f}), pixel Dice {scores['dice']:.4f}, "
@@ -600,14 +465,13 @@ def report_scores(scoreboard: evaluation.Scoreboard, unlabelled: list[str], out_
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status (non-zero when no image could be processed)."""
-    args = build_parser().parse_args(argv)
-    try:
-        result = run_inference(args)
-    except (InferenceError, pipeline.DataError) as error:
-        print(f"inference.py: error: {error}", file=sys.stderr)
-        return 2
-    if result["processed"] == 0:
+    """Entry point; returns the exit status (1 when no image could be processed)."""
+    return cli.main("inference.py", build_parser(), run_command, argv)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """``run_inference``; exit status 1 when no image could be processed."""
+    if run_inference(args)["processed"] == 0:
         print("inference.py: error: no image could be processed", file=sys.stderr)
         return 1
     return 0

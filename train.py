@@ -25,18 +25,27 @@ import sys
 import time
 from pathlib import Path
 
-import pipeline  # noqa: E402, I001  (first: TensorFlow is imported quietly below)
+from shipseg import runtime  # noqa: I001  (first: it imports TensorFlow quietly)
 
-pipeline.import_tensorflow_quietly()
+runtime.import_tensorflow_quietly()
 
-import keras  # noqa: E402
-import keras_tuner  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import keras
+import keras_tuner
+import numpy as np
+import pandas as pd
 
-import evaluation  # noqa: E402
-import hypermodel  # noqa: E402
-from shipseg import budget  # noqa: E402
+import evaluation
+import hypermodel
+import pipeline
+from shipseg import (
+    airbus,
+    atomic,
+    budget,
+    cli,
+    drawing,
+    splits,
+)
+from shipseg.validation import WholeImageValidation
 
 # The post-processing grid tried on validation images (the image-level threshold is found
 # exactly for each setting); the best F2 becomes inference's default.
@@ -54,10 +63,6 @@ FINAL_FILES = (
     "history.png",
     "test_examples.png",
 )
-
-
-class TrainError(Exception):
-    """A user error in the training's settings or inputs: printed as one line."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,13 +140,13 @@ def find_project(results_dir: Path, project: str | None) -> Path:
     if project:
         project_dir = results_dir / project
         if not (project_dir / "search_config.json").is_file():
-            raise TrainError(f"{project_dir}: no search here (search_config.json is missing)")
+            raise cli.UserError(f"{project_dir}: no search here (search_config.json is missing)")
         return project_dir
     searches = sorted(
         results_dir.glob("*/best_hparams.json"), key=lambda path: path.stat().st_mtime
     )
     if not searches:
-        raise TrainError(f"{results_dir}: no finished search found; run python search.py first")
+        raise cli.UserError(f"{results_dir}: no finished search found; run python search.py first")
     return searches[-1].parent
 
 
@@ -150,18 +155,18 @@ def load_hyperparameters(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise TrainError(f"{path}: file not found") from None
+        raise cli.UserError(f"{path}: file not found") from None
     except json.JSONDecodeError as error:
-        raise TrainError(f"{path}: not valid JSON ({error.msg}, line {error.lineno})") from None
+        raise cli.UserError(f"{path}: not valid JSON ({error.msg}, line {error.lineno})") from None
     values = data.get("hyperparameters", data) if isinstance(data, dict) else None
     if not isinstance(values, dict):
-        raise TrainError(f"{path}: expected a JSON object of hyperparameters")
+        raise cli.UserError(f"{path}: expected a JSON object of hyperparameters")
     names = [dimension.name for dimension in hypermodel.DEFAULT_SPACE]
     values = {**hypermodel.ADDED_LATER, **values}
     missing = [name for name in names if name not in values]
     unknown = [name for name in values if name not in names]
     if missing or unknown:
-        raise TrainError(
+        raise cli.UserError(
             f"{path}: "
             + "; ".join(
                 part
@@ -175,7 +180,7 @@ def load_hyperparameters(path: Path) -> dict:
     try:
         hypermodel.search_space([f"{name}={values[name]}" for name in names])
     except ValueError as error:
-        raise TrainError(f"{path}: {error}") from None
+        raise cli.UserError(f"{path}: {error}") from None
     return {name: values[name] for name in names}
 
 
@@ -203,7 +208,7 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         value = logs.get(self.monitor, np.nan) if self.monitor else float(epoch)
         if np.isfinite(value) and value > self.best:
             self.best, self.best_epoch = value, epoch
-            pipeline.write_atomically(self.path, self.model.save)
+            atomic.write_atomically(self.path, self.model.save)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -286,7 +291,7 @@ def train_model(
     """
     validation = None
     if validation_table is not None:
-        validation = hypermodel.WholeImageValidation(validation_table, settings.input_config)
+        validation = WholeImageValidation(validation_table, settings.input_config)
     space = hypermodel.search_space([f"{name}={value}" for name, value in values.items()])
     model_builder = hypermodel.ShipUNetHyperModel(
         space, validation, settings.images_per_epoch, settings.seed
@@ -310,11 +315,11 @@ def train_model(
             if checkpoint.best_epoch is not None
             else ""
         )
-        raise TrainError(f"training stopped: {error}{kept}") from None
+        raise cli.UserError(f"training stopped: {error}{kept}") from None
     seconds = time.perf_counter() - start
     history_partial = out_dir / ".history.csv.partial"
     history = pd.read_csv(history_partial)
-    pipeline.write_atomically(
+    atomic.write_atomically(
         out_dir / "history.csv", lambda temporary: history.to_csv(temporary, index=False)
     )
     history_partial.unlink()
@@ -366,7 +371,7 @@ def tune_postprocess(
                         evaluation.f2_from_ious(ious[:, areas >= max(min_size, 1)])
                     )
     if not scores:
-        raise TrainError("no validation image could be read to tune the post-processing")
+        raise cli.UserError("no validation image could be read to tune the post-processing")
     gates = [evaluation.best_gate(scores, opened, f2_closed) for opened in f2_open]
     # The grid runs from loose to strict: >= lets a stricter setting win a tie.
     best = max(range(len(grid)), key=lambda index: (gates[index][1], index))
@@ -399,9 +404,7 @@ def plot_history(history: pd.DataFrame, monitor: str, path: Path) -> None:
         axis.legend()
         axis.grid(alpha=0.3)
     figure.tight_layout()
-    pipeline.write_atomically(
-        path, lambda temporary: figure.savefig(temporary, dpi=90, format="png")
-    )
+    atomic.write_atomically(path, lambda temporary: figure.savefig(temporary, dpi=90, format="png"))
     plt.close(figure)
 
 
@@ -434,7 +437,7 @@ def plot_examples(
             prediction.probabilities, postprocess, prediction.ship_probability
         )
         image = pipeline.decode_image(row.path).numpy()
-        axis.imshow(hypermodel.mask_overlay(image, truth > 0, predicted > 0, max_side=512))
+        axis.imshow(drawing.mask_overlay(image, truth > 0, predicted > 0, max_side=512))
         axis.set_title(
             f"{row.ImageId}: {row.ship_count} true, {predicted.max()} predicted\n"
             f"F2 {evaluation.image_f2(truth, predicted):.2f}",
@@ -442,9 +445,7 @@ def plot_examples(
         )
     figure.suptitle("Test images: true ships green, predicted red, overlap yellow")
     figure.tight_layout()
-    pipeline.write_atomically(
-        path, lambda temporary: figure.savefig(temporary, dpi=80, format="png")
-    )
+    atomic.write_atomically(path, lambda temporary: figure.savefig(temporary, dpi=80, format="png"))
     plt.close(figure)
 
 
@@ -475,22 +476,22 @@ def load_run(args: argparse.Namespace) -> Run:
     search_config = json.loads((project_dir / "search_config.json").read_text())
     hparams_path = Path(args.hparams) if args.hparams else project_dir / "best_hparams.json"
     if not hparams_path.is_file():
-        raise TrainError(
+        raise cli.UserError(
             f"{hparams_path}: file not found"
             + ("" if args.hparams else " (the search has no completed trial yet)")
         )
     values = load_hyperparameters(hparams_path)
     if args.epochs < 1:
-        raise TrainError("--epochs must be at least 1")
+        raise cli.UserError("--epochs must be at least 1")
     try:
         hypermodel.check_input_size(search_config["input"]["size"], values["levels"])
     except ValueError as error:
-        raise TrainError(f"{hparams_path}: {error} (the search's input size)") from None
+        raise cli.UserError(f"{hparams_path}: {error} (the search's input size)") from None
     try:
         seconds = budget.parse_duration(args.time_budget) if args.time_budget else None
     except ValueError as error:
-        raise TrainError(f"--time-budget: {error}") from None
-    table = pipeline.read_dataset(search_config["resolved_data_dir"])
+        raise cli.UserError(f"--time-budget: {error}") from None
+    table = airbus.read_dataset(search_config["resolved_data_dir"])
     settings = TrainSettings(
         input_config=pipeline.InputConfig(**search_config["input"]),
         monitor=args.monitor or search_config["objective"],
@@ -501,7 +502,7 @@ def load_run(args: argparse.Namespace) -> Run:
         verbose=args.verbose,
         deadline=None if seconds is None else time.time() + seconds,
     )
-    split = pipeline.load_split(search_config["split_file"], table)
+    split = splits.load_split(search_config["split_file"], table)
     return Run(project_dir, search_config, values, hparams_path, table, split, settings)
 
 
@@ -524,7 +525,7 @@ def run_config(run: Run, args: argparse.Namespace, **extra) -> dict:
         "flip_tta": args.tta,
         "seed": run.settings.seed,
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "versions": hypermodel.library_versions(),
+        "versions": runtime.library_versions(),
         **extra,
     }
 
@@ -548,7 +549,7 @@ def train_and_evaluate(
     settings = settings or run.settings
     full = config["trained_on"] == "train+val"
     clear_previous_training(out_dir)
-    pipeline.write_json_atomically(out_dir / "config.json", {**config, "status": "training"})
+    atomic.write_json_atomically(out_dir / "config.json", {**config, "status": "training"})
     keras.utils.set_random_seed(settings.seed)
     print(
         f"Training {run.values} on {len(tables['train'])} images for up to {settings.epochs} "
@@ -568,8 +569,8 @@ def train_and_evaluate(
     )
     if full:
         metrics["postprocess_tuning"] += " (validation images were also trained on: --full)"
-    pipeline.write_json_atomically(out_dir / "metrics.json", metrics)
-    pipeline.write_json_atomically(
+    atomic.write_json_atomically(out_dir / "metrics.json", metrics)
+    atomic.write_json_atomically(
         out_dir / "config.json",
         {**config, "postprocess": metrics["postprocess"], "status": "complete"},
     )
@@ -610,16 +611,16 @@ def run_training(args: argparse.Namespace) -> dict:
     # stopping, the checkpoint and the post-processing all hang on these scores, and on 40
     # images the val Dice of one training swung between 0.06 and 0.50 from epoch to epoch.
     tables = {
-        "train": pipeline.select_split(
+        "train": splits.select_split(
             run.table, run.split, *(("train", "val") if args.full else ("train",))
         ),
-        "val": pipeline.sample_images(
-            pipeline.select_split(run.table, run.split, "val"), args.val_images, run.settings.seed
+        "val": splits.sample_images(
+            splits.select_split(run.table, run.split, "val"), args.val_images, run.settings.seed
         ),
-        "test": pipeline.select_split(run.table, run.split, "test"),
+        "test": splits.select_split(run.table, run.split, "test"),
     }
     if tables["test"].empty:
-        raise TrainError(f"{run.search_config['split_file']}: the split has no test image")
+        raise cli.UserError(f"{run.search_config['split_file']}: the split has no test image")
     out_dir = run.project_dir / "final"
     config = run_config(
         run,
@@ -670,7 +671,7 @@ def fold_tables(pool: pd.DataFrame, folds: pd.Series, fold: int) -> dict[str, pd
 
     Args:
         pool: The images the folds were made from (train + val; never the test split).
-        folds: ``pipeline.make_folds`` of ``pool``.
+        folds: ``splits.make_folds`` of ``pool``.
         fold: The fold to test on.
     """
     count = int(folds.max()) + 1
@@ -693,11 +694,11 @@ def run_folds(args: argparse.Namespace) -> dict:
         The content of ``summary.json``.
     """
     run = load_run(args)
-    pool = pipeline.select_split(run.table, run.split, "train", "val")
+    pool = splits.select_split(run.table, run.split, "train", "val")
     try:
-        folds = pipeline.make_folds(pool, args.folds, run.settings.seed)
+        folds = splits.make_folds(pool, args.folds, run.settings.seed)
     except ValueError as error:
-        raise TrainError(f"--folds: {error}") from None
+        raise cli.UserError(f"--folds: {error}") from None
     rows = []
     for fold in range(args.folds):
         settings = run.settings
@@ -713,7 +714,7 @@ def run_folds(args: argparse.Namespace) -> dict:
         rows.append(fold_row(fold, tables, metrics))
         print(f"Fold {fold}: F2 {rows[-1]['f2']:.4f}, baseline {rows[-1]['baseline']:.4f}")
     summary = summarise_folds(pd.DataFrame(rows))
-    pipeline.write_json_atomically(run.project_dir / "folds" / "summary.json", summary)
+    atomic.write_json_atomically(run.project_dir / "folds" / "summary.json", summary)
     print_folds(summary)
     return summary
 
@@ -765,13 +766,12 @@ def print_folds(summary: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    try:
-        run_folds(args) if args.folds else run_training(args)
-    except (TrainError, pipeline.DataError) as error:
-        print(f"train.py: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return cli.main("train.py", build_parser(), run_command, argv)
+
+
+def run_command(args: argparse.Namespace) -> None:
+    """K-fold cross-validation with ``--folds``, one training otherwise."""
+    run_folds(args) if args.folds else run_training(args)
 
 
 if __name__ == "__main__":

@@ -22,12 +22,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import pipeline  # noqa: E402
+from shipseg import runtime  # noqa: I001  (first: it imports TensorFlow quietly)
 
-pipeline.import_tensorflow_quietly()
+runtime.import_tensorflow_quietly()
 
-import hypermodel  # noqa: E402
-import inference  # noqa: E402
+import hypermodel
+import inference
+import pipeline
+from shipseg import airbus
 
 
 def main() -> None:
@@ -53,7 +55,7 @@ def main() -> None:
     )
     options = parser.parse_args()
 
-    paths = pipeline.list_images([options.images])[: options.limit]
+    paths = airbus.list_images([options.images])[: options.limit]
     work = Path(tempfile.mkdtemp(prefix="inference-benchmark-"))
     model_path = Path(options.model) if options.model else None
     if model_path is None and not options.fresh_model:

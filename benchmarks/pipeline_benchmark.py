@@ -28,7 +28,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import pipeline  # noqa: E402
+import pipeline
+from shipseg import airbus, splits, synthetic
 
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "airbus-sample"
 
@@ -68,9 +69,9 @@ def batches(table, args):
 
 def measure_throughput(args) -> dict:
     """Images per second of the training input on the real sample's train split."""
-    table = pipeline.read_dataset(args.data_dir, log=lambda message: print(f"  {message}"))
-    split = pipeline.make_split(table, seed=args.seed)
-    train = pipeline.select_split(table, split, "train")
+    table = airbus.read_dataset(args.data_dir, log=lambda message: print(f"  {message}"))
+    split = splits.make_split(table, seed=args.seed)
+    train = splits.select_split(table, split, "train")
     stream = batches(train, args)
     start = time.perf_counter()
     for _ in range(args.warmup):
@@ -111,13 +112,13 @@ def memory_child(args) -> None:
     setup (``/proc/self/clear_refs``) so that the iteration's own peak is measured as well.
     """
     if not Path("/proc/self/status").exists():  # not Linux: fall back to ru_maxrss
-        stream = batches(pipeline.read_dataset(args.memory_child), args)
+        stream = batches(airbus.read_dataset(args.memory_child), args)
         for _ in range(args.warmup + args.batches):
             next(stream)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps({"setup_peak_mib": None, "setup_rss_mib": None, "peak_mib": peak}))
         return
-    table = pipeline.read_dataset(args.memory_child)
+    table = airbus.read_dataset(args.memory_child)
     stream = batches(table, args)
     setup = memory_status()
     try:
@@ -188,7 +189,7 @@ def main(argv=None) -> int:
         print(f"(a) throughput on {args.data_dir} ...", flush=True)
         try:
             result = measure_throughput(args)
-        except pipeline.DataError as error:
+        except airbus.DataError as error:
             print(f"  skipped: {error}")
             rows.append(("(a) throughput", f"skipped (no sample: {error})"))
         else:
@@ -210,9 +211,9 @@ def main(argv=None) -> int:
             for count in (args.small, args.large):
                 print(f"(b) memory: {count} synthetic images of {args.synthetic_size} px ...")
                 start = time.perf_counter()
-                data_dir = pipeline.generate_synthetic_dataset(
+                data_dir = synthetic.generate_synthetic_dataset(
                     Path(temporary) / f"synthetic-{count}",
-                    pipeline.SyntheticConfig(
+                    synthetic.SyntheticConfig(
                         train_images=count,
                         test_images=0,
                         image_size=args.synthetic_size,

@@ -27,8 +27,8 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import pipeline  # noqa: E402
-import search  # noqa: E402
+import search
+from shipseg import synthetic, tuning
 
 
 def main() -> None:
@@ -42,12 +42,12 @@ def main() -> None:
     work = Path(options.work_dir or tempfile.mkdtemp(prefix="search-benchmark-"))
     data_dir = work / "data"
     if not data_dir.exists():
-        pipeline.generate_synthetic_dataset(
+        synthetic.generate_synthetic_dataset(
             data_dir,
-            pipeline.SyntheticConfig(train_images=120, test_images=0, image_size=64, seed=1),
+            synthetic.SyntheticConfig(train_images=120, test_images=0, image_size=64, seed=1),
         )
     memory, total_memory, trial_peaks = [], [], []
-    original_on_trial_end = search.IsolatedHyperband.on_trial_end
+    original_on_trial_end = tuning.IsolatedHyperband.on_trial_end
 
     probe_seconds = []
 
@@ -68,7 +68,7 @@ def main() -> None:
         )
         probe_seconds.append(time.perf_counter() - probe_start)
 
-    search.IsolatedHyperband.on_trial_end = on_trial_end
+    tuning.IsolatedHyperband.on_trial_end = on_trial_end
     args = search.build_parser().parse_args(
         [
             "--data-dir",

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-import pipeline
+from shipseg import airbus, synthetic
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_AIRBUS_SAMPLE = REPO_ROOT.parent / "shared" / "data" / "airbus-sample"
 
 # Small on purpose: 40 labelled 64 x 64 images (13 with ships for this seed), 4 test images.
-SYNTHETIC_CONFIG = pipeline.SyntheticConfig(train_images=40, test_images=4, image_size=64, seed=3)
+SYNTHETIC_CONFIG = synthetic.SyntheticConfig(train_images=40, test_images=4, image_size=64, seed=3)
 
 
 @pytest.fixture(scope="session")
@@ -28,8 +28,8 @@ def airbus_sample() -> Path:
     """
     path = Path(os.environ.get("AIRBUS_SAMPLE_DIR", DEFAULT_AIRBUS_SAMPLE))
     try:
-        pipeline.find_layout(path)
-    except pipeline.DataError as error:
+        airbus.find_layout(path)
+    except airbus.DataError as error:
         pytest.skip(f"real Airbus sample not found at {path}: {error} (set AIRBUS_SAMPLE_DIR)")
     return path
 
@@ -40,7 +40,7 @@ def synthetic_dataset(tmp_path_factory) -> Path:
 
     Treat it as read-only: tests that damage files must work on a copy (``dataset_copy``).
     """
-    return pipeline.generate_synthetic_dataset(
+    return synthetic.generate_synthetic_dataset(
         tmp_path_factory.mktemp("synthetic") / "airbus", SYNTHETIC_CONFIG
     )
 
@@ -49,7 +49,7 @@ def synthetic_dataset(tmp_path_factory) -> Path:
 def synthetic_table(synthetic_dataset):
     """``read_dataset`` of ``synthetic_dataset`` (one row per image); do not modify it."""
     messages = []
-    table = pipeline.read_dataset(synthetic_dataset, log=messages.append)
+    table = airbus.read_dataset(synthetic_dataset, log=messages.append)
     assert not messages, f"the synthetic dataset should read cleanly, got {messages}"
     return table
 

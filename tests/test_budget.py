@@ -6,8 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-import pipeline
-from shipseg import budget
+from shipseg import atomic, budget
 
 
 @pytest.mark.parametrize(
@@ -72,7 +71,7 @@ def test_the_project_budget_counts_earlier_runs_and_can_be_extended(tmp_path):
     path = tmp_path / "budget.json"
     first = budget.SearchBudget(path, 600, clock)
     clock.now += 500
-    first.save(pipeline.write_json_atomically)
+    first.save(atomic.write_json_atomically)
     assert json.loads(path.read_text())["spent_seconds"] == 500
     rerun = budget.SearchBudget(path, 600, clock)
     assert rerun.left() == pytest.approx(100) and rerun.deadline() == pytest.approx(clock.now + 100)

@@ -12,8 +12,9 @@ from PIL import Image
 
 import evaluation
 import inference
-import pipeline
 from conftest import ROOT, run
+from shipseg import airbus
+from shipseg.rle import rle_decode
 
 
 def train_command(results_dir, *extra):
@@ -66,7 +67,7 @@ def test_train_best_writes_the_final_model_and_honest_metrics(trained_project):
     for name in ("dice", "dice_ship_images", "iou", "f2", "f2_no_ship_baseline", "ship_accuracy"):
         assert 0.0 <= test[name] <= 1.0, name
     # The baseline is the share of empty test images, computed on the same images.
-    table = pipeline.read_dataset(
+    table = airbus.read_dataset(
         json.loads((project / "search_config.json").read_text())["data_dir"]
     )
     test_ids = set(split.ImageId[split.split == "test"])
@@ -81,7 +82,7 @@ def test_train_best_writes_the_final_model_and_honest_metrics(trained_project):
 
 def decoded_submission(submission: pd.DataFrame, image_id: str, shape) -> list[np.ndarray]:
     rows = submission[submission.ImageId == image_id].EncodedPixels.fillna("")
-    return [pipeline.rle_decode(rle, shape) for rle in rows if rle]
+    return [rle_decode(rle, shape) for rle in rows if rle]
 
 
 def test_inference_writes_masks_overlays_and_a_submission_that_decodes_back(
@@ -126,7 +127,7 @@ def test_inference_scores_against_labels(trained_project, synthetic_dataset, tmp
             "--out",
             str(tmp_path),
             "--labels",
-            str(Path(synthetic_dataset) / pipeline.CSV_NAME),
+            str(Path(synthetic_dataset) / airbus.CSV_NAME),
             "--no-overlays",
         )
     )
@@ -229,7 +230,7 @@ def test_submission_rows_decode_to_exactly_the_predicted_ships(tmp_path):
     labels = inference.process_prediction(image, probabilities, config, tmp_path, overlays=True)
     rows = inference.ship_rows("sea.png", labels)
     assert len(rows) == 2
-    decoded = [pipeline.rle_decode(rle, labels.shape) for _, rle in rows]
+    decoded = [rle_decode(rle, labels.shape) for _, rle in rows]
     np.testing.assert_array_equal(decoded[0] + 2 * decoded[1], labels)
     saved = np.array(Image.open(tmp_path / "masks" / "sea.png"))
     assert len(np.unique(saved[saved > 0])) == 2

@@ -14,7 +14,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-import pipeline
+from shipseg import synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "eda.ipynb"
@@ -105,9 +105,9 @@ def test_notebook_runs_on_real_sample(python3_kernel, monkeypatch, tmp_path):
 
 
 def test_notebook_runs_on_tiny_synthetic_data(python3_kernel, monkeypatch, tmp_path):
-    data_dir = pipeline.generate_synthetic_dataset(
+    data_dir = synthetic.generate_synthetic_dataset(
         tmp_path / "synthetic",
-        pipeline.SyntheticConfig(train_images=40, test_images=4, image_size=64),
+        synthetic.SyntheticConfig(train_images=40, test_images=4, image_size=64),
     )
     notebook = execute_copy(data_dir, python3_kernel, monkeypatch, tmp_path)
     check_outputs(notebook)

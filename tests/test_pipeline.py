@@ -23,7 +23,9 @@ from scipy import ndimage
 from skimage.measure import label
 
 import pipeline
-from pipeline import DataError
+from shipseg import airbus, splits, synthetic
+from shipseg.airbus import DataError
+from shipseg.rle import parse_rle, rle_decode, rle_encode, rle_pixel_count, ships_to_label_image
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
@@ -44,7 +46,7 @@ def reference_decode(rle: str, shape: tuple[int, int]) -> np.ndarray:
 def union_mask(rles, shape) -> np.ndarray:
     mask = np.zeros(shape, dtype=np.uint8)
     for rle in rles:
-        mask |= pipeline.rle_decode(rle, shape)
+        mask |= rle_decode(rle, shape)
     return mask
 
 
@@ -69,11 +71,11 @@ def pil_image(path) -> np.ndarray:
 
 
 def csv_rows(dataset: Path) -> pd.DataFrame:
-    return pd.read_csv(dataset / pipeline.CSV_NAME, dtype=str, keep_default_na=False)
+    return pd.read_csv(dataset / airbus.CSV_NAME, dtype=str, keep_default_na=False)
 
 
 def write_csv(dataset: Path, rows: pd.DataFrame) -> None:
-    rows.to_csv(dataset / pipeline.CSV_NAME, index=False)
+    rows.to_csv(dataset / airbus.CSV_NAME, index=False)
 
 
 def dihedral(array: np.ndarray):
@@ -127,11 +129,11 @@ def valid_rles(draw):
 @settings(max_examples=200, deadline=None)
 @given(binary_masks())
 def test_rle_round_trip_on_random_masks(mask):
-    rle = pipeline.rle_encode(mask)
-    decoded = pipeline.rle_decode(rle, mask.shape)
+    rle = rle_encode(mask)
+    decoded = rle_decode(rle, mask.shape)
     assert decoded.dtype == np.uint8
     np.testing.assert_array_equal(decoded, mask)
-    assert pipeline.rle_pixel_count(rle) == mask.sum()
+    assert rle_pixel_count(rle) == mask.sum()
     # The encoder writes what the Kaggle definition means, not just what our decoder undoes.
     np.testing.assert_array_equal(reference_decode(rle, mask.shape), mask)
 
@@ -140,7 +142,7 @@ def test_rle_round_trip_on_random_masks(mask):
 @given(valid_rles())
 def test_rle_decode_matches_the_kaggle_definition(case):
     rle, shape = case
-    np.testing.assert_array_equal(pipeline.rle_decode(rle, shape), reference_decode(rle, shape))
+    np.testing.assert_array_equal(rle_decode(rle, shape), reference_decode(rle, shape))
 
 
 def test_rle_encode_treats_every_nonzero_value_as_object_and_gives_canonical_runs():
@@ -148,57 +150,57 @@ def test_rle_encode_treats_every_nonzero_value_as_object_and_gives_canonical_run
     mask[1:3, 0] = 255
     mask[3, 0] = -1
     mask[0, 1] = 7  # continues the run of column 0 (column-major order)
-    assert pipeline.rle_encode(mask) == "2 4"
-    assert pipeline.rle_encode(mask.astype(bool)) == "2 4"
+    assert rle_encode(mask) == "2 4"
+    assert rle_encode(mask.astype(bool)) == "2 4"
     with pytest.raises(ValueError, match="2-D"):
-        pipeline.rle_encode(np.zeros((2, 2, 1)))
+        rle_encode(np.zeros((2, 2, 1)))
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (3, 7), (768, 768)])
 def test_empty_mask_encodes_to_empty_string(shape):
-    assert pipeline.rle_encode(np.zeros(shape, dtype=np.uint8)) == ""
+    assert rle_encode(np.zeros(shape, dtype=np.uint8)) == ""
 
 
 @pytest.mark.parametrize("empty", ["", "   ", float("nan"), np.nan, None])
 def test_empty_rle_decodes_to_zeros(empty):
-    mask = pipeline.rle_decode(empty, (5, 3))
+    mask = rle_decode(empty, (5, 3))
     assert mask.shape == (5, 3)
     assert mask.dtype == np.uint8
     assert not mask.any()
-    assert pipeline.rle_pixel_count(empty) == 0
+    assert rle_pixel_count(empty) == 0
 
 
 def test_rle_is_column_major_and_one_based():
-    mask = pipeline.rle_decode("1 3", (4, 5))
+    mask = rle_decode("1 3", (4, 5))
     expected = np.zeros((4, 5), dtype=np.uint8)
     expected[0:3, 0] = 1  # rows 0..2 of column 0, not a row
     np.testing.assert_array_equal(mask, expected)
 
     # Pixel 5 of a 4-row image is the top of column 1; a run wraps into the next column.
-    mask = pipeline.rle_decode("5 1 8 2", (4, 5))
+    mask = rle_decode("5 1 8 2", (4, 5))
     assert sorted(zip(*np.nonzero(mask), strict=True)) == [(0, 1), (0, 2), (3, 1)]
 
     single = np.zeros((4, 5), dtype=np.uint8)
     single[2, 3] = 1  # column 3 starts after 3 * 4 pixels: 12 + row 2 + 1 = 15
-    assert pipeline.rle_encode(single) == "15 1"
+    assert rle_encode(single) == "15 1"
     last = np.zeros((4, 5), dtype=np.uint8)
     last[3, 4] = 1
-    assert pipeline.rle_encode(last) == "20 1"
+    assert rle_encode(last) == "20 1"
 
 
 def test_touching_runs_are_valid():
-    assert pipeline.rle_decode("1 2 3 2", (4, 5)).sum() == 4
+    assert rle_decode("1 2 3 2", (4, 5)).sum() == 4
 
 
 def test_ships_to_label_image():
     shape = (6, 6)
-    labels = pipeline.ships_to_label_image(["1 2", "13 3", "36 1"], shape)
+    labels = ships_to_label_image(["1 2", "13 3", "36 1"], shape)
     assert labels.dtype == np.int32
     np.testing.assert_array_equal(labels[0:2, 0], [1, 1])
     np.testing.assert_array_equal(labels[0:3, 2], [2, 2, 2])
     assert labels[5, 5] == 3
     assert (labels > 0).sum() == 6
-    assert not pipeline.ships_to_label_image([], shape).any()
+    assert not ships_to_label_image([], shape).any()
 
 
 @pytest.mark.parametrize(
@@ -225,12 +227,12 @@ def test_ships_to_label_image():
 )
 def test_malformed_rle_raises_value_error(rle, message):
     with pytest.raises(ValueError, match=message):
-        pipeline.rle_decode(rle, (4, 5))
+        rle_decode(rle, (4, 5))
 
 
 def test_non_string_rle_raises_value_error():
     with pytest.raises(ValueError, match="must be a string, got int"):
-        pipeline.parse_rle(5, 20)
+        parse_rle(5, 20)
 
 
 rle_tokens = st.one_of(
@@ -253,7 +255,7 @@ def test_parse_rle_accepts_only_valid_runs_and_fails_only_with_value_error(token
     """
     rle = " ".join(tokens)
     try:
-        mask = pipeline.rle_decode(rle, shape)
+        mask = rle_decode(rle, shape)
     except ValueError as error:
         assert str(error)
         return
@@ -274,20 +276,20 @@ def test_decoder_pixel_counts_on_real_rows(airbus_sample):
     assert len(ships) > 30
     for rle in ships.EncodedPixels[:: max(1, len(ships) // 40)]:
         lengths = [int(v) for v in rle.split()[1::2]]
-        mask = pipeline.rle_decode(rle, (768, 768))
-        assert mask.sum() == sum(lengths) == pipeline.rle_pixel_count(rle)
+        mask = rle_decode(rle, (768, 768))
+        assert mask.sum() == sum(lengths) == rle_pixel_count(rle)
         # Real Kaggle strings come back character for character.
-        assert pipeline.rle_encode(mask) == " ".join(rle.split())
+        assert rle_encode(mask) == " ".join(rle.split())
 
 
 def test_known_real_rows(airbus_sample):
     rows = csv_rows(airbus_sample)
     ship = rows[rows.ImageId == "0002756f7.jpg"].EncodedPixels.tolist()
     assert len(ship) == 2
-    assert pipeline.rle_decode(ship[0]).sum() == 189
-    assert pipeline.rle_decode(ship[1]).sum() == 219
+    assert rle_decode(ship[0]).sum() == 189
+    assert rle_decode(ship[1]).sum() == 219
     # "255784 2": pixel 255784 is row 255783 % 768 = 39, column 255783 // 768 = 333.
-    mask = pipeline.rle_decode(ship[0])
+    mask = rle_decode(ship[0])
     assert mask[39, 333] == mask[40, 333] == 1
     assert mask[38, 333] == mask[41, 333] == 0
 
@@ -300,7 +302,7 @@ def test_decoder_orientation_on_real_ships(airbus_sample):
     brighter = 0
     for image_id, rle in zip(ships.ImageId, ships.EncodedPixels, strict=True):
         gray = pil_image(airbus_sample / "images" / image_id).mean(axis=-1)
-        mask = pipeline.rle_decode(rle, gray.shape).astype(bool)
+        mask = rle_decode(rle, gray.shape).astype(bool)
         brighter += gray[mask].mean() > gray[mask.T].mean() + 10
     # The data gives 25 of 30; a transposed (row-major) decoder gives 3.
     assert brighter >= 20, f"only {brighter} of 30 ships are brighter under the decoded mask"
@@ -308,7 +310,7 @@ def test_decoder_orientation_on_real_ships(airbus_sample):
 
 def test_read_dataset_on_real_sample(airbus_sample):
     messages = []
-    table = pipeline.read_dataset(airbus_sample, log=messages.append)
+    table = airbus.read_dataset(airbus_sample, log=messages.append)
     rows = csv_rows(airbus_sample)
     assert len(table) == rows.ImageId.nunique()
     assert not messages
@@ -353,7 +355,7 @@ def test_read_dataset_table(synthetic_dataset, synthetic_table):
 
 def test_read_dataset_accepts_the_images_folder_name(dataset_copy):
     (dataset_copy / "train_v2").rename(dataset_copy / "images")
-    table = pipeline.read_dataset(dataset_copy, log=pytest.fail)
+    table = airbus.read_dataset(dataset_copy, log=pytest.fail)
     assert len(table) == 40
     assert all(Path(p).parent == dataset_copy / "images" for p in table.path)
 
@@ -361,20 +363,20 @@ def test_read_dataset_accepts_the_images_folder_name(dataset_copy):
 def test_read_dataset_missing_directory(tmp_path):
     missing = tmp_path / "nowhere"
     with pytest.raises(DataError, match=re.escape(f"{missing}: data directory does not exist")):
-        pipeline.read_dataset(missing)
+        airbus.read_dataset(missing)
 
 
 def test_read_dataset_missing_image_folder(dataset_copy):
     shutil.rmtree(dataset_copy / "train_v2")
     with pytest.raises(DataError, match=re.escape(f"{dataset_copy}: no image folder")):
-        pipeline.read_dataset(dataset_copy)
+        airbus.read_dataset(dataset_copy)
 
 
 def test_read_dataset_missing_csv(dataset_copy):
-    csv = dataset_copy / pipeline.CSV_NAME
+    csv = dataset_copy / airbus.CSV_NAME
     csv.unlink()
     with pytest.raises(DataError, match=re.escape(f"{csv}: ship mask CSV is missing")):
-        pipeline.read_dataset(dataset_copy)
+        airbus.read_dataset(dataset_copy)
 
 
 @pytest.mark.parametrize(
@@ -382,17 +384,17 @@ def test_read_dataset_missing_csv(dataset_copy):
     ["ImageId,Pixels\na.jpg,\n", "id,EncodedPixels\na.jpg,\n", "ImageId,EncodedPixels,x\na,,\n"],
 )
 def test_read_dataset_wrong_csv_columns(dataset_copy, content):
-    csv = dataset_copy / pipeline.CSV_NAME
+    csv = dataset_copy / airbus.CSV_NAME
     csv.write_text(content)
     with pytest.raises(DataError, match=re.escape(f"{csv}: columns are")):
-        pipeline.read_dataset(dataset_copy)
+        airbus.read_dataset(dataset_copy)
 
 
 def test_read_dataset_unreadable_csv(dataset_copy):
-    csv = dataset_copy / pipeline.CSV_NAME
+    csv = dataset_copy / airbus.CSV_NAME
     csv.write_text("")
     with pytest.raises(DataError, match=re.escape(f"{csv}: not a readable CSV")):
-        pipeline.read_dataset(dataset_copy)
+        airbus.read_dataset(dataset_copy)
 
 
 @pytest.mark.parametrize(
@@ -404,11 +406,11 @@ def test_read_dataset_bad_rle_names_the_line(dataset_copy, bad_rle, reason):
     rows.loc[bad_index, "EncodedPixels"] = bad_rle
     write_csv(dataset_copy, rows)
     image_id = rows.ImageId[bad_index]
-    csv = dataset_copy / pipeline.CSV_NAME
+    csv = dataset_copy / airbus.CSV_NAME
     # Line 1 is the header, so row 5 is on line 7.
     expected = re.escape(f"{csv}, line 7 ({image_id}): ") + f".*{reason}"
     with pytest.raises(DataError, match=expected):
-        pipeline.read_dataset(dataset_copy)
+        airbus.read_dataset(dataset_copy)
 
 
 def test_read_dataset_skips_missing_and_broken_images(dataset_copy):
@@ -427,7 +429,7 @@ def test_read_dataset_skips_missing_and_broken_images(dataset_copy):
     write_csv(dataset_copy, rows)
 
     messages = []
-    table = pipeline.read_dataset(dataset_copy, log=messages.append)
+    table = airbus.read_dataset(dataset_copy, log=messages.append)
 
     assert set(table.ImageId) == set(ids) - {deleted, empty, truncated, not_image, bad_mask}
     assert len(messages) == 2, messages
@@ -448,7 +450,7 @@ def test_read_dataset_shortens_long_skip_lists(dataset_copy):
     for image_id in ids[:7]:
         (dataset_copy / "train_v2" / image_id).unlink()
     messages = []
-    table = pipeline.read_dataset(dataset_copy, log=messages.append)
+    table = airbus.read_dataset(dataset_copy, log=messages.append)
     assert len(table) == len(ids) - 7
     (message,) = messages
     assert "7 images listed in the CSV but not on disk" in message
@@ -461,7 +463,7 @@ def test_read_dataset_without_image_checks_only_skips_missing_files(dataset_copy
     (dataset_copy / "train_v2" / ids[0]).unlink()
     (dataset_copy / "train_v2" / ids[1]).write_bytes(b"")
     messages = []
-    table = pipeline.read_dataset(dataset_copy, check_images=False, log=messages.append)
+    table = airbus.read_dataset(dataset_copy, check_images=False, log=messages.append)
     assert ids[0] not in set(table.ImageId) and ids[1] in set(table.ImageId)
     assert len(messages) == 1 and ids[0] in messages[0]
 
@@ -470,18 +472,18 @@ def test_read_dataset_with_no_usable_image_is_an_error(dataset_copy):
     shutil.rmtree(dataset_copy / "train_v2")
     (dataset_copy / "train_v2").mkdir()
     with pytest.raises(DataError, match=re.escape(f"{dataset_copy}: no usable image")):
-        pipeline.read_dataset(dataset_copy, log=lambda message: None)
+        airbus.read_dataset(dataset_copy, log=lambda message: None)
 
 
 def test_inspect_image_file_reads_size_and_accepts_png(tmp_path):
     png = tmp_path / "a.png"
     Image.fromarray(np.zeros((5, 9, 3), np.uint8)).save(png)
-    assert pipeline.inspect_image_file(png) == (None, (5, 9))
+    assert airbus.inspect_image_file(png) == (None, (5, 9))
     gif = tmp_path / "a.gif"
     Image.fromarray(np.zeros((5, 9), np.uint8)).save(gif)
-    problem, _ = pipeline.inspect_image_file(gif)
+    problem, _ = airbus.inspect_image_file(gif)
     assert problem == "GIF is not a JPEG or PNG image"
-    assert pipeline.inspect_image_file(tmp_path / "none.jpg") == ("missing", None)
+    assert airbus.inspect_image_file(tmp_path / "none.jpg") == ("missing", None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -498,7 +500,7 @@ def split_table() -> pd.DataFrame:
 
 
 def test_split_parts_are_disjoint_and_cover_every_image(split_table):
-    split = pipeline.make_split(split_table, val_fraction=0.15, test_fraction=0.2, seed=1)
+    split = splits.make_split(split_table, val_fraction=0.15, test_fraction=0.2, seed=1)
     assert list(split.columns) == ["ImageId", "split"]
     assert split.ImageId.is_unique
     assert sorted(split.ImageId) == sorted(split_table.ImageId)
@@ -511,12 +513,12 @@ def test_split_parts_are_disjoint_and_cover_every_image(split_table):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_split_is_stratified(split_table, seed):
-    split = pipeline.make_split(split_table, 0.15, 0.2, seed=seed).merge(split_table, on="ImageId")
+    split = splits.make_split(split_table, 0.15, 0.2, seed=seed).merge(split_table, on="ImageId")
     whole = (split.ship_count == 0).mean()
     for name, part in split.groupby("split"):
         assert (part.ship_count == 0).mean() == pytest.approx(whole, abs=0.01), name
     # Every ship-count group is cut by the fractions (up to rounding), not just on average.
-    strata = split.ship_count.map(pipeline.ship_count_stratum)
+    strata = split.ship_count.map(splits.ship_count_stratum)
     for stratum in ["0", "1", "2", "3-4", "5+"]:
         members = split[strata == stratum]
         assert len(members) >= 10, stratum
@@ -525,46 +527,46 @@ def test_split_is_stratified(split_table, seed):
 
 
 def test_ship_count_stratum():
-    groups = [pipeline.ship_count_stratum(n) for n in range(8)]
+    groups = [splits.ship_count_stratum(n) for n in range(8)]
     assert groups == ["0", "1", "2", "3-4", "3-4", "5+", "5+", "5+"]
 
 
 def test_split_seed(split_table):
-    first = pipeline.make_split(split_table, seed=7)
-    pd.testing.assert_frame_equal(first, pipeline.make_split(split_table, seed=7))
-    other = pipeline.make_split(split_table, seed=8)
+    first = splits.make_split(split_table, seed=7)
+    pd.testing.assert_frame_equal(first, splits.make_split(split_table, seed=7))
+    other = splits.make_split(split_table, seed=8)
     assert not first.split.equals(other.split)
 
 
 def test_split_rejects_bad_fractions(split_table):
     for val, test in [(-0.1, 0.1), (0.5, 0.5), (0.2, 1.0)]:
         with pytest.raises(ValueError, match="fractions"):
-            pipeline.make_split(split_table, val, test)
+            splits.make_split(split_table, val, test)
 
 
 def test_save_and_load_split_round_trip(split_table, tmp_path):
-    split = pipeline.make_split(split_table, seed=3)
+    split = splits.make_split(split_table, seed=3)
     path = tmp_path / "sub" / "split.csv"
-    pipeline.save_split(split, path)
-    loaded = pipeline.load_split(path)
+    splits.save_split(split, path)
+    loaded = splits.load_split(path)
     pd.testing.assert_frame_equal(loaded, split)
-    for name in pipeline.SPLIT_NAMES:
-        assert set(pipeline.select_split(split_table, loaded, name).ImageId) == set(
+    for name in splits.SPLIT_NAMES:
+        assert set(splits.select_split(split_table, loaded, name).ImageId) == set(
             split.ImageId[split.split == name]
         )
     assert [p.name for p in path.parent.iterdir()] == ["split.csv"]  # no temporary file left
 
 
 def test_load_split_drops_images_the_dataset_no_longer_has(split_table, tmp_path):
-    split = pipeline.make_split(split_table, seed=3)
+    split = splits.make_split(split_table, seed=3)
     path = tmp_path / "split.csv"
-    pipeline.save_split(split, path)
+    splits.save_split(split, path)
     smaller = split_table.iloc[:300]
-    loaded = pipeline.load_split(path, smaller)
+    loaded = splits.load_split(path, smaller)
     assert set(loaded.ImageId) == set(smaller.ImageId)
     no_val = split_table[split_table.ImageId.isin(split.ImageId[split.split != "val"])]
     with pytest.raises(DataError, match="no val image"):
-        pipeline.load_split(path, no_val)
+        splits.load_split(path, no_val)
 
 
 @pytest.mark.parametrize(
@@ -585,7 +587,7 @@ def test_load_split_errors(tmp_path, content, message):
     elif content is not None:
         path.write_text(content)
     with pytest.raises(DataError, match=re.escape(str(path)) + ".*" + message):
-        pipeline.load_split(path)
+        splits.load_split(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -740,11 +742,11 @@ def test_decode_mask_matches_rle_decode():
         first = (rng.random((height, width)) < 0.3).astype(np.uint8)
         second = (rng.random((height, width)) < 0.3).astype(np.uint8)
         # Ships of one image come in any order and may overlap: decode_mask takes the union.
-        runs = " ".join([pipeline.rle_encode(second), pipeline.rle_encode(first)])
+        runs = " ".join([rle_encode(second), rle_encode(first)])
         mask = pipeline.decode_mask(runs, height, width).numpy()
         assert mask.shape == (height, width, 1) and mask.dtype == np.float32
         np.testing.assert_array_equal(mask[:, :, 0], first | second)
-        single = pipeline.decode_mask(pipeline.rle_encode(first), height, width).numpy()
+        single = pipeline.decode_mask(rle_encode(first), height, width).numpy()
         np.testing.assert_array_equal(single[:, :, 0], first)
     assert not pipeline.decode_mask("", 4, 6).numpy().any()
 
@@ -850,7 +852,7 @@ def image_folder(tmp_path) -> Path:
 
 
 def test_list_images_folder(image_folder):
-    assert pipeline.list_images([image_folder]) == [
+    assert airbus.list_images([image_folder]) == [
         image_folder / "a.JPEG",
         image_folder / "b.jpg",
         image_folder / "c.png",
@@ -858,7 +860,7 @@ def test_list_images_folder(image_folder):
 
 
 def test_list_images_glob_file_and_duplicates(image_folder):
-    found = pipeline.list_images(
+    found = airbus.list_images(
         [str(image_folder / "*.jpg"), image_folder / "notes.txt", image_folder]
     )
     # Globs give files only; a named file is kept whatever its suffix; duplicates go.
@@ -875,11 +877,11 @@ def test_list_images_matching_nothing_is_an_error(image_folder, pattern):
     (image_folder / "empty").mkdir()
     item = str(image_folder / pattern)
     with pytest.raises(DataError, match=re.escape(f"{item}: no image file matches")):
-        pipeline.list_images([image_folder, item])
+        airbus.list_images([image_folder, item])
 
 
 def test_list_images_on_real_test_images(airbus_sample):
-    found = pipeline.list_images([airbus_sample / "test_images"])
+    found = airbus.list_images([airbus_sample / "test_images"])
     assert len(found) == 30 and all(p.suffix == ".jpg" for p in found)
 
 
@@ -893,14 +895,14 @@ def all_files(folder: Path) -> dict[str, bytes]:
 
 
 def test_synthetic_dataset_has_the_kaggle_layout(synthetic_dataset):
-    config = pipeline.SyntheticConfig(train_images=40, test_images=4, image_size=64, seed=3)
+    config = synthetic.SyntheticConfig(train_images=40, test_images=4, image_size=64, seed=3)
     assert {p.name for p in synthetic_dataset.iterdir()} == {
         "train_v2",
         "test_v2",
-        pipeline.CSV_NAME,
+        airbus.CSV_NAME,
         "synthetic.json",
     }
-    csv = synthetic_dataset / pipeline.CSV_NAME
+    csv = synthetic_dataset / airbus.CSV_NAME
     lines = csv.read_text().splitlines()
     assert lines[0] == "ImageId,EncodedPixels"
     rows = csv_rows(synthetic_dataset)
@@ -921,32 +923,32 @@ def test_synthetic_dataset_has_the_kaggle_layout(synthetic_dataset):
 
 
 def test_synthetic_dataset_same_seed_same_bytes(tmp_path):
-    config = pipeline.SyntheticConfig(train_images=8, test_images=2, image_size=32, seed=5)
-    first = all_files(pipeline.generate_synthetic_dataset(tmp_path / "a", config))
-    second = all_files(pipeline.generate_synthetic_dataset(tmp_path / "b", config))
+    config = synthetic.SyntheticConfig(train_images=8, test_images=2, image_size=32, seed=5)
+    first = all_files(synthetic.generate_synthetic_dataset(tmp_path / "a", config))
+    second = all_files(synthetic.generate_synthetic_dataset(tmp_path / "b", config))
     assert first == second
-    other_config = pipeline.SyntheticConfig(train_images=8, test_images=2, image_size=32, seed=6)
-    other = all_files(pipeline.generate_synthetic_dataset(tmp_path / "c", other_config))
+    other_config = synthetic.SyntheticConfig(train_images=8, test_images=2, image_size=32, seed=6)
+    other = all_files(synthetic.generate_synthetic_dataset(tmp_path / "c", other_config))
     assert set(other) != set(first)
-    assert other[pipeline.CSV_NAME] != first[pipeline.CSV_NAME]
+    assert other[airbus.CSV_NAME] != first[airbus.CSV_NAME]
 
 
 def test_synthetic_dataset_refuses_to_overwrite_and_leaves_no_staging(tmp_path):
-    config = pipeline.SyntheticConfig(train_images=2, test_images=0, image_size=32)
-    out = pipeline.generate_synthetic_dataset(tmp_path / "data", config)
+    config = synthetic.SyntheticConfig(train_images=2, test_images=0, image_size=32)
+    out = synthetic.generate_synthetic_dataset(tmp_path / "data", config)
     before = all_files(out)
     with pytest.raises(FileExistsError):
-        pipeline.generate_synthetic_dataset(out, config)
+        synthetic.generate_synthetic_dataset(out, config)
     assert all_files(out) == before
     assert [p.name for p in tmp_path.iterdir()] == ["data"]
 
 
 @pytest.mark.parametrize("empty_fraction", [0.78, 0.3])
 def test_synthetic_share_of_empty_images(tmp_path, empty_fraction):
-    config = pipeline.SyntheticConfig(
+    config = synthetic.SyntheticConfig(
         train_images=500, test_images=0, image_size=32, empty_fraction=empty_fraction, seed=1
     )
-    table = pipeline.read_dataset(pipeline.generate_synthetic_dataset(tmp_path / "d", config))
+    table = airbus.read_dataset(synthetic.generate_synthetic_dataset(tmp_path / "d", config))
     assert len(table) == 500
     assert (table.ship_count == 0).mean() == pytest.approx(empty_fraction, abs=0.06)
     assert table.ship_count.max() <= config.max_ships
@@ -968,7 +970,7 @@ def test_synthetic_ships_are_single_regions_where_the_rle_says(synthetic_table):
     sizes, contrasts = [], []
     for row in synthetic_table[synthetic_table.ship_count > 0].itertuples():
         gray = pil_image(row.path).mean(axis=-1)
-        masks = [pipeline.rle_decode(rle, gray.shape).astype(bool) for rle in row.rles]
+        masks = [rle_decode(rle, gray.shape).astype(bool) for rle in row.rles]
         for mask in masks:
             assert label(mask, connectivity=2).max() == 1
             ring = ndimage.binary_dilation(mask, iterations=2) & ~mask
@@ -985,18 +987,18 @@ def test_synthetic_ships_are_single_regions_where_the_rle_says(synthetic_table):
 
 
 def test_ensure_synthetic_dataset(tmp_path):
-    small = pipeline.SyntheticConfig(train_images=3, test_images=0, image_size=32, seed=0)
-    out = pipeline.ensure_synthetic_dataset(tmp_path / "syn", small)
-    csv = out / pipeline.CSV_NAME
+    small = synthetic.SyntheticConfig(train_images=3, test_images=0, image_size=32, seed=0)
+    out = synthetic.ensure_synthetic_dataset(tmp_path / "syn", small)
+    csv = out / airbus.CSV_NAME
     stamp = csv.stat().st_mtime_ns
-    assert pipeline.ensure_synthetic_dataset(out, small) == out
+    assert synthetic.ensure_synthetic_dataset(out, small) == out
     assert csv.stat().st_mtime_ns == stamp  # reused, not regenerated
     bigger = dataclasses.replace(small, train_images=5)
-    pipeline.ensure_synthetic_dataset(out, bigger)
+    synthetic.ensure_synthetic_dataset(out, bigger)
     assert len(list((out / "train_v2").iterdir())) == 5
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "keep.txt").write_text("precious")
     with pytest.raises(DataError, match="refusing to replace"):
-        pipeline.ensure_synthetic_dataset(foreign, small)
+        synthetic.ensure_synthetic_dataset(foreign, small)
     assert (foreign / "keep.txt").read_text() == "precious"

@@ -9,9 +9,9 @@ import pytest
 
 import evaluation
 import inference
-import pipeline
 import search
 import train
+from shipseg import atomic, cli, splits
 
 
 class BrightnessModel:
@@ -51,13 +51,13 @@ def test_tuned_post_processing_is_the_best_of_the_grid(synthetic_table):
 
 def test_sample_images_keeps_the_share_of_ship_images(synthetic_table):
     ship_share = (synthetic_table.ship_count > 0).mean()
-    sample = pipeline.sample_images(synthetic_table, 20, seed=1)
+    sample = splits.sample_images(synthetic_table, 20, seed=1)
     assert len(sample) == 20 and sample.ImageId.is_unique
     assert (sample.ship_count > 0).mean() == pytest.approx(ship_share, abs=0.05)
-    assert sample.equals(pipeline.sample_images(synthetic_table, 20, seed=1))
-    assert len(pipeline.sample_images(synthetic_table, None)) == len(synthetic_table)
+    assert sample.equals(splits.sample_images(synthetic_table, 20, seed=1))
+    assert len(splits.sample_images(synthetic_table, None)) == len(synthetic_table)
     with pytest.raises(ValueError, match="at least 1"):
-        pipeline.sample_images(synthetic_table, 0)
+        splits.sample_images(synthetic_table, 0)
 
 
 @pytest.mark.parametrize(
@@ -101,7 +101,7 @@ def test_tuner_role_follows_keras_tuner(monkeypatch, variables, role):
 def test_half_configured_distribution_is_refused(monkeypatch):
     monkeypatch.setenv("KERASTUNER_TUNER_ID", "tuner0")
     monkeypatch.delenv("KERASTUNER_ORACLE_IP", raising=False)
-    with pytest.raises(search.SearchError, match="KERASTUNER_ORACLE_IP"):
+    with pytest.raises(cli.UserError, match="KERASTUNER_ORACLE_IP"):
         search.tuner_role()
 
 
@@ -114,7 +114,7 @@ def test_default_output_folder_follows_the_model():
 
 def test_atomic_writes_leave_normal_permissions(tmp_path):
     path = tmp_path / "out.json"
-    pipeline.write_json_atomically(path, {"a": 1})
+    atomic.write_json_atomically(path, {"a": 1})
     umask = os.umask(0)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask

@@ -2,20 +2,17 @@
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import keras_tuner
 import pandas as pd
 import psutil
 import pytest
 
 import hypermodel
-import search
 from conftest import ROOT, run, search_command
 
 
@@ -112,70 +109,6 @@ def test_resuming_with_other_settings_is_refused(finished_search, synthetic_data
     )
     assert result.returncode == 2
     assert "searched with other settings (max_epochs)" in result.stderr
-
-
-def process_id() -> int:
-    return os.getpid()
-
-
-def fail_the_trial() -> None:
-    raise keras_tuner.errors.FailedTrialError("the loss became NaN")
-
-
-def die_abruptly() -> None:
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-def test_trials_run_in_fresh_processes_and_their_failures_are_kept():
-    first, second = search.run_in_fresh_process(process_id), search.run_in_fresh_process(process_id)
-    assert len({os.getpid(), first, second}) == 3
-    with pytest.raises(keras_tuner.errors.FailedTrialError, match="loss became NaN"):
-        search.run_in_fresh_process(fail_the_trial)
-    # Killed by the system (for memory, say): the trial fails, the search process lives on.
-    with pytest.raises(keras_tuner.errors.FailedTrialError, match="ended abruptly"):
-        search.run_in_fresh_process(die_abruptly)
-    assert search.run_in_fresh_process(process_id) != os.getpid()
-
-
-def garbage_collector_counts() -> tuple[int, int]:
-    import gc
-
-    return gc.get_freeze_count(), len(gc.get_objects())
-
-
-def test_the_garbage_collector_leaves_what_a_trial_process_inherits_alone():
-    # Walking TensorFlow's objects takes about 0.2 s per full collection, several per build.
-    frozen, tracked = search.run_in_fresh_process(garbage_collector_counts)
-    assert frozen > 100_000
-    assert tracked < frozen / 10
-
-
-def cannot_get_ready() -> None:
-    raise OSError("no space left on device")
-
-
-def test_a_trial_process_that_cannot_get_ready_stops_the_search():
-    processes = search.TrialProcesses(cannot_get_ready)
-    try:
-        with pytest.raises(keras_tuner.errors.FatalError, match="could not get ready.*no space"):
-            processes.run(process_id)
-    finally:
-        processes.close()
-
-
-def test_a_process_that_died_while_waiting_does_not_fail_the_next_trial():
-    processes = search.TrialProcesses(process_id)  # any harmless preparation
-    try:
-        processes.start_ahead()
-        waiting, _ = processes._ready
-        waiting.kill()
-        waiting.join()
-        assert processes.run(process_id) not in (os.getpid(), waiting.pid)
-        spare, _ = processes._ready  # the next one is ready already
-        assert spare.is_alive()
-    finally:
-        processes.close()
-    assert not spare.is_alive()
 
 
 def test_multi_gpu_trains_every_trial_under_a_mirrored_strategy(synthetic_dataset, tmp_path):

@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import evaluation
-import pipeline
 import train
+from shipseg import splits
 
 probabilities = st.floats(0, 1, allow_nan=False)
 
@@ -71,7 +71,7 @@ def test_bootstrap_of_a_model_equal_to_the_baseline_has_a_zero_gain_interval():
 
 
 def test_folds_cover_every_image_once_and_keep_the_share_of_empty_images(synthetic_table):
-    folds = pipeline.make_folds(synthetic_table, 4, seed=1)
+    folds = splits.make_folds(synthetic_table, 4, seed=1)
     assert sorted(folds.index) == sorted(synthetic_table.ImageId)
     assert set(folds) == {0, 1, 2, 3}
     counts = folds.value_counts()
@@ -80,12 +80,12 @@ def test_folds_cover_every_image_once_and_keep_the_share_of_empty_images(synthet
     for fold in range(4):
         share = empty[folds.index[folds == fold]].mean()
         assert share == pytest.approx(empty.mean(), abs=0.15)
-    assert folds.equals(pipeline.make_folds(synthetic_table, 4, seed=1))
-    assert not folds.equals(pipeline.make_folds(synthetic_table, 4, seed=2))
+    assert folds.equals(splits.make_folds(synthetic_table, 4, seed=1))
+    assert not folds.equals(splits.make_folds(synthetic_table, 4, seed=2))
 
 
 def test_fold_tables_never_share_an_image(synthetic_table):
-    folds = pipeline.make_folds(synthetic_table, 3, seed=0)
+    folds = splits.make_folds(synthetic_table, 3, seed=0)
     tested = []
     for fold in range(3):
         tables = train.fold_tables(synthetic_table, folds, fold)
@@ -99,7 +99,7 @@ def test_fold_tables_never_share_an_image(synthetic_table):
 @pytest.mark.parametrize("folds", [1, 100])
 def test_impossible_fold_counts_are_refused(synthetic_table, folds):
     with pytest.raises(ValueError, match="fold"):
-        pipeline.make_folds(synthetic_table, folds)
+        splits.make_folds(synthetic_table, folds)
 
 
 def test_fold_summary_reports_mean_spread_and_folds_above_the_baseline():

@@ -1,0 +1,38 @@
+"""Keras Tuner's private API, in one place: what the isolated tuner needs that is not public.
+
+Keras Tuner (1.4) keeps these under ``keras_tuner.src`` or as underscore methods of ``Tuner``.
+Everything else imports them from here, and ``tests/test_kt_private.py`` fails loudly, naming
+the missing piece, if an upgrade moves one of them.
+"""
+
+from __future__ import annotations
+
+import keras_tuner
+from keras_tuner.src.engine import tuner_utils
+
+# The best-epoch checkpoint Keras Tuner's own ``run_trial`` adds to every fit.
+SaveBestEpoch = tuner_utils.SaveBestEpoch
+# Checks that a fit's history holds the objective; raises a clear error if not.
+validate_trial_results = tuner_utils.validate_trial_results
+# Turns HyperParameters into TensorBoard's HParams for the HParams dashboard.
+convert_hyperparams_to_hparams = tuner_utils.convert_hyperparams_to_hparams
+
+
+def checkpoint_path(tuner: keras_tuner.Tuner, trial_id: str) -> str:
+    """Where a trial's best-epoch weights are saved (and a promoted trial reads them)."""
+    return tuner._get_checkpoint_fname(trial_id)
+
+
+def build_config_path(tuner: keras_tuner.Tuner, trial_id: str) -> str:
+    """Where a trial's model build config is saved (Keras Tuner reloads models with it)."""
+    return tuner._get_build_config_fname(trial_id)
+
+
+def tensorboard_dir(tuner: keras_tuner.Tuner, log_dir: str, trial_id: str, execution: int) -> str:
+    """The TensorBoard folder of one execution of one trial, as Keras Tuner names it."""
+    return tuner._get_tensorboard_dir(log_dir, trial_id, execution)
+
+
+def copy_callbacks(tuner: keras_tuner.Tuner, callbacks: list) -> list:
+    """Deep copies of the user's callbacks for one execution, as Keras Tuner makes them."""
+    return tuner._deepcopy_callbacks(callbacks)
