@@ -14,7 +14,7 @@ Two kinds of score, because they answer different questions (see docs in the REA
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -477,23 +477,60 @@ def predict_table(
             )
 
 
-def true_labels_for(row: pd.Series, shape: tuple[int, int]) -> np.ndarray:
-    """The ground-truth label image of one table row (one label per ship)."""
-    return ships_to_label_image(row.rles, shape)
+def labelled_predictions(
+    model,
+    table: pd.DataFrame,
+    input_config: pipeline.InputConfig | None = None,
+    flip_tta: bool = False,
+    batch_size: int = 4,
+) -> Iterator[tuple[Prediction, np.ndarray]]:
+    """Each image's prediction with its true label image (``predict_table`` + the table's ships)."""
+    for prediction in predict_table(model, table, input_config, batch_size, flip_tta):
+        rles = table.rles.iloc[prediction.position]
+        yield prediction, ships_to_label_image(rles, prediction.probabilities.shape)
 
 
-def score_predictions(
-    predictions: Iterable[Prediction], table: pd.DataFrame, postprocess: PostprocessConfig
-) -> Scoreboard:
-    """Post-processes and scores a stream of predictions against the table's true ships."""
-    scoreboard = Scoreboard()
-    for prediction in predictions:
-        predicted = probabilities_to_ships(
-            prediction.probabilities, postprocess, prediction.ship_probability
-        )
-        truth = true_labels_for(table.iloc[prediction.position], prediction.probabilities.shape)
-        scoreboard.add(truth, predicted, ship_score(prediction))
-    return scoreboard
+class ScoredImage(NamedTuple):
+    """One image through the whole scoring path: prediction, truth, ships, gate.
+
+    Attributes:
+        prediction: The network's output for the image.
+        truth: True label image (one label per ship).
+        ungated: Predicted label image before the image-level gate.
+        gate_open: Whether the gate keeps the image's predicted ships.
+    """
+
+    prediction: Prediction
+    truth: np.ndarray
+    ungated: np.ndarray
+    gate_open: bool
+
+    @property
+    def predicted(self) -> np.ndarray:
+        """The predicted label image after the gate (what is scored and submitted)."""
+        return self.ungated if self.gate_open else np.zeros_like(self.ungated)
+
+
+def score_table(
+    model,
+    table: pd.DataFrame,
+    input_config: pipeline.InputConfig | None = None,
+    postprocess: PostprocessConfig = DEFAULT_POSTPROCESS,
+    batch_size: int = 4,
+) -> Iterator[ScoredImage]:
+    """The one scoring path: predict whole images, label truth and ships, apply the gate.
+
+    Validation, test evaluation and the example figures read it; post-processing tuning reads
+    ``labelled_predictions`` (it tries many settings on the same predictions). Components are
+    labelled once per image: the gate only decides whether they are kept.
+    """
+    for prediction, truth in labelled_predictions(
+        model, table, input_config, postprocess.flip_tta, batch_size
+    ):
+        probabilities = prediction.probabilities
+        ungated = split_ships(probabilities > postprocess.threshold, postprocess.min_ship_pixels)
+        gate_open = image_has_ships(probabilities, postprocess, prediction.ship_probability)
+        yield ScoredImage(prediction, truth, ungated, gate_open)
 
 
 def ship_score(prediction: Prediction) -> float:
@@ -516,8 +553,9 @@ def evaluate_model(
     With ``intervals``, adds ``"intervals"``: 95 % bootstrap intervals over the images for the
     F2, the no-ship baseline and the gain over it (see ``bootstrap_intervals``).
     """
-    predictions = predict_table(model, table, input_config, batch_size, postprocess.flip_tta)
-    scoreboard = score_predictions(predictions, table, postprocess)
+    scoreboard = Scoreboard()
+    for scored in score_table(model, table, input_config, postprocess, batch_size):
+        scoreboard.add(scored.truth, scored.predicted, ship_score(scored.prediction))
     results = scoreboard.results()
     if intervals and scoreboard.images:
         results["intervals"] = bootstrap_intervals(

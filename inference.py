@@ -47,7 +47,7 @@ from shipseg import (
     cli,
     drawing,
 )
-from shipseg.rle import parse_rle, rle_encode, ships_to_label_image
+from shipseg.rle import rle_encode, ships_to_label_image
 
 # Post-processing threads (PNG encoding and connected components release the GIL): one per
 # core this process may use, at least two, so that a machine with a GPU and many cores is not
@@ -282,31 +282,14 @@ def check_files(paths: list[Path]) -> tuple[list[Path], list[str]]:
     return good, problems
 
 
-def load_labels(path: str | None) -> pd.DataFrame | None:
-    """Reads a ship CSV for scoring, one row per image (see ``airbus.read_dataset``)."""
+def load_labels(path: str | None) -> pd.Series | None:
+    """Reads ``--labels``, a ship CSV, into each image's ship RLEs (``airbus.read_ship_csv``)."""
     if path is None:
         return None
-    csv_path = Path(path)
-    if not csv_path.is_file():
-        raise cli.UserError(f"{csv_path}: labels file not found")
-    try:
-        rows = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise cli.UserError(f"{csv_path}: not a readable CSV ({error})") from None
-    if list(rows.columns) != list(airbus.CSV_COLUMNS):
-        raise cli.UserError(
-            f"{csv_path}: columns are {list(rows.columns)}, expected {list(airbus.CSV_COLUMNS)}"
-        )
-    for line, (image_id, rle) in enumerate(
-        zip(rows.ImageId, rows.EncodedPixels, strict=True), start=2
-    ):
-        try:
-            parse_rle(rle, 2**40)
-        except ValueError as error:
-            raise cli.UserError(f"{csv_path}, line {line} ({image_id}): {error}") from None
-    return rows.groupby("ImageId").EncodedPixels.agg(
-        lambda rles: tuple(r for r in rles if r.strip())
-    )
+    if not Path(path).is_file():
+        raise cli.UserError(f"{path}: labels file not found")
+    # Images of any size may be scored: each RLE is checked against its image when scored.
+    return airbus.read_ship_csv(path, max_pixels=2**40)
 
 
 def run_inference(args: argparse.Namespace) -> dict:

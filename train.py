@@ -355,9 +355,8 @@ def tune_postprocess(
     grid = list(itertools.product(THRESHOLDS, MIN_SHIP_PIXELS))
     f2_open = [[] for _ in grid]
     scores, f2_closed, head = [], [], False
-    for prediction in evaluation.predict_table(model, table, input_config, flip_tta=flip_tta):
+    for prediction, truth in evaluation.labelled_predictions(model, table, input_config, flip_tta):
         probabilities = prediction.probabilities
-        truth = evaluation.true_labels_for(table.iloc[prediction.position], probabilities.shape)
         head = prediction.ship_probability is not None
         scores.append(evaluation.ship_score(prediction))
         f2_closed.append(0.0 if truth.any() else 1.0)
@@ -426,16 +425,11 @@ def plot_examples(
     figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 4.4 * rows), squeeze=False)
     for axis in axes.ravel():
         axis.axis("off")
-    for prediction, axis in zip(
-        evaluation.predict_table(model, chosen, input_config, flip_tta=postprocess.flip_tta),
-        axes.ravel(),
-        strict=False,
+    for scored, axis in zip(
+        evaluation.score_table(model, chosen, input_config, postprocess), axes.ravel(), strict=False
     ):
-        row = chosen.iloc[prediction.position]
-        truth = evaluation.true_labels_for(row, prediction.probabilities.shape)
-        predicted = evaluation.probabilities_to_ships(
-            prediction.probabilities, postprocess, prediction.ship_probability
-        )
+        row = chosen.iloc[scored.prediction.position]
+        truth, predicted = scored.truth, scored.predicted
         image = pipeline.decode_image(row.path).numpy()
         axis.imshow(drawing.mask_overlay(image, truth > 0, predicted > 0, max_side=512))
         axis.set_title(

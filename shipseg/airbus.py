@@ -112,6 +112,47 @@ def _describe_skipped(kind: str, names: Sequence[str], limit: int = 5) -> str:
     return f"{len(names)} {kind}: {shown}{more}"
 
 
+def read_ship_csv(
+    csv_path: str | os.PathLike, max_pixels: int = AIRBUS_IMAGE_SIZE * AIRBUS_IMAGE_SIZE * 16
+) -> pd.Series:
+    """Reads a ship CSV (``ImageId,EncodedPixels``, one row per ship) into ships per image.
+
+    The one reader of the format: training data and inference's ``--labels`` both come here.
+
+    Args:
+        csv_path: The CSV file.
+        max_pixels: Largest pixel number an RLE may reach (images' sizes are checked later).
+
+    Returns:
+        Each image's ship RLEs as a tuple (empty for a row without ship), indexed by the
+        sorted ``ImageId``.
+
+    Raises:
+        DataError: For a missing or unreadable file, wrong columns, or an RLE that does not
+            parse (naming the line).
+    """
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise DataError(f"{csv_path}: ship mask CSV is missing")
+    try:
+        rows = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise DataError(f"{csv_path}: not a readable CSV ({error})") from None
+    if tuple(rows.columns) != CSV_COLUMNS:
+        raise DataError(
+            f"{csv_path}: columns are {list(rows.columns)}, expected {list(CSV_COLUMNS)}"
+        )
+    rows["EncodedPixels"] = rows["EncodedPixels"].str.strip()
+    for line, (image_id, rle) in enumerate(
+        zip(rows.ImageId, rows.EncodedPixels, strict=True), start=2
+    ):
+        try:
+            parse_rle(rle, max_pixels)
+        except ValueError as error:
+            raise DataError(f"{csv_path}, line {line} ({image_id}): {error}") from None
+    return rows.groupby("ImageId").EncodedPixels.agg(lambda rles: tuple(r for r in rles if r))
+
+
 def read_dataset(data_dir: str | os.PathLike, check_images: bool = True, log=print) -> pd.DataFrame:
     """Reads a dataset in the Kaggle layout into one row per image.
 
@@ -134,45 +175,42 @@ def read_dataset(data_dir: str | os.PathLike, check_images: bool = True, log=pri
             does not parse, or a dataset left with no usable image.
     """
     layout = find_layout(data_dir)
-    try:
-        rows = pd.read_csv(layout.csv_path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise DataError(f"{layout.csv_path}: not a readable CSV ({error})") from None
-    if tuple(rows.columns) != CSV_COLUMNS:
-        raise DataError(
-            f"{layout.csv_path}: columns are {list(rows.columns)}, expected {list(CSV_COLUMNS)}"
-        )
-    rows["EncodedPixels"] = rows["EncodedPixels"].str.strip()
-    for line, (image_id, rle) in enumerate(
-        zip(rows.ImageId, rows.EncodedPixels, strict=True), start=2
-    ):
-        try:
-            parse_rle(rle, AIRBUS_IMAGE_SIZE * AIRBUS_IMAGE_SIZE * 16)
-        except ValueError as error:
-            raise DataError(f"{layout.csv_path}, line {line} ({image_id}): {error}") from None
-
-    ships = rows[rows.EncodedPixels != ""]
-    rles_per_image = ships.groupby("ImageId").EncodedPixels.agg(tuple)
-    table = pd.DataFrame({"ImageId": sorted(rows.ImageId.unique())})
-    table["rles"] = [rles_per_image.get(image_id, ()) for image_id in table.ImageId]
+    rles = read_ship_csv(layout.csv_path)
+    table = pd.DataFrame({"ImageId": rles.index, "rles": rles.to_numpy()})
     table["ship_count"] = table.rles.map(len).astype(int)
-    table["ship_pixels"] = table.rles.map(lambda rles: sum(map(rle_pixel_count, rles)))
+    table["ship_pixels"] = table.rles.map(lambda ships: sum(map(rle_pixel_count, ships)))
     table["EncodedPixels"] = table.rles.map(" ".join)
     table["path"] = [str(layout.train_dir / image_id) for image_id in table.ImageId]
+    problems = {
+        image_id: _image_problem(Path(path), ships, check_images)
+        for image_id, path, ships in zip(table.ImageId, table.path, table.rles, strict=True)
+    }
+    _report_skipped(problems, layout, log)
+    table = table[[problems[name] is None for name in table.ImageId]].reset_index(drop=True)
+    if table.empty:
+        raise DataError(
+            f"{layout.root}: no usable image "
+            f"(all {len(problems)} listed images are missing or broken)"
+        )
+    return table[["ImageId", "path", "ship_count", "rles", "ship_pixels", "EncodedPixels"]]
 
-    problems: dict[str, str | None] = {}
-    for image_id, path, rles in zip(table.ImageId, table.path, table.rles, strict=True):
-        if not check_images:
-            problems[image_id] = None if Path(path).exists() else "missing"
-            continue
-        problem, shape = inspect_image_file(Path(path))
-        if problem is None and rles:
-            try:
-                for rle in rles:
-                    parse_rle(rle, shape[0] * shape[1])
-            except ValueError as error:
-                problem = f"mask does not fit the {shape[0]} x {shape[1]} image: {error}"
-        problems[image_id] = problem
+
+def _image_problem(path: Path, rles: Sequence[str], check_image: bool) -> str | None:
+    """What is wrong with one listed image ("missing", a broken file, masks that do not fit)."""
+    if not check_image:
+        return None if path.exists() else "missing"
+    problem, shape = inspect_image_file(path)
+    if problem is None and rles:
+        try:
+            for rle in rles:
+                parse_rle(rle, shape[0] * shape[1])
+        except ValueError as error:
+            problem = f"mask does not fit the {shape[0]} x {shape[1]} image: {error}"
+    return problem
+
+
+def _report_skipped(problems: dict[str, str | None], layout: DatasetLayout, log) -> None:
+    """Logs the images left out: missing ones, then broken ones (count and first names)."""
     missing = [name for name, problem in problems.items() if problem == "missing"]
     broken = [
         f"{name} ({problem})"
@@ -186,13 +224,6 @@ def read_dataset(data_dir: str | os.PathLike, check_images: bool = True, log=pri
         )
     if broken:
         log(f"{layout.train_dir}: skipped " + _describe_skipped("broken images", broken))
-    table = table[[problems[name] is None for name in table.ImageId]].reset_index(drop=True)
-    if table.empty:
-        raise DataError(
-            f"{layout.root}: no usable image "
-            f"(all {len(problems)} listed images are missing or broken)"
-        )
-    return table[["ImageId", "path", "ship_count", "rles", "ship_pixels", "EncodedPixels"]]
 
 
 def list_images(paths: Iterable[str | os.PathLike]) -> list[Path]:

@@ -8,7 +8,6 @@ scoring path of ``evaluation``, and adds ``val_*`` values to the epoch's logs.
 from __future__ import annotations
 
 import keras
-import numpy as np
 import pandas as pd
 
 import evaluation
@@ -74,25 +73,17 @@ class WholeImageValidation(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):  # noqa: D102
         scoreboard = evaluation.Scoreboard()
         drawn, gate = [], {"scores": [], "open": [], "closed": []}
-        for prediction in evaluation.predict_table(
-            self.model, self.table, self.input_config, self.batch_size, self.postprocess.flip_tta
+        for scored in evaluation.score_table(
+            self.model, self.table, self.input_config, self.postprocess, self.batch_size
         ):
-            position, probabilities = prediction.position, prediction.probabilities
-            truth = evaluation.true_labels_for(self.table.iloc[position], probabilities.shape)
-            # Labelled once: the gate only decides whether these ships are kept.
-            ungated = evaluation.split_ships(
-                probabilities > self.postprocess.threshold, self.postprocess.min_ship_pixels
-            )
-            gate_open = evaluation.image_has_ships(
-                probabilities, self.postprocess, prediction.ship_probability
-            )
-            predicted = ungated if gate_open else np.zeros_like(ungated)
-            scoreboard.add(truth, predicted, evaluation.ship_score(prediction))
-            gate["scores"].append(evaluation.ship_score(prediction))
-            gate["open"].append(evaluation.image_f2(truth, ungated))
-            gate["closed"].append(0.0 if truth.any() else 1.0)
+            evidence = evaluation.ship_score(scored.prediction)
+            scoreboard.add(scored.truth, scored.predicted, evidence)
+            gate["scores"].append(evidence)
+            gate["open"].append(evaluation.image_f2(scored.truth, scored.ungated))
+            gate["closed"].append(0.0 if scored.truth.any() else 1.0)
+            position = scored.prediction.position
             if position in self.logged_positions and self.image_log_dir:
-                drawn.append((self.table.path[position], truth > 0, predicted > 0))
+                drawn.append((self.table.path[position], scored.truth > 0, scored.predicted > 0))
         self.last_results = scoreboard.results()
         if self.last_results["images"]:
             # What the model scores once train.py tunes its image-level threshold: the metric
