@@ -86,69 +86,81 @@ def build_parser() -> argparse.ArgumentParser:
         description="Hyperband search over U-Nets for ship segmentation.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    data = parser.add_argument_group("data")
-    data.add_argument("--data-dir", help="dataset in the Kaggle layout (default: synthetic data)")
-    data.add_argument(
+    _data_options(parser.add_argument_group("data"))
+    _budget_options(parser.add_argument_group("search budget"))
+    _space_options(parser.add_argument_group("search space"))
+    _run_options(parser.add_argument_group("run"))
+    return parser
+
+
+def _data_options(group) -> None:
+    """Where the images come from and how they become input."""
+    group.add_argument("--data-dir", help="dataset in the Kaggle layout (default: synthetic data)")
+    group.add_argument(
         "--mode",
         choices=("crop", "resize"),
         default="crop",
         help="train on full-resolution crops or on resized whole images",
     )
-    data.add_argument(
+    group.add_argument(
         "--input-size",
         type=int,
         help="crop size (or resize target): 256 on real data, 128 on synthetic",
     )
-    data.add_argument(
+    group.add_argument(
         "--empty-fraction",
         type=float,
         default=0.2,
         help="share of images without ships in training batches",
     )
-    data.add_argument(
+    group.add_argument(
         "--ship-crop-probability",
         type=float,
         default=0.9,
         help="chance that a crop of a ship image contains a ship",
     )
-    data.add_argument("--val-fraction", type=float, default=0.15)
-    data.add_argument("--test-fraction", type=float, default=0.15)
-    data.add_argument(
+    group.add_argument("--val-fraction", type=float, default=0.15)
+    group.add_argument("--test-fraction", type=float, default=0.15)
+    group.add_argument(
         "--val-images",
         type=int,
         help="validate on at most this many whole val images, keeping the share of empty ones "
         "(default: 1000 on real data, all on synthetic)",
     )
 
-    budget = parser.add_argument_group("search budget")
-    budget.add_argument(
+
+def _budget_options(group) -> None:
+    """How much Hyperband may spend: epochs, trials, wall time."""
+    group.add_argument(
         "--max-epochs",
         type=int,
         help="Hyperband's most epochs for one model (default 10 on real data, 6 on synthetic)",
     )
-    budget.add_argument("--factor", type=int, default=3, help="Hyperband's reduction factor")
-    budget.add_argument(
+    group.add_argument("--factor", type=int, default=3, help="Hyperband's reduction factor")
+    group.add_argument(
         "--time-budget",
         help="wall time for the whole project, e.g. 45m or 1h30m: no trial starts once it is "
         "spent and the running one stops at it; a rerun resumes with what is left, and a larger "
         "budget extends it (default: none, Hyperband's own budget)",
     )
-    budget.add_argument("--iterations", type=int, default=1, help="Hyperband iterations")
-    budget.add_argument("--executions-per-trial", type=int, default=1)
-    budget.add_argument(
+    group.add_argument("--iterations", type=int, default=1, help="Hyperband iterations")
+    group.add_argument("--executions-per-trial", type=int, default=1)
+    group.add_argument(
         "--images-per-epoch",
         type=int,
         help="training images per epoch (default 512 real, 192 synthetic)",
     )
-    budget.add_argument(
+    group.add_argument(
         "--max-parameters",
         type=int,
         default=40_000_000,
         help="trials with bigger models fail at once instead of exhausting memory",
     )
 
-    space = parser.add_argument_group("search space")
-    space.add_argument(
+
+def _space_options(group) -> None:
+    """What the search ranks by and which hyperparameters it varies."""
+    group.add_argument(
         "--hp",
         action="append",
         default=[],
@@ -157,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(learning_rate=1e-4:1e-3) a hyperparameter; repeatable. Known: "
         + "; ".join(f"{d.name} [{d.describe()}]" for d in hypermodel.DEFAULT_SPACE),
     )
-    space.add_argument(
+    group.add_argument(
         "--objective",
         choices=results.OBJECTIVES,
         default="val_dice",
@@ -166,24 +178,27 @@ def build_parser() -> argparse.ArgumentParser:
         "train.py will reach; rewards a better ship / no-ship decision)",
     )
 
-    run = parser.add_argument_group("run")
-    run.add_argument("--results-dir", default="results")
-    run.add_argument(
+
+def _run_options(group) -> None:
+    """Where results go, the seed, resuming, devices and verbosity."""
+    group.add_argument("--results-dir", default="results")
+    group.add_argument(
         "--project", help="results/<project> (default: the data folder's name, or 'synthetic')"
     )
-    run.add_argument("--seed", type=int, default=0, help="fixes split, sampling and initialisation")
-    run.add_argument(
+    group.add_argument(
+        "--seed", type=int, default=0, help="fixes split, sampling and initialisation"
+    )
+    group.add_argument(
         "--overwrite",
         action="store_true",
         help="start afresh (default: resume the project, keeping completed trials)",
     )
-    run.add_argument(
+    group.add_argument(
         "--multi-gpu",
         action="store_true",
         help="train each trial on all local GPUs (tf.distribute.MirroredStrategy)",
     )
-    run.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Keras verbosity")
-    return parser
+    group.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Keras verbosity")
 
 
 def tuner_role() -> str:
@@ -210,46 +225,19 @@ def tuner_role() -> str:
 
 def resolve_settings(args: argparse.Namespace) -> dict:
     """Fills in defaults, checks the settings, and returns the run's configuration record."""
-    synthetic = args.data_dir is None
-    defaults = SYNTHETIC_DEFAULTS if synthetic else REAL_DEFAULTS
-    for name, value in defaults.items():
+    on_synthetic = args.data_dir is None
+    for name, value in (SYNTHETIC_DEFAULTS if on_synthetic else REAL_DEFAULTS).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    for name in ("max_epochs", "factor", "iterations", "executions_per_trial", "images_per_epoch"):
-        if getattr(args, name) < 1:
-            raise cli.UserError(f"--{name.replace('_', '-')} must be at least 1")
-    if args.val_images is not None and args.val_images < 1:
-        raise cli.UserError("--val-images must be at least 1")
-    if args.factor < 2:
-        raise cli.UserError("--factor must be at least 2")
-    if args.time_budget is not None:
-        try:
-            budget.parse_duration(args.time_budget)
-        except ValueError as error:
-            raise cli.UserError(f"--time-budget: {error}") from None
-    if synthetic:
+    _check_counts(args)
+    if on_synthetic:
         args.hp = [*SYNTHETIC_SPACE, *args.hp]
-    try:
-        space = hypermodel.search_space(args.hp)
-        input_config = pipeline.InputConfig(
-            mode=args.mode,
-            size=args.input_size,
-            ship_crop_probability=args.ship_crop_probability,
-            empty_image_fraction=args.empty_fraction,
-        )
-    except ValueError as error:
-        raise cli.UserError(str(error)) from None
-    # Ranges are (low, high) and choices a tuple: either way the deepest is the largest value.
-    deepest = max(next(d for d in space if d.name == "levels").values)
-    try:
-        hypermodel.check_input_size(args.input_size, int(deepest))
-    except ValueError as error:
-        raise cli.UserError(f"--input-size: {error}") from None
+    space, input_config = _space_and_input(args)
     data_dir = str(Path(args.data_dir).resolve()) if args.data_dir else None
     project = args.project or (Path(args.data_dir).resolve().name if args.data_dir else "synthetic")
     return {
         "data_dir": data_dir,
-        "synthetic": dataclasses.asdict(synthetic.SyntheticConfig()) if synthetic else None,
+        "synthetic": dataclasses.asdict(synthetic.SyntheticConfig()) if on_synthetic else None,
         "project": project,
         "input": dataclasses.asdict(input_config),
         "objective": args.objective,
@@ -270,6 +258,43 @@ def resolve_settings(args: argparse.Namespace) -> dict:
         "versions": runtime.library_versions(),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     }
+
+
+def _check_counts(args: argparse.Namespace) -> None:
+    """One-line errors for counts below their minimum and a time budget that does not parse."""
+    for name in ("max_epochs", "factor", "iterations", "executions_per_trial", "images_per_epoch"):
+        if getattr(args, name) < 1:
+            raise cli.UserError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.val_images is not None and args.val_images < 1:
+        raise cli.UserError("--val-images must be at least 1")
+    if args.factor < 2:
+        raise cli.UserError("--factor must be at least 2")
+    if args.time_budget is not None:
+        try:
+            budget.parse_duration(args.time_budget)
+        except ValueError as error:
+            raise cli.UserError(f"--time-budget: {error}") from None
+
+
+def _space_and_input(args: argparse.Namespace) -> tuple:
+    """The search space and the input settings, checked against each other."""
+    try:
+        space = hypermodel.search_space(args.hp)
+        input_config = pipeline.InputConfig(
+            mode=args.mode,
+            size=args.input_size,
+            ship_crop_probability=args.ship_crop_probability,
+            empty_image_fraction=args.empty_fraction,
+        )
+    except ValueError as error:
+        raise cli.UserError(str(error)) from None
+    # Ranges are (low, high) and choices a tuple: either way the deepest is the largest value.
+    deepest = max(next(d for d in space if d.name == "levels").values)
+    try:
+        hypermodel.check_input_size(args.input_size, int(deepest))
+    except ValueError as error:
+        raise cli.UserError(f"--input-size: {error}") from None
+    return space, input_config
 
 
 def prepare_split(
@@ -308,95 +333,91 @@ def run_search(args: argparse.Namespace) -> dict:
         raise cli.UserError(
             "--overwrite is for the chief only: a worker would delete the others' trials"
         )
-    if settings["data_dir"] is None:
-        data_dir = synthetic.ensure_synthetic_dataset(Path(args.results_dir) / "synthetic-data")
-        print(
-            f"No --data-dir given: searching on the synthetic dataset in {data_dir} with a small "
-            f"budget. For real data: python search.py --data-dir PATH (a folder with train_v2/ "
-            f"and {airbus.CSV_NAME})."
-        )
-    else:
-        data_dir = Path(settings["data_dir"])
+    data_dir = search_data_dir(settings, args.results_dir)
     table = airbus.read_dataset(data_dir)
-
     project_dir = Path(args.results_dir) / settings["project"]
-    config_path = project_dir / "search_config.json"
-    fresh = args.overwrite or not config_path.is_file()
-    if not fresh:
-        previous = json.loads(config_path.read_text())
-        changed = [key for key in RESUME_KEYS if previous.get(key) != settings.get(key)]
-        if changed:
-            raise cli.UserError(
-                f"{config_path}: this project was searched with other settings "
-                f"({', '.join(changed)}); "
-                "rerun with --overwrite to start afresh, or choose another --project"
-            )
+    fresh = args.overwrite or not check_resumable(project_dir, settings)
     if fresh and role != "worker":
         remove_previous_results(project_dir)
-    split_path = project_dir / "split.csv"
-    split = prepare_split(table, split_path, settings, fresh)
+    split = prepare_split(table, project_dir / "split.csv", settings, fresh)
     settings.update(
-        split_file=str(split_path.resolve()),
+        split_file=str((project_dir / "split.csv").resolve()),
         resolved_data_dir=str(Path(data_dir).resolve()),
         started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         tuner_role=role,
         images={name: int((split.split == name).sum()) for name in splits.SPLIT_NAMES},
     )
     if role != "worker":
-        atomic.write_json_atomically(config_path, settings)
-
+        atomic.write_json_atomically(project_dir / "search_config.json", settings)
     keras.utils.set_random_seed(args.seed)
-    input_config = pipeline.InputConfig(**settings["input"])
+    tuner = make_tuner(args, project_dir, settings, *search_tables(table, split, args, settings))
+    start = time.perf_counter()
+    tuner.search(callbacks=[_tensorboard(project_dir)], verbose=args.verbose)
+    wall_seconds = time.perf_counter() - start
+    if role == "worker":
+        print(f"Worker {os.environ['KERASTUNER_TUNER_ID']} finished; the chief writes the results.")
+        return {"project_dir": project_dir, "trials": None, "best": None}
+    trials, best = results.export_results(tuner, project_dir, settings, wall_seconds)
+    results.print_summary(trials, project_dir, args.objective)
+    return {"project_dir": project_dir, "trials": trials, "best": best}
+
+
+def search_data_dir(settings: dict, results_dir: str) -> Path:
+    """The ``--data-dir``, or the synthetic dataset (made on first use) without one."""
+    if settings["data_dir"] is not None:
+        return Path(settings["data_dir"])
+    data_dir = synthetic.ensure_synthetic_dataset(Path(results_dir) / "synthetic-data")
+    print(
+        f"No --data-dir given: searching on the synthetic dataset in {data_dir} with a small "
+        f"budget. For real data: python search.py --data-dir PATH (a folder with train_v2/ "
+        f"and {airbus.CSV_NAME})."
+    )
+    return data_dir
+
+
+def check_resumable(project_dir: Path, settings: dict) -> bool:
+    """Whether the project holds a search to resume; refuses one made with other settings."""
+    config_path = project_dir / "search_config.json"
+    if not config_path.is_file():
+        return False
+    previous = json.loads(config_path.read_text())
+    changed = [key for key in RESUME_KEYS if previous.get(key) != settings.get(key)]
+    if changed:
+        raise cli.UserError(
+            f"{config_path}: this project was searched with other settings "
+            f"({', '.join(changed)}); "
+            "rerun with --overwrite to start afresh, or choose another --project"
+        )
+    return True
+
+
+def search_tables(
+    table: pd.DataFrame, split: pd.DataFrame, args: argparse.Namespace, settings: dict
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The training images and the (capped) validation images of the search."""
     train_table = splits.select_split(table, split, "train")
     val_table = splits.sample_images(
         splits.select_split(table, split, "val"), args.val_images, args.seed
     )
     if train_table.empty or val_table.empty or not (val_table.ship_count > 0).any():
         raise cli.UserError(
-            f"{split_path}: the split needs training images and validation images with ships "
-            f"(has {len(train_table)} train, {len(val_table)} val, "
+            f"{settings['split_file']}: the split needs training images and validation images "
+            f"with ships (has {len(train_table)} train, {len(val_table)} val, "
             f"{int((val_table.ship_count > 0).sum())} val with ships); use more data or a larger "
             "--val-fraction"
         )
-    validation = WholeImageValidation(val_table, input_config)
-    model_space = hypermodel.search_space(args.hp)
-    training_data = tuning.TrainingData(train_table, input_config, args.seed)
-    _keep_off_gpus()
-    try:
-        tuner = make_tuner(
-            args,
-            project_dir,
-            model_space,
-            validation,
-            training_data,
-            search_budget(args, project_dir),
-        )
-    except keras_tuner.errors.FailedTrialError as error:
-        # Keras Tuner builds one model while it is constructed; a space whose smallest model
-        # is already too big fails there, before any trial could record it.
-        raise cli.UserError(f"--max-parameters: {error}") from None
-    tensorboard = keras.callbacks.TensorBoard(
-        str(project_dir / "logs"), write_graph=False, profile_batch=0
-    )
     print(
         f"Searching: {len(train_table)} training and {len(val_table)} validation images, "
-        f"{args.mode} {args.input_size} px, objective {args.objective}, results in {project_dir}"
+        f"{args.mode} {args.input_size} px, objective {args.objective}, "
+        f"results in {Path(settings['split_file']).parent}"
     )
-    if role != "chief":
-        tuner.trial_processes.start_ahead()  # The first trial's process gets ready meanwhile.
-    start = time.perf_counter()
-    try:
-        tuner.search(callbacks=[tensorboard], verbose=args.verbose)
-    finally:
-        tuner.trial_processes.close()
-    wall_seconds = time.perf_counter() - start
-    if role == "worker":
-        print(f"Worker {os.environ['KERASTUNER_TUNER_ID']} finished; the chief writes the results.")
-        return {"project_dir": project_dir, "trials": None, "best": None}
+    return train_table, val_table
 
-    trials, best = results.export_results(tuner, project_dir, settings, wall_seconds)
-    results.print_summary(trials, project_dir, args.objective)
-    return {"project_dir": project_dir, "trials": trials, "best": best}
+
+def _tensorboard(project_dir: Path) -> keras.callbacks.TensorBoard:
+    return keras.callbacks.TensorBoard(
+        str(project_dir / "logs"), write_graph=False, profile_batch=0
+    )
 
 
 def search_budget(args: argparse.Namespace, project_dir: Path) -> budget.SearchBudget | None:
@@ -425,33 +446,49 @@ def search_budget(args: argparse.Namespace, project_dir: Path) -> budget.SearchB
 def make_tuner(
     args: argparse.Namespace,
     project_dir: Path,
-    space,
-    validation: WholeImageValidation,
-    training_data: tuning.TrainingData,
-    search_budget: budget.SearchBudget | None = None,
+    settings: dict,
+    train_table: pd.DataFrame,
+    val_table: pd.DataFrame,
 ) -> tuning.IsolatedHyperband:
     """The Hyperband tuner over the ship U-Net HyperModel, stored under ``project_dir/tuner``."""
-    return tuning.IsolatedHyperband(
-        hypermodel.ShipUNetHyperModel(
-            space, validation, args.images_per_epoch, args.seed, args.max_parameters
-        ),
-        training_data,
-        multi_gpu=args.multi_gpu,
-        search_budget=search_budget,
-        hyperband={
-            "objective": keras_tuner.Objective(args.objective, direction="max"),
-            "max_epochs": args.max_epochs,
-            "factor": args.factor,
-            "hyperband_iterations": args.iterations,
-            "seed": args.seed,
-            # None: failed trials are recorded and the search goes on, however many fail in a row.
-            "max_consecutive_failed_trials": None,
-        },
-        executions_per_trial=args.executions_per_trial,
-        directory=str(project_dir),
-        project_name="tuner",
-        overwrite=args.overwrite,
+    input_config = pipeline.InputConfig(**settings["input"])
+    unet = hypermodel.ShipUNetHyperModel(
+        hypermodel.search_space(args.hp),
+        WholeImageValidation(val_table, input_config),
+        args.images_per_epoch,
+        args.seed,
+        args.max_parameters,
     )
+    _keep_off_gpus()
+    try:
+        return tuning.IsolatedHyperband(
+            unet,
+            tuning.TrainingData(train_table, input_config, args.seed),
+            multi_gpu=args.multi_gpu,
+            search_budget=search_budget(args, project_dir),
+            hyperband=_hyperband_settings(args),
+            executions_per_trial=args.executions_per_trial,
+            directory=str(project_dir),
+            project_name="tuner",
+            overwrite=args.overwrite,
+        )
+    except keras_tuner.errors.FailedTrialError as error:
+        # Keras Tuner builds one model while it is constructed; a space whose smallest model
+        # is already too big fails there, before any trial could record it.
+        raise cli.UserError(f"--max-parameters: {error}") from None
+
+
+def _hyperband_settings(args: argparse.Namespace) -> dict:
+    """Arguments of Keras Tuner's ``HyperbandOracle`` from the command line."""
+    return {
+        "objective": keras_tuner.Objective(args.objective, direction="max"),
+        "max_epochs": args.max_epochs,
+        "factor": args.factor,
+        "hyperband_iterations": args.iterations,
+        "seed": args.seed,
+        # None: failed trials are recorded and the search goes on, however many fail in a row.
+        "max_consecutive_failed_trials": None,
+    }
 
 
 def _keep_off_gpus() -> None:

@@ -91,7 +91,10 @@ def _build_model(execution: TrialExecution) -> keras.Model:
     with scope or contextlib.nullcontext():
         model = execution.builder.build(execution.hyperparameters)
         if execution.warm_start_weights:
-            # A Hyperband promotion continues from the best epoch of the trial it came from.
+            # A Hyperband promotion continues from the best epoch of the trial it came from,
+            # Adam's moments included: built first, the optimizer takes them from the file
+            # (unbuilt, Keras skips them with a warning per promotion).
+            model.optimizer.build(model.trainable_variables)
             model.load_weights(execution.warm_start_weights)
     atomic.write_json_atomically(Path(execution.build_config_path), model.get_build_config())
     return model
