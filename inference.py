@@ -303,8 +303,67 @@ def run_inference(args: argparse.Namespace) -> dict:
         ``{"processed": int, "skipped": [str], "ships": int, "out_dir": Path,
         "scores": dict or None, "seconds": float}``.
     """
-    from tqdm import tqdm
+    paths = input_images(args)
+    model_path = find_model(Path(args.results_dir), args.model)
+    input_config, postprocess = load_settings(model_path, args)
+    scorer = LabelScorer(load_labels(args.labels))
+    model = load_model(model_path)
+    out_dir = Path(args.out) if args.out else default_output_dir(model_path)
+    readable, skipped = check_files(paths)
+    for problem in skipped:
+        print(f"skipped {problem}", file=sys.stderr)
+    print(
+        f"Predicting {len(readable)} images with {model_path} ({postprocess}); writing to {out_dir}"
+    )
 
+    def finish_image(prediction: evaluation.Prediction) -> tuple[list, tuple]:
+        path = readable[prediction.position]
+        labels = process_prediction(
+            path,
+            prediction.probabilities,
+            postprocess,
+            out_dir,
+            not args.no_overlays,
+            prediction.image,
+            prediction.ship_probability,
+        )
+        scorer.add(path.name, labels, evaluation.ship_score(prediction))
+        return ship_rows(path.name, labels), image_row(path.name, prediction, labels)
+
+    start = time.perf_counter()
+    predictions = evaluation.predict_table(
+        model,
+        pd.DataFrame({"path": [str(path) for path in readable]}),
+        input_config,
+        args.batch_size,
+        postprocess.flip_tta,
+        with_images=True,
+    )
+    outputs = finish_in_threads(predictions, finish_image, len(readable))
+    for position, path in enumerate(readable):
+        if position not in outputs:
+            skipped.append(f"{path}: could not be decoded")
+            print(f"skipped {path}: could not be decoded", file=sys.stderr)
+    ships = write_tables(outputs, out_dir)
+    seconds = time.perf_counter() - start
+    scores = scorer.report(out_dir) if scorer.truth is not None else None
+    print(
+        f"{len(outputs)} images processed, {len(skipped)} skipped, {ships} ships found "
+        f"in {seconds:.1f} s ({len(outputs) / max(seconds, 1e-9):.2f} images/s); "
+        f"submission: {out_dir / 'submission.csv'}"
+    )
+    return {
+        "processed": len(outputs),
+        "skipped": skipped,
+        "ships": ships,
+        "out_dir": out_dir,
+        "scores": scores,
+        "seconds": seconds,
+    }
+
+
+def input_images(args: argparse.Namespace) -> list[Path]:
+    """The image files to predict, checked: found, uniquely named, and a valid batch size."""
     try:
         paths = airbus.list_images(args.images)
     except airbus.DataError as error:
@@ -318,94 +377,76 @@ def run_inference(args: argparse.Namespace) -> dict:
             f"several input images are named {duplicate}.*: masks and overlays are named by the "
             "image name, so each must be unique"
         )
-    model_path = find_model(Path(args.results_dir), args.model)
-    input_config, postprocess = load_settings(model_path, args)
-    truth = load_labels(args.labels)
-    model = load_model(model_path)
-    out_dir = Path(args.out) if args.out else default_output_dir(model_path)
+    return paths
 
-    readable, skipped = check_files(paths)
-    for problem in skipped:
-        print(f"skipped {problem}", file=sys.stderr)
-    table = pd.DataFrame({"path": [str(path) for path in readable]})
-    print(f"Predicting {len(table)} images with {model_path} ({postprocess}); writing to {out_dir}")
 
-    scoreboard, score_lock, unlabelled = evaluation.Scoreboard(), threading.Lock(), []
+def finish_in_threads(predictions, finish, total: int) -> dict[int, tuple]:
+    """Runs ``finish(prediction)`` in worker threads beside the next predictions.
 
-    def finish_image(prediction: evaluation.Prediction):
-        path = readable[prediction.position]
-        labels = process_prediction(
-            path,
-            prediction.probabilities,
-            postprocess,
-            out_dir,
-            not args.no_overlays,
-            prediction.image,
-            prediction.ship_probability,
-        )
-        if truth is not None:
-            if path.name in truth.index:
-                true_labels = ships_to_label_image(truth[path.name], labels.shape)
-                with score_lock:
-                    scoreboard.add(true_labels, labels, evaluation.ship_score(prediction))
-            else:
-                unlabelled.append(path.name)
-        return ship_rows(path.name, labels), image_row(path.name, prediction, labels)
+    At most ``MAX_IMAGES_IN_FLIGHT`` images wait, so memory does not grow with their number.
 
-    start = time.perf_counter()
-    rows_by_position: dict[int, list] = {}
+    Returns:
+        Each finished image's result by its position.
+    """
+    from tqdm import tqdm
+
+    results: dict[int, tuple] = {}
     pending: collections.deque = collections.deque()
     with (
-        tqdm(total=len(table), unit="image", desc="inference") as progress,
+        tqdm(total=total, unit="image", desc="inference") as progress,
         concurrent.futures.ThreadPoolExecutor(
             POSTPROCESS_WORKERS, initializer=_yield_to_the_network
         ) as workers,
     ):
-        for prediction in evaluation.predict_table(
-            model, table, input_config, args.batch_size, postprocess.flip_tta, with_images=True
-        ):
-            pending.append((prediction.position, workers.submit(finish_image, prediction)))
+        for prediction in predictions:
+            pending.append((prediction.position, workers.submit(finish, prediction)))
             while len(pending) > MAX_IMAGES_IN_FLIGHT or (pending and pending[0][1].done()):
-                done_position, future = pending.popleft()
-                rows_by_position[done_position] = future.result()
+                position, future = pending.popleft()
+                results[position] = future.result()
                 progress.update(1)
-        for done_position, future in pending:
-            rows_by_position[done_position] = future.result()
+        for position, future in pending:
+            results[position] = future.result()
             progress.update(1)
-    for position, path in enumerate(readable):
-        if position not in rows_by_position:
-            skipped.append(f"{path}: could not be decoded")
-            print(f"skipped {path}: could not be decoded", file=sys.stderr)
+    return results
 
-    done = sorted(rows_by_position)
-    rows = [row for position in done for row in rows_by_position[position][0]]
+
+def write_tables(outputs: dict[int, tuple], out_dir: Path) -> int:
+    """Writes ``submission.csv`` and ``images.csv`` in image order; returns the ships found."""
+    done = sorted(outputs)
+    rows = [row for position in done for row in outputs[position][0]]
     submission = pd.DataFrame(rows, columns=list(airbus.CSV_COLUMNS))
-    images = pd.DataFrame(
-        [rows_by_position[position][1] for position in done], columns=IMAGE_COLUMNS
-    )
+    images = pd.DataFrame([outputs[position][1] for position in done], columns=IMAGE_COLUMNS)
     if rows:
-        atomic.write_atomically(
-            out_dir / "submission.csv", lambda temporary: submission.to_csv(temporary, index=False)
-        )
-        atomic.write_atomically(
-            out_dir / "images.csv", lambda temporary: images.to_csv(temporary, index=False)
-        )
-    seconds = time.perf_counter() - start
-    scores = report_scores(scoreboard, unlabelled, out_dir) if truth is not None else None
-    processed, ships = len(rows_by_position), int((submission.EncodedPixels != "").sum())
-    print(
-        f"{processed} images processed, {len(skipped)} skipped, {ships} ships found "
-        f"in {seconds:.1f} s ({processed / max(seconds, 1e-9):.2f} images/s); "
-        f"submission: {out_dir / 'submission.csv'}"
-    )
-    return {
-        "processed": processed,
-        "skipped": skipped,
-        "ships": ships,
-        "out_dir": out_dir,
-        "scores": scores,
-        "seconds": seconds,
-    }
+        for name, table in (("submission.csv", submission), ("images.csv", images)):
+            atomic.write_atomically(
+                out_dir / name, lambda temporary, table=table: table.to_csv(temporary, index=False)
+            )
+    return int((submission.EncodedPixels != "").sum())
+
+
+class LabelScorer:
+    """Scores predictions against ``--labels`` as they come, from several threads."""
+
+    def __init__(self, truth: pd.Series | None):
+        self.truth = truth
+        self.scoreboard = evaluation.Scoreboard()
+        self.unlabelled: list[str] = []
+        self._lock = threading.Lock()
+
+    def add(self, name: str, labels: np.ndarray, ship_score: float) -> None:
+        """Scores one image's predicted label image (no-op without labels)."""
+        if self.truth is None:
+            return
+        with self._lock:
+            if name not in self.truth.index:
+                self.unlabelled.append(name)
+                return
+            true_labels = ships_to_label_image(self.truth[name], labels.shape)
+            self.scoreboard.add(true_labels, labels, ship_score)
+
+    def report(self, out_dir: Path) -> dict:
+        """Prints and writes (``scores.json``) the scores of the labelled predictions."""
+        return report_scores(self.scoreboard, self.unlabelled, out_dir)
 
 
 def _yield_to_the_network() -> None:
