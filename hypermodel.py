@@ -95,6 +95,26 @@ def build_unet(
         An uncompiled ``keras.Model`` from RGB images in 0-255 (float) to one sigmoid channel
         (and the image's ship probability when ``ship_head``).
     """
+    _check_unet_arguments(levels, dropout, upsampling, input_size)
+    inputs = keras.Input((input_size, input_size, 3), name="image")
+    x = layers.Rescaling(1 / 255, name="scale_0_1")(inputs)
+    x, skips = _encoder(x, levels, base_filters, dropout, batch_norm)
+    has_ship = _ship_head(x) if ship_head else None
+    x = _decoder(x, skips, base_filters, batch_norm, upsampling)
+    outputs = layers.Conv2D(
+        1,
+        1,
+        activation="sigmoid",
+        dtype="float32",
+        name="ship_probability",
+        bias_initializer=keras.initializers.Constant(math.log(ship_prior / (1 - ship_prior))),
+    )(x)
+    if has_ship is not None:
+        outputs = {"ship_probability": outputs, "has_ship": has_ship}
+    return keras.Model(inputs, outputs, name=f"unet_{levels}x{base_filters}")
+
+
+def _check_unet_arguments(levels: int, dropout: float, upsampling: str, input_size) -> None:
     if input_size is not None:
         check_input_size(input_size, levels)
     elif not MIN_LEVELS <= levels <= MAX_LEVELS:
@@ -104,9 +124,9 @@ def build_unet(
     if not 0 <= dropout < 1:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
 
-    inputs = keras.Input((input_size, input_size, 3), name="image")
-    x = layers.Rescaling(1 / 255, name="scale_0_1")(inputs)
 
+def _encoder(x, levels: int, base_filters: int, dropout: float, batch_norm: bool):
+    """Conv blocks and poolings down to the bottleneck; returns it and the skip outputs."""
     skips = []
     for level in range(levels):
         x = _conv_block(x, base_filters * 2**level, batch_norm, f"down{level}")
@@ -114,13 +134,15 @@ def build_unet(
         x = layers.MaxPooling2D(name=f"down{level}_pool")(x)
         if dropout:
             x = layers.SpatialDropout2D(dropout, name=f"down{level}_dropout")(x)
-
     x = _conv_block(x, base_filters * 2**levels, batch_norm, "bottleneck")
     if dropout:
         x = layers.SpatialDropout2D(dropout, name="bottleneck_dropout")(x)
-    has_ship = _ship_head(x) if ship_head else None
+    return x, skips
 
-    for level in reversed(range(levels)):
+
+def _decoder(x, skips: list, base_filters: int, batch_norm: bool, upsampling: str):
+    """Upsampling, skip connection and conv block per level, back to full resolution."""
+    for level in reversed(range(len(skips))):
         filters = base_filters * 2**level
         if upsampling == "transpose":
             x = layers.Conv2DTranspose(
@@ -131,19 +153,7 @@ def build_unet(
             x = layers.Conv2D(filters, 1, name=f"up{level}_project")(x)
         x = layers.Concatenate(name=f"up{level}_skip")([x, skips[level]])
         x = _conv_block(x, filters, batch_norm, f"up{level}")
-
-    bias = math.log(ship_prior / (1 - ship_prior))
-    outputs = layers.Conv2D(
-        1,
-        1,
-        activation="sigmoid",
-        dtype="float32",
-        name="ship_probability",
-        bias_initializer=keras.initializers.Constant(bias),
-    )(x)
-    if has_ship is not None:
-        outputs = {"ship_probability": outputs, "has_ship": has_ship}
-    return keras.Model(inputs, outputs, name=f"unet_{levels}x{base_filters}")
+    return x
 
 
 def _ship_head(bottleneck):

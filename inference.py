@@ -24,6 +24,7 @@ import argparse
 import collections
 import concurrent.futures
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -315,31 +316,20 @@ def run_inference(args: argparse.Namespace) -> dict:
     print(
         f"Predicting {len(readable)} images with {model_path} ({postprocess}); writing to {out_dir}"
     )
-
-    def finish_image(prediction: evaluation.Prediction) -> tuple[list, tuple]:
-        path = readable[prediction.position]
-        labels = process_prediction(
-            path,
-            prediction.probabilities,
-            postprocess,
-            out_dir,
-            not args.no_overlays,
-            prediction.image,
-            prediction.ship_probability,
-        )
-        scorer.add(path.name, labels, evaluation.ship_score(prediction))
-        return ship_rows(path.name, labels), image_row(path.name, prediction, labels)
-
-    start = time.perf_counter()
-    predictions = evaluation.predict_table(
-        model,
-        pd.DataFrame({"path": [str(path) for path in readable]}),
-        input_config,
-        args.batch_size,
-        postprocess.flip_tta,
-        with_images=True,
+    finish = functools.partial(
+        finish_image,
+        paths=readable,
+        postprocess=postprocess,
+        out_dir=out_dir,
+        overlays=not args.no_overlays,
+        scorer=scorer,
     )
-    outputs = finish_in_threads(predictions, finish_image, len(readable))
+    start = time.perf_counter()
+    table = pd.DataFrame({"path": [str(path) for path in readable]})
+    predictions = evaluation.predict_table(
+        model, table, input_config, args.batch_size, postprocess.flip_tta, with_images=True
+    )
+    outputs = finish_in_threads(predictions, finish, len(readable))
     for position, path in enumerate(readable):
         if position not in outputs:
             skipped.append(f"{path}: could not be decoded")
@@ -360,6 +350,29 @@ def run_inference(args: argparse.Namespace) -> dict:
         "scores": scores,
         "seconds": seconds,
     }
+
+
+def finish_image(
+    prediction: evaluation.Prediction,
+    paths: list[Path],
+    postprocess: evaluation.PostprocessConfig,
+    out_dir: Path,
+    overlays: bool,
+    scorer: LabelScorer,
+) -> tuple[list, tuple]:
+    """Post-processes, writes and scores one image; returns its submission and images.csv rows."""
+    path = paths[prediction.position]
+    labels = process_prediction(
+        path,
+        prediction.probabilities,
+        postprocess,
+        out_dir,
+        overlays,
+        prediction.image,
+        prediction.ship_probability,
+    )
+    scorer.add(path.name, labels, evaluation.ship_score(prediction))
+    return ship_rows(path.name, labels), image_row(path.name, prediction, labels)
 
 
 def input_images(args: argparse.Namespace) -> list[Path]:

@@ -166,6 +166,47 @@ def _without_autotuning():
     return options
 
 
+def _mixed_files(table: pd.DataFrame, empty_fraction: float, seed: int):
+    """Endless shuffled ``(path, EncodedPixels)`` pairs: ship and empty images mixed."""
+    tf = _tf()
+
+    def stream(rows: pd.DataFrame, stream_seed: int):
+        files = tf.data.Dataset.from_tensor_slices(
+            (rows.path.to_numpy(str), rows.EncodedPixels.to_numpy(str))
+        )
+        return files.shuffle(len(rows), seed=stream_seed, reshuffle_each_iteration=True).repeat()
+
+    with_ships, empty = table[table.ship_count > 0], table[table.ship_count == 0]
+    if with_ships.empty and empty.empty:
+        raise ValueError("training table is empty")
+    if with_ships.empty or empty.empty or empty_fraction in (0.0, 1.0):
+        use_empty = (empty_fraction > 0 and not empty.empty) or with_ships.empty
+        return stream(empty if use_empty else with_ships, seed)
+    return tf.data.Dataset.sample_from_datasets(
+        [stream(with_ships, seed), stream(empty, seed + 1)],
+        weights=[1 - empty_fraction, empty_fraction],
+        seed=seed + 2,
+    )
+
+
+def _example(path, encoded_pixels, element_seed, config: InputConfig):
+    """One training pair from one file: decoded, cropped or resized, augmented (in the graph)."""
+    tf = _tf()
+    image, mask = _load_example(path, encoded_pixels)
+    crop_seed, augment_seed = tf.unstack(tf.random.experimental.stateless_split(element_seed, 2))
+    if config.mode == "crop":
+        image, mask = _random_crop(
+            image, mask, config.size, config.ship_crop_probability, crop_seed
+        )
+    else:
+        image, mask = _resize(image, mask, config.size)
+    if config.augment:
+        image, mask = _augment(image, mask, augment_seed)
+    image.set_shape([config.size, config.size, 3])
+    mask.set_shape([config.size, config.size, 1])
+    return image, mask
+
+
 def training_dataset(table: pd.DataFrame, config: InputConfig, seed: int = 0):
     """An endless, shuffled, unbatched stream of training ``(image, mask)`` pairs.
 
@@ -184,43 +225,11 @@ def training_dataset(table: pd.DataFrame, config: InputConfig, seed: int = 0):
         Batch it and pass ``steps_per_epoch`` to ``fit``: the stream never ends.
     """
     tf = _tf()
-
-    def stream(rows: pd.DataFrame, stream_seed: int):
-        files = tf.data.Dataset.from_tensor_slices(
-            (rows.path.to_numpy(str), rows.EncodedPixels.to_numpy(str))
-        )
-        return files.shuffle(len(rows), seed=stream_seed, reshuffle_each_iteration=True).repeat()
-
-    with_ships, empty = table[table.ship_count > 0], table[table.ship_count == 0]
-    if with_ships.empty and empty.empty:
-        raise ValueError("training table is empty")
-    if with_ships.empty or empty.empty or config.empty_image_fraction in (0.0, 1.0):
-        use_empty = (config.empty_image_fraction > 0 and not empty.empty) or with_ships.empty
-        files = stream(empty if use_empty else with_ships, seed)
-    else:
-        files = tf.data.Dataset.sample_from_datasets(
-            [stream(with_ships, seed), stream(empty, seed + 1)],
-            weights=[1 - config.empty_image_fraction, config.empty_image_fraction],
-            seed=seed + 2,
-        )
+    files = _mixed_files(table, config.empty_image_fraction, seed)
     element_seeds = tf.data.Dataset.random(seed=seed + 3).batch(2)
 
     def make_example(files, element_seed):
-        image, mask = _load_example(*files)
-        crop_seed, augment_seed = tf.unstack(
-            tf.random.experimental.stateless_split(element_seed, 2)
-        )
-        if config.mode == "crop":
-            image, mask = _random_crop(
-                image, mask, config.size, config.ship_crop_probability, crop_seed
-            )
-        else:
-            image, mask = _resize(image, mask, config.size)
-        if config.augment:
-            image, mask = _augment(image, mask, augment_seed)
-        image.set_shape([config.size, config.size, 3])
-        mask.set_shape([config.size, config.size, 1])
-        return image, mask
+        return _example(*files, element_seed, config)
 
     # No AutoGraph: the branches are tf.cond already, and converting the code costs about a
     # second per dataset, which every trial process would pay. One example per core at a time

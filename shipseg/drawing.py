@@ -14,7 +14,10 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
+import evaluation
+import pipeline
 from shipseg import atomic
 
 
@@ -179,3 +182,39 @@ def overlay_indices(image: np.ndarray, ships: np.ndarray | None) -> np.ndarray:
     if ships is not None:
         indices[ships] += 128
     return indices
+
+
+def plot_examples(
+    model, table: pd.DataFrame, input_config, postprocess, path: Path, count: int = 6
+) -> None:
+    """Test images (ship images first) with true ships green and predicted ships red."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    chosen = pd.concat(
+        [table[table.ship_count > 0].head(count - 2), table[table.ship_count == 0].head(2)]
+    )
+    chosen = chosen.head(count).reset_index(drop=True)
+    columns = min(3, len(chosen))
+    rows = -(-len(chosen) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 4.4 * rows), squeeze=False)
+    for axis in axes.ravel():
+        axis.axis("off")
+    for scored, axis in zip(
+        evaluation.score_table(model, chosen, input_config, postprocess), axes.ravel(), strict=False
+    ):
+        row = chosen.iloc[scored.prediction.position]
+        truth, predicted = scored.truth, scored.predicted
+        image = pipeline.decode_image(row.path).numpy()
+        axis.imshow(mask_overlay(image, truth > 0, predicted > 0, max_side=512))
+        axis.set_title(
+            f"{row.ImageId}: {row.ship_count} true, {predicted.max()} predicted\n"
+            f"F2 {evaluation.image_f2(truth, predicted):.2f}",
+            fontsize=9,
+        )
+    figure.suptitle("Test images: true ships green, predicted red, overlap yellow")
+    figure.tight_layout()
+    atomic.write_atomically(path, lambda temporary: figure.savefig(temporary, dpi=80, format="png"))
+    plt.close(figure)

@@ -1,4 +1,4 @@
-"""train.tune_postprocess against brute force, and the helpers around the search's settings."""
+"""Post-processing tuning against brute force, and the helpers around the search's settings."""
 
 import itertools
 import os
@@ -10,8 +10,7 @@ import pytest
 import evaluation
 import inference
 import search
-import train
-from shipseg import atomic, cli, splits
+from shipseg import atomic, cli, postprocess, splits
 
 
 class BrightnessModel:
@@ -33,12 +32,12 @@ class BrightnessModel:
 
 def test_tuned_post_processing_is_the_best_of_the_grid(synthetic_table):
     table = synthetic_table.head(24)
-    tuned = train.tune_postprocess(BrightnessModel(), table, None)
+    tuned = postprocess.tune_postprocess(BrightnessModel(), table, None)
     assert tuned["images"] == 24
     best_brute_force = -1.0
     image_thresholds = np.linspace(0.3, 1.0, 29)
     for threshold, image_threshold, min_size in itertools.product(
-        train.THRESHOLDS, image_thresholds, train.MIN_SHIP_PIXELS
+        postprocess.THRESHOLDS, image_thresholds, postprocess.MIN_SHIP_PIXELS
     ):
         config = evaluation.PostprocessConfig(threshold, max(image_threshold, threshold), min_size)
         score = evaluation.evaluate_model(BrightnessModel(), table, None, config)["f2"]

@@ -1,0 +1,72 @@
+"""K-fold cross-validation's bookkeeping: which images each fold uses, and the summary.
+
+``train.py --folds K`` trains one model per fold (see ``train.run_folds``); this module says
+which images it trains, validates and tests on, and sums up the F2 and its gain over the
+no-ship baseline across folds.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+
+def fold_tables(pool: pd.DataFrame, folds: pd.Series, fold: int) -> dict[str, pd.DataFrame]:
+    """Fold ``fold`` tests, the next fold validates, the others train (no image in two).
+
+    Args:
+        pool: The images the folds were made from (train + val; never the test split).
+        folds: ``splits.make_folds`` of ``pool``.
+        fold: The fold to test on.
+    """
+    count = int(folds.max()) + 1
+    fold_of = pool.ImageId.map(folds)
+    return {
+        "test": pool[fold_of == fold].reset_index(drop=True),
+        "val": pool[fold_of == (fold + 1) % count].reset_index(drop=True),
+        "train": pool[~fold_of.isin([fold, (fold + 1) % count])].reset_index(drop=True),
+    }
+
+
+def fold_row(fold: int, tables: dict[str, pd.DataFrame], metrics: dict) -> dict:
+    """One fold's line of the summary."""
+    test = metrics["test"]
+    return {
+        "fold": fold,
+        "train_images": len(tables["train"]),
+        "val_images": len(tables["val"]),
+        "test_images": test["images"],
+        "f2": test["f2"],
+        "baseline": test["f2_no_ship_baseline"],
+        "gain": test["f2"] - test["f2_no_ship_baseline"],
+        "gain_interval": test["intervals"]["gain"],
+        "dice_ship_images": test["dice_ship_images"],
+        "ship_images_found": test["ship_images_found"],
+        "empty_images_with_ships": test["empty_images_with_ships"],
+        "train_seconds": metrics["train_seconds"],
+    }
+
+
+def summarise_folds(folds: pd.DataFrame) -> dict:
+    """Mean and standard deviation across folds of the F2, the baseline and the gain."""
+    summary = {"folds": folds.to_dict(orient="records")}
+    for name in ("f2", "baseline", "gain", "dice_ship_images"):
+        summary[name] = {
+            "mean": float(folds[name].mean()),
+            "std": float(folds[name].std(ddof=1)) if len(folds) > 1 else 0.0,
+        }
+    summary["folds_above_baseline"] = int((folds.gain > 0).sum())
+    return summary
+
+
+def print_folds(summary: dict) -> None:
+    """Fold by fold, then the mean and spread."""
+    print("\nfold  test images  F2      baseline  gain     95 % interval of the gain")
+    for row in summary["folds"]:
+        low, high = row["gain_interval"]
+        print(
+            f"{row['fold']:>4}  {row['test_images']:>11}  {row['f2']:.4f}  {row['baseline']:.4f}"
+            f"    {row['gain']:+.4f}  [{low:+.3f}, {high:+.3f}]"
+        )
+    for name in ("f2", "baseline", "gain"):
+        print(f"{name:>8}: mean {summary[name]['mean']:+.4f}, std {summary[name]['std']:.4f}")
+    print(f"folds above the baseline: {summary['folds_above_baseline']} of {len(summary['folds'])}")
