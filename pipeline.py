@@ -47,10 +47,6 @@ class InputConfig:
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
-    def scale(self, image_size: int) -> float:
-        """The factor images of side ``image_size`` are scaled by before the network sees them."""
-        return 1.0 if self.mode == "crop" else self.size / image_size
-
 
 def _tf():
     # TensorFlow takes seconds to import: the RLE and table functions do not need it.

@@ -8,9 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
+from PIL import Image
 
 from shipseg import airbus, synthetic
+from shipseg.rle import rle_decode
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_AIRBUS_SAMPLE = REPO_ROOT.parent / "shared" / "data" / "airbus-sample"
@@ -114,3 +118,26 @@ def finished_search(synthetic_dataset, tmp_path_factory):
     result = run(search_command(synthetic_dataset, results, "--max-epochs", "2", "--factor", "2"))
     assert result.returncode == 0, result.stderr[-3000:]
     return results / "tiny", result
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers shared by several test modules
+# ---------------------------------------------------------------------------------------------
+
+
+def union_mask(rles, shape) -> np.ndarray:
+    """The union of an image's ship masks (pixels of any ship)."""
+    mask = np.zeros(shape, dtype=np.uint8)
+    for rle in rles:
+        mask |= rle_decode(rle, shape)
+    return mask
+
+
+def pil_image(path) -> np.ndarray:
+    """The image as an independent decoder (Pillow) sees it."""
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)
+
+
+def csv_rows(dataset: Path) -> pd.DataFrame:
+    """The dataset's ship CSV as written, one row per ship (or per empty image)."""
+    return pd.read_csv(dataset / airbus.CSV_NAME, dtype=str, keep_default_na=False)
