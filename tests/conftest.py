@@ -141,3 +141,23 @@ def pil_image(path) -> np.ndarray:
 def csv_rows(dataset: Path) -> pd.DataFrame:
     """The dataset's ship CSV as written, one row per ship (or per empty image)."""
     return pd.read_csv(dataset / airbus.CSV_NAME, dtype=str, keep_default_na=False)
+
+
+def train_command(results_dir, *extra):
+    return [sys.executable, str(ROOT / "train.py"), "--results-dir", str(results_dir), *extra]
+
+
+def inference_command(results_dir, *extra):
+    return [sys.executable, str(ROOT / "inference.py"), "--results-dir", str(results_dir), *extra]
+
+
+@pytest.fixture(scope="session")
+def trained_project(finished_search):
+    project, _ = finished_search
+    result = run(
+        train_command(
+            project.parent, "--best", "--epochs", "2", "--patience", "1", "--verbose", "0"
+        )
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return project, result

@@ -1,8 +1,17 @@
+"""The competition metric, scoring, the image-level gate and bootstrap intervals (evaluation.py)."""
+
+from __future__ import annotations
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import evaluation
 from evaluation import PostprocessConfig, Scoreboard, image_f2, iou_matrix
+
+# Probabilities for property tests of the image-level gate.
+probabilities = st.floats(0, 1, allow_nan=False)
 
 
 def box(shape, top, left, height, width, label=1, into=None):
@@ -130,3 +139,60 @@ def test_pad_to_multiple_and_predict_batch_keep_size():
     np.testing.assert_allclose(
         evaluation.predict_batch(Echo(), images, flip_tta=True)[0], probabilities, rtol=1e-5
     )
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(probabilities, probabilities, st.booleans()), min_size=1, max_size=30))
+def test_best_gate_matches_every_threshold_tried_by_brute_force(images):
+    scores = np.array([score for score, _, _ in images])
+    f2_open = np.array([f2 for _, f2, _ in images])
+    f2_closed = np.array([1.0 if empty else 0.0 for _, _, empty in images])
+    threshold, best = evaluation.best_gate(scores, f2_open, f2_closed)
+
+    def mean_f2(t):
+        return np.where(scores >= t, f2_open, f2_closed).mean()
+
+    candidates = [*np.unique(scores), scores.max() + 1]
+    assert best == pytest.approx(max(mean_f2(t) for t in candidates))
+    # The returned threshold really scores what it claims.
+    assert mean_f2(threshold) == pytest.approx(best)
+
+
+def test_best_gate_keeps_the_stricter_threshold_on_a_tie():
+    # Opening the only image gains nothing: the gate stays shut.
+    threshold, best = evaluation.best_gate([0.9], [1.0], [1.0])
+    assert threshold > 0.9 and best == 1.0
+
+
+def test_best_gate_opens_only_the_images_whose_ships_pay():
+    scores = [0.95, 0.9, 0.3, 0.2]
+    f2_open = [0.8, 0.6, 0.0, 0.0]  # two ship images found, two empty images with false ships
+    f2_closed = [0.0, 0.0, 1.0, 1.0]
+    threshold, best = evaluation.best_gate(scores, f2_open, f2_closed)
+    assert 0.3 < threshold <= 0.9
+    assert best == pytest.approx((0.8 + 0.6 + 1 + 1) / 4)
+
+
+def test_bootstrap_intervals_contain_the_estimates_and_narrow_with_more_images():
+    rng = np.random.default_rng(0)
+    widths = []
+    for images in (50, 800):
+        baseline = (rng.uniform(size=images) < 0.75).astype(float)
+        f2 = np.where(baseline == 1, (rng.uniform(size=images) < 0.95), rng.uniform(size=images))
+        intervals = evaluation.bootstrap_intervals(f2, baseline, resamples=2000)
+        for name, values in (
+            ("f2", f2),
+            ("f2_no_ship_baseline", baseline),
+            ("gain", f2 - baseline),
+        ):
+            low, high = intervals[name]
+            assert low <= values.mean() <= high, name
+        widths.append(intervals["gain"][1] - intervals["gain"][0])
+    assert widths[1] < widths[0] / 2
+
+
+def test_bootstrap_of_a_model_equal_to_the_baseline_has_a_zero_gain_interval():
+    baseline = np.array([1.0, 0.0, 1.0, 1.0])
+    intervals = evaluation.bootstrap_intervals(baseline, baseline)
+    assert intervals["gain"] == [0.0, 0.0]
+    assert intervals == evaluation.bootstrap_intervals(baseline, baseline)

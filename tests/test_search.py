@@ -1,5 +1,7 @@
 """The real ``search.py`` command line on a tiny synthetic dataset."""
 
+from __future__ import annotations
+
 import json
 import os
 import socket
@@ -13,7 +15,9 @@ import psutil
 import pytest
 
 import hypermodel
+import search
 from conftest import ROOT, run, search_command
+from shipseg import cli
 
 
 def event_tags(folder: Path) -> set[str]:
@@ -204,3 +208,82 @@ def test_distributed_search_with_a_chief_and_two_workers(synthetic_dataset, tmp_
     assert set(trials.tuner_id) <= {"tuner0", "tuner1"}
     assert "Worker tuner0 finished" in outputs["tuner0"][0]
     assert (tmp_path / "tiny" / "best_hparams.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("variables", "role"),
+    [
+        ({}, "single"),
+        (
+            {
+                "KERASTUNER_TUNER_ID": "chief",
+                "KERASTUNER_ORACLE_IP": "127.0.0.1",
+                "KERASTUNER_ORACLE_PORT": "1",
+            },
+            "chief",
+        ),
+        (
+            {
+                "KERASTUNER_TUNER_ID": "chief0",
+                "KERASTUNER_ORACLE_IP": "127.0.0.1",
+                "KERASTUNER_ORACLE_PORT": "1",
+            },
+            "chief",
+        ),
+        (
+            {
+                "KERASTUNER_TUNER_ID": "tuner3",
+                "KERASTUNER_ORACLE_IP": "127.0.0.1",
+                "KERASTUNER_ORACLE_PORT": "1",
+            },
+            "worker",
+        ),
+    ],
+)
+def test_tuner_role_follows_keras_tuner(monkeypatch, variables, role):
+    for name in ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    assert search.tuner_role() == role
+
+
+def test_half_configured_distribution_is_refused(monkeypatch):
+    monkeypatch.setenv("KERASTUNER_TUNER_ID", "tuner0")
+    monkeypatch.delenv("KERASTUNER_ORACLE_IP", raising=False)
+    with pytest.raises(cli.UserError, match="KERASTUNER_ORACLE_IP"):
+        search.tuner_role()
+
+
+def test_a_search_budget_stops_the_search_and_a_rerun_resumes_or_extends_it(
+    synthetic_dataset, tmp_path
+):
+    results = tmp_path / "results"
+    command = search_command(synthetic_dataset, results, "--max-epochs", "8", "--factor", "2")
+    start = time.time()
+    first = run([*command, "--time-budget", "25s"])
+    elapsed = time.time() - start
+    assert first.returncode == 0, first.stderr[-3000:]
+    project = results / "tiny"
+    spent = json.loads((project / "budget.json").read_text())["spent_seconds"]
+    # The budget counts from the tuner's start; the last epoch may end a few seconds past it.
+    assert 20 <= spent <= 25 + 15 and elapsed < 25 + 60
+    trials = pd.read_csv(project / "trials.csv", dtype={"trial_id": str})
+    assert "stopped_by_budget" in trials and "epochs_completed" in trials
+    assert trials.stopped_by_budget.sum() <= 1  # only the trial running at the deadline
+    assert "left in the time budget" in first.stdout
+
+    again = run([*command, "--time-budget", "25s"])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Time budget spent" in again.stdout
+    assert len(pd.read_csv(project / "trials.csv")) == len(trials)
+
+    extended = run([*command, "--time-budget", "50s"])
+    assert extended.returncode == 0, extended.stderr[-3000:]
+    assert len(pd.read_csv(project / "trials.csv")) > len(trials)
+
+
+def test_a_bad_search_budget_is_one_line(synthetic_dataset, tmp_path):
+    result = run(search_command(synthetic_dataset, tmp_path, "--time-budget", "45"))
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith("search.py: error: --time-budget")

@@ -109,3 +109,34 @@ def test_load_split_errors(tmp_path, content, message):
         path.write_text(content)
     with pytest.raises(DataError, match=re.escape(str(path)) + ".*" + message):
         splits.load_split(path)
+
+
+def test_folds_cover_every_image_once_and_keep_the_share_of_empty_images(synthetic_table):
+    folds = splits.make_folds(synthetic_table, 4, seed=1)
+    assert sorted(folds.index) == sorted(synthetic_table.ImageId)
+    assert set(folds) == {0, 1, 2, 3}
+    counts = folds.value_counts()
+    assert counts.max() - counts.min() <= 1
+    empty = synthetic_table.set_index("ImageId").ship_count == 0
+    for fold in range(4):
+        share = empty[folds.index[folds == fold]].mean()
+        assert share == pytest.approx(empty.mean(), abs=0.15)
+    assert folds.equals(splits.make_folds(synthetic_table, 4, seed=1))
+    assert not folds.equals(splits.make_folds(synthetic_table, 4, seed=2))
+
+
+@pytest.mark.parametrize("folds", [1, 100])
+def test_impossible_fold_counts_are_refused(synthetic_table, folds):
+    with pytest.raises(ValueError, match="fold"):
+        splits.make_folds(synthetic_table, folds)
+
+
+def test_sample_images_keeps_the_share_of_ship_images(synthetic_table):
+    ship_share = (synthetic_table.ship_count > 0).mean()
+    sample = splits.sample_images(synthetic_table, 20, seed=1)
+    assert len(sample) == 20 and sample.ImageId.is_unique
+    assert (sample.ship_count > 0).mean() == pytest.approx(ship_share, abs=0.05)
+    assert sample.equals(splits.sample_images(synthetic_table, 20, seed=1))
+    assert len(splits.sample_images(synthetic_table, None)) == len(synthetic_table)
+    with pytest.raises(ValueError, match="at least 1"):
+        splits.sample_images(synthetic_table, 0)

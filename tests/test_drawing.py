@@ -1,4 +1,4 @@
-"""The per-image outputs of inference (PNG encoding, overlays) and the training pictures' overlay."""
+"""Pictures (shipseg.drawing): PNG encoding, inference overlays, the training figures' overlay."""
 
 import io
 import zlib
@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import inference
 from shipseg import drawing
 
 
@@ -59,26 +58,6 @@ def test_inference_overlay_shows_the_image_in_grey_and_the_ships_in_red():
     assert (ship[:, 1] == ship[:, 2]).all()
     # Brightness survives: bright sea stays brighter than dark sea, under ships too.
     assert picture[0, 0, 0] > picture[0, 5, 0] + 100 and picture[1, 1, 1] > picture[1, 4, 1]
-
-
-def test_masks_and_overlays_of_images_with_and_without_ships(tmp_path):
-    image = np.random.default_rng(0).integers(0, 256, (24, 20, 3)).astype(np.float32)
-    sure_ship = np.zeros((24, 20), np.float32)
-    sure_ship[3:9, 4:12] = 0.99
-    settings = inference.evaluation.PostprocessConfig(threshold=0.5, image_threshold=0.9)
-    for name, probabilities in (("sea", np.zeros((24, 20), np.float32)), ("ship", sure_ship)):
-        labels = inference.process_prediction(
-            tmp_path / f"{name}.jpg", probabilities, settings, tmp_path, True, image
-        )
-        mask = np.asarray(Image.open(tmp_path / "masks" / f"{name}.png"))
-        overlay = np.asarray(Image.open(tmp_path / "overlays" / f"{name}.png"))
-        assert mask.shape == overlay.shape == (24, 20)
-        np.testing.assert_array_equal(mask > 0, labels > 0)
-        np.testing.assert_array_equal(overlay >= 128, labels > 0)  # red palette entries
-        np.testing.assert_array_equal(
-            overlay % 128, drawing.overlay_indices(image, None)
-        )  # the grey image everywhere
-    assert (labels > 0).sum() == 48
 
 
 def test_saved_png_is_written_atomically_and_reads_back(tmp_path):

@@ -1,83 +1,47 @@
-"""search -> train --best -> inference, through the real command lines, and their bad inputs."""
+"""The real ``inference.py`` command line and its per-image outputs: masks, overlays, submission."""
+
+from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 from PIL import Image
 
 import evaluation
 import inference
-from conftest import ROOT, run
-from shipseg import airbus
+from conftest import inference_command, run
+from shipseg import airbus, drawing
 from shipseg.rle import rle_decode
 
 
-def train_command(results_dir, *extra):
-    return [sys.executable, str(ROOT / "train.py"), "--results-dir", str(results_dir), *extra]
-
-
-def inference_command(results_dir, *extra):
-    return [sys.executable, str(ROOT / "inference.py"), "--results-dir", str(results_dir), *extra]
-
-
-@pytest.fixture(scope="session")
-def trained_project(finished_search):
-    project, _ = finished_search
-    result = run(
-        train_command(
-            project.parent, "--best", "--epochs", "2", "--patience", "1", "--verbose", "0"
+def test_masks_and_overlays_of_images_with_and_without_ships(tmp_path):
+    image = np.random.default_rng(0).integers(0, 256, (24, 20, 3)).astype(np.float32)
+    sure_ship = np.zeros((24, 20), np.float32)
+    sure_ship[3:9, 4:12] = 0.99
+    settings = inference.evaluation.PostprocessConfig(threshold=0.5, image_threshold=0.9)
+    for name, probabilities in (("sea", np.zeros((24, 20), np.float32)), ("ship", sure_ship)):
+        labels = inference.process_prediction(
+            tmp_path / f"{name}.jpg", probabilities, settings, tmp_path, True, image
         )
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return project, result
+        mask = np.asarray(Image.open(tmp_path / "masks" / f"{name}.png"))
+        overlay = np.asarray(Image.open(tmp_path / "overlays" / f"{name}.png"))
+        assert mask.shape == overlay.shape == (24, 20)
+        np.testing.assert_array_equal(mask > 0, labels > 0)
+        np.testing.assert_array_equal(overlay >= 128, labels > 0)  # red palette entries
+        np.testing.assert_array_equal(
+            overlay % 128, drawing.overlay_indices(image, None)
+        )  # the grey image everywhere
+    assert (labels > 0).sum() == 48
 
 
-def test_train_best_writes_the_final_model_and_honest_metrics(trained_project):
-    project, result = trained_project
-    final = project / "final"
-    for name in (
-        "model.keras",
-        "config.json",
-        "metrics.json",
-        "history.csv",
-        "history.png",
-        "test_examples.png",
-    ):
-        assert (final / name).is_file(), name
-    config = json.loads((final / "config.json").read_text())
-    best = json.loads((project / "best_hparams.json").read_text())
-    assert config["hyperparameters"] == best["hyperparameters"]
-    assert config["status"] == "complete" and config["input"]["size"] == 32
-    assert set(config["postprocess"]) == {
-        "threshold",
-        "image_threshold",
-        "min_ship_pixels",
-        "flip_tta",
-        "ship_threshold",
-    }
-    metrics = json.loads((final / "metrics.json").read_text())
-    split = pd.read_csv(project / "split.csv")
-    test = metrics["test"]
-    assert test["images"] == (split.split == "test").sum()
-    for name in ("dice", "dice_ship_images", "iou", "f2", "f2_no_ship_baseline", "ship_accuracy"):
-        assert 0.0 <= test[name] <= 1.0, name
-    # The baseline is the share of empty test images, computed on the same images.
-    table = airbus.read_dataset(
-        json.loads((project / "search_config.json").read_text())["data_dir"]
+def test_default_output_folder_follows_the_model():
+    assert inference.default_output_dir(Path("results/p/final/model.keras")) == Path(
+        "results/p/predictions"
     )
-    test_ids = set(split.ImageId[split.split == "test"])
-    empty_share = (table[table.ImageId.isin(test_ids)].ship_count == 0).mean()
-    assert test["f2_no_ship_baseline"] == pytest.approx(empty_share)
-    history = pd.read_csv(final / "history.csv")
-    assert len(history) == metrics["epochs_run"] <= 2
-    assert {"loss", "val_dice", "val_f2"} <= set(history.columns)
-    assert "no-ship baseline" in result.stdout
-    assert not list(final.glob(".*partial")) and not list(final.glob(".*.tmp*"))
+    assert inference.default_output_dir(Path("/tmp/model.keras")) == Path("/tmp/predictions")
 
 
 def decoded_submission(submission: pd.DataFrame, image_id: str, shape) -> list[np.ndarray]:
@@ -189,31 +153,6 @@ def test_missing_or_incompatible_models_are_explained(trained_project, synthetic
     ]
     for arguments, message in cases:
         result = run(inference_command(project.parent, images, *arguments))
-        assert result.returncode == 2, result.stderr
-        assert message in result.stderr
-        assert "Traceback" not in result.stderr
-
-
-def test_train_errors_are_one_line(finished_search, tmp_path):
-    project, _ = finished_search
-    bad_json = tmp_path / "bad.json"
-    bad_json.write_text("{not json")
-    partial = tmp_path / "partial.json"
-    partial.write_text(json.dumps({"levels": 3}))
-    cases = [
-        (train_command(tmp_path / "empty", "--best"), "no finished search found"),
-        (train_command(project.parent, "--best", "--project", "absent"), "no search here"),
-        (
-            train_command(project.parent, "--project", "tiny", "--hparams", str(bad_json)),
-            "not valid JSON",
-        ),
-        (
-            train_command(project.parent, "--project", "tiny", "--hparams", str(partial)),
-            "missing base_filters",
-        ),
-    ]
-    for command, message in cases:
-        result = run(command)
         assert result.returncode == 2, result.stderr
         assert message in result.stderr
         assert "Traceback" not in result.stderr

@@ -1,0 +1,44 @@
+"""Post-processing tuning (shipseg.postprocess) against brute force."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+import evaluation
+from shipseg import postprocess
+
+
+class BrightnessModel:
+    """A stand-in U-Net: the probability of a pixel is its brightness, slightly blurred."""
+
+    def predict_on_batch(self, images):
+        brightness = images.mean(axis=-1, keepdims=True) / 255.0
+        padded = np.pad(brightness, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+        blurred = (
+            sum(
+                padded[:, dy : dy + images.shape[1], dx : dx + images.shape[2]]
+                for dy in range(3)
+                for dx in range(3)
+            )
+            / 9
+        )
+        return np.clip(blurred * 1.4 - 0.1, 0, 1)
+
+
+def test_tuned_post_processing_is_the_best_of_the_grid(synthetic_table):
+    table = synthetic_table.head(24)
+    tuned = postprocess.tune_postprocess(BrightnessModel(), table, None)
+    assert tuned["images"] == 24
+    best_brute_force = -1.0
+    image_thresholds = np.linspace(0.3, 1.0, 29)
+    for threshold, image_threshold, min_size in itertools.product(
+        postprocess.THRESHOLDS, image_thresholds, postprocess.MIN_SHIP_PIXELS
+    ):
+        config = evaluation.PostprocessConfig(threshold, max(image_threshold, threshold), min_size)
+        score = evaluation.evaluate_model(BrightnessModel(), table, None, config)["f2"]
+        best_brute_force = max(best_brute_force, score)
+    # The exact sweep finds every threshold a grid can, and those between its points.
+    assert tuned["f2"] >= best_brute_force - 1e-9
+    chosen = evaluation.evaluate_model(BrightnessModel(), table, None, tuned["config"])["f2"]
+    assert chosen == pytest.approx(tuned["f2"])
