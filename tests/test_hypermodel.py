@@ -62,13 +62,6 @@ def test_levels_out_of_range_are_rejected():
         hypermodel.build_unet(6, 4)
 
 
-def masks():
-    rng = np.random.default_rng(1)
-    y_true = (rng.random((2, 16, 16, 1)) < 0.1).astype(np.float32)
-    y_pred = np.clip(y_true * 0.6 + rng.random((2, 16, 16, 1)) * 0.4, 0.01, 0.99).astype(np.float32)
-    return y_true, y_pred
-
-
 def test_saved_model_reloads_in_a_fresh_process_without_custom_objects(tmp_path):
     model = hypermodel.build_unet(2, 4)
     hypermodel.compile_unet(model, 1e-3, "focal", 0.25)

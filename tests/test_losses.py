@@ -59,3 +59,10 @@ def test_dice_and_iou_metrics_on_a_known_case():
     iou.update_state(y_true, y_pred)
     assert float(dice.result()) == pytest.approx(2 * 2 / (4 + 3))
     assert float(iou.result()) == pytest.approx(2 / 5)
+
+
+def masks():
+    rng = np.random.default_rng(1)
+    y_true = (rng.random((2, 16, 16, 1)) < 0.1).astype(np.float32)
+    y_pred = np.clip(y_true * 0.6 + rng.random((2, 16, 16, 1)) * 0.4, 0.01, 0.99).astype(np.float32)
+    return y_true, y_pred
