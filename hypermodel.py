@@ -20,7 +20,7 @@ import keras_tuner
 import numpy as np
 from keras import layers
 
-from shipseg.losses import DiceScore, IoUScore, WeightedLoss
+from shipseg.losses import PIXEL_LOSSES, DiceScore, IoUScore, WeightedLoss
 from shipseg.validation import WholeImageValidation
 
 MIN_LEVELS, MAX_LEVELS = 2, 5
@@ -334,7 +334,7 @@ DEFAULT_SPACE: tuple[Dimension, ...] = (
         limits=(1e-6, 1.0),
         help="Adam learning rate",
     ),
-    Dimension("pixel_loss", "choice", ("bce", "focal"), help="pixel-wise part of the loss"),
+    Dimension("pixel_loss", "choice", tuple(PIXEL_LOSSES), help="pixel-wise part of the loss"),
     Dimension(
         "pixel_weight",
         "float",
