@@ -47,6 +47,7 @@ from shipseg import (
     atomic,
     cli,
     drawing,
+    locks,
 )
 from shipseg.rle import rle_encode, ships_to_label_image
 
@@ -298,7 +299,8 @@ def run_inference(args: argparse.Namespace) -> dict:
 
     Memory stays flat however many images there are: post-processing runs in worker
     threads beside the next batch's prediction, at most a few images are in flight, and only
-    each image's submission rows are kept.
+    each image's submission rows are kept. The output folder's lock keeps a second inference
+    into it out.
 
     Returns:
         ``{"processed": int, "skipped": [str], "ships": int, "out_dir": Path,
@@ -310,33 +312,23 @@ def run_inference(args: argparse.Namespace) -> dict:
     scorer = LabelScorer(load_labels(args.labels))
     model = load_model(model_path)
     out_dir = Path(args.out) if args.out else default_output_dir(model_path)
-    readable, skipped = check_files(paths)
-    for problem in skipped:
-        print(f"skipped {problem}", file=sys.stderr)
-    print(
-        f"Predicting {len(readable)} images with {model_path} ({postprocess}); writing to {out_dir}"
-    )
-    finish = functools.partial(
-        finish_image,
-        paths=readable,
-        postprocess=postprocess,
-        out_dir=out_dir,
-        overlays=not args.no_overlays,
-        scorer=scorer,
-    )
-    start = time.perf_counter()
-    table = pd.DataFrame({"path": [str(path) for path in readable]})
-    predictions = evaluation.predict_table(
-        model, table, input_config, args.batch_size, postprocess.flip_tta, with_images=True
-    )
-    outputs = finish_in_threads(predictions, finish, len(readable))
-    for position, path in enumerate(readable):
-        if position not in outputs:
-            skipped.append(f"{path}: could not be decoded")
-            print(f"skipped {path}: could not be decoded", file=sys.stderr)
-    ships = write_tables(outputs, out_dir)
-    seconds = time.perf_counter() - start
-    scores = scorer.report(out_dir) if scorer.truth is not None else None
+    with locks.hold(out_dir, "--out"):
+        readable, skipped = check_files(paths)
+        for problem in skipped:
+            print(f"skipped {problem}", file=sys.stderr)
+        print(
+            f"Predicting {len(readable)} images with {model_path} ({postprocess}); "
+            f"writing to {out_dir}"
+        )
+        outputs, seconds = predict_images(
+            model, readable, input_config, postprocess, scorer, args, out_dir
+        )
+        for position, path in enumerate(readable):
+            if position not in outputs:
+                skipped.append(f"{path}: could not be decoded")
+                print(f"skipped {path}: could not be decoded", file=sys.stderr)
+        ships = write_tables(outputs, out_dir)
+        scores = scorer.report(out_dir) if scorer.truth is not None else None
     print(
         f"{len(outputs)} images processed, {len(skipped)} skipped, {ships} ships found "
         f"in {seconds:.1f} s ({len(outputs) / max(seconds, 1e-9):.2f} images/s); "
@@ -350,6 +342,25 @@ def run_inference(args: argparse.Namespace) -> dict:
         "scores": scores,
         "seconds": seconds,
     }
+
+
+def predict_images(model, paths, input_config, postprocess, scorer, args, out_dir: Path):
+    """Predicts, post-processes and writes every image; returns its rows by position and the time."""
+    finish = functools.partial(
+        finish_image,
+        paths=paths,
+        postprocess=postprocess,
+        out_dir=out_dir,
+        overlays=not args.no_overlays,
+        scorer=scorer,
+    )
+    start = time.perf_counter()
+    table = pd.DataFrame({"path": [str(path) for path in paths]})
+    predictions = evaluation.predict_table(
+        model, table, input_config, args.batch_size, postprocess.flip_tta, with_images=True
+    )
+    outputs = finish_in_threads(predictions, finish, len(paths))
+    return outputs, time.perf_counter() - start
 
 
 def finish_image(

@@ -19,6 +19,7 @@ Several machines: start the same command with Keras Tuner's ``KERASTUNER_*`` var
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -43,6 +44,7 @@ from shipseg import (
     budget,
     cli,
     isolation,
+    locks,
     results,
     splits,
     synthetic,
@@ -336,6 +338,21 @@ def run_search(args: argparse.Namespace) -> dict:
     data_dir = search_data_dir(settings, args.results_dir)
     table = airbus.read_dataset(data_dir)
     project_dir = Path(args.results_dir) / settings["project"]
+    # The chief (or a lone search) owns the project; workers write through the chief's oracle.
+    owner = locks.hold(project_dir, "--project") if role != "worker" else contextlib.nullcontext()
+    with owner:
+        return search_project(args, settings, role, table, data_dir, project_dir)
+
+
+def search_project(
+    args: argparse.Namespace,
+    settings: dict,
+    role: str,
+    table: pd.DataFrame,
+    data_dir: Path,
+    project_dir: Path,
+) -> dict:
+    """The search proper, in a project this process may write to (see ``run_search``)."""
     fresh = args.overwrite or not check_resumable(project_dir, settings)
     if fresh and role != "worker":
         remove_previous_results(project_dir)

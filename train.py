@@ -41,6 +41,7 @@ from shipseg import (
     cli,
     drawing,
     kfold,
+    locks,
     results,
     splits,
     training,
@@ -451,8 +452,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_command(args: argparse.Namespace) -> None:
-    """K-fold cross-validation with ``--folds``, one training otherwise."""
-    run_folds(args) if args.folds else run_training(args)
+    """K-fold cross-validation with ``--folds``, one training otherwise, owning the project.
+
+    The project's lock keeps a second training, or a search of the same project, out.
+    """
+    with locks.hold(find_project(Path(args.results_dir), args.project), "--project"):
+        run_folds(args) if args.folds else run_training(args)
 
 
 if __name__ == "__main__":
