@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -191,14 +190,6 @@ def load_hyperparameters(path: Path) -> dict:
     return {name: values[name] for name in names}
 
 
-def clear_previous_training(out_dir: Path) -> None:
-    """Empties ``final/`` of an earlier training, so old metrics never sit beside a new model."""
-    for name in (*FINAL_FILES, ".history.csv.partial"):
-        (out_dir / name).unlink(missing_ok=True)
-    shutil.rmtree(out_dir / "logs", ignore_errors=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-
 @dataclasses.dataclass
 class Run:
     """What a training run starts from: the search's project, data, split and configuration."""
@@ -283,19 +274,28 @@ def train_and_evaluate(
 
     With ``full`` in ``config["trained_on"]`` the validation images are trained on too and
     nothing stops early. Writes ``model.keras``, ``config.json``, ``metrics.json``, the
-    history and the example figure to ``out_dir``.
+    history and the example figure to ``out_dir``, all or nothing: into a staging folder
+    beside it, swapped in when complete (``atomic.staged_folder``), so an interrupted training
+    leaves the previous results as they were.
 
     Returns:
         The content of ``metrics.json``.
     """
     settings = settings or run.settings
+    with atomic.staged_folder(out_dir) as staging:
+        metrics = _train_and_evaluate_into(run, tables, staging, config, settings)
+    return metrics
+
+
+def _train_and_evaluate_into(
+    run: Run, tables: dict[str, pd.DataFrame], out_dir: Path, config: dict, settings
+) -> dict:
     full = config["trained_on"] == "train+val"
-    clear_previous_training(out_dir)
     atomic.write_json_atomically(out_dir / "config.json", {**config, "status": "training"})
     keras.utils.set_random_seed(settings.seed)
     print(
         f"Training {run.values} on {len(tables['train'])} images for up to {settings.epochs} "
-        f"epochs (checkpoint on {settings.monitor}); results in {out_dir}"
+        f"epochs (checkpoint on {settings.monitor}); writing to {out_dir} until it completes"
     )
     trained = training.train_model(
         run.values, tables["train"], None if full else tables["val"], settings, out_dir
