@@ -48,6 +48,7 @@ from shipseg import (
     cli,
     drawing,
     locks,
+    records,
 )
 from shipseg.rle import rle_encode, ships_to_label_image
 
@@ -98,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--labels", help="a ship CSV (ImageId,EncodedPixels) to score the predictions"
     )
     parser.add_argument("--no-overlays", action="store_true", help="skip the overlay PNGs")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the output folder's earlier predictions instead of resuming them (needed "
+        "to change the model or settings of a folder)",
+    )
     return parser
 
 
@@ -313,20 +320,29 @@ def run_inference(args: argparse.Namespace) -> dict:
     model = load_model(model_path)
     out_dir = Path(args.out) if args.out else default_output_dir(model_path)
     with locks.hold(out_dir, "--out"):
+        identity = records.run_identity(
+            model_path, _settings_record(input_config, postprocess, args)
+        )
+        done = records.open_run(out_dir, identity, args.overwrite)
         readable, skipped = check_files(paths)
         for problem in skipped:
             print(f"skipped {problem}", file=sys.stderr)
+        todo = [path for path in readable if path.stem not in done]
+        if len(todo) < len(readable):
+            print(
+                f"Resuming: {len(readable) - len(todo)} of {len(readable)} images are done already"
+            )
         print(
-            f"Predicting {len(readable)} images with {model_path} ({postprocess}); "
-            f"writing to {out_dir}"
+            f"Predicting {len(todo)} images with {model_path} ({postprocess}); writing to {out_dir}"
         )
-        outputs, seconds = predict_images(
-            model, readable, input_config, postprocess, scorer, args, out_dir
-        )
-        for position, path in enumerate(readable):
-            if position not in outputs:
+        new, seconds = predict_images(model, todo, input_config, postprocess, scorer, args, out_dir)
+        for position, path in enumerate(todo):
+            if position not in new:
                 skipped.append(f"{path}: could not be decoded")
                 print(f"skipped {path}: could not be decoded", file=sys.stderr)
+        outputs = gather_records(
+            readable, {todo[i].stem: rec for i, rec in new.items()}, done, out_dir, scorer
+        )
         ships = write_tables(outputs, out_dir)
         scores = scorer.report(out_dir) if scorer.truth is not None else None
     print(
@@ -336,6 +352,7 @@ def run_inference(args: argparse.Namespace) -> dict:
     )
     return {
         "processed": len(outputs),
+        "resumed": len(readable) - len(todo),
         "skipped": skipped,
         "ships": ships,
         "out_dir": out_dir,
@@ -370,8 +387,8 @@ def finish_image(
     out_dir: Path,
     overlays: bool,
     scorer: LabelScorer,
-) -> tuple[list, tuple]:
-    """Post-processes, writes and scores one image; returns its submission and images.csv rows."""
+) -> dict:
+    """Post-processes, writes and scores one image; returns its record (``shipseg.records``)."""
     path = paths[prediction.position]
     labels = process_prediction(
         path,
@@ -382,8 +399,38 @@ def finish_image(
         prediction.image,
         prediction.ship_probability,
     )
-    scorer.add(path.name, labels, evaluation.ship_score(prediction))
-    return ship_rows(path.name, labels), image_row(path.name, prediction, labels)
+    record = {
+        "rows": ship_rows(path.name, labels),
+        "image_row": image_row(path.name, prediction, labels),
+        "shape": list(labels.shape),
+        "ship_score": evaluation.ship_score(prediction),
+    }
+    records.write_record(out_dir, path.name, record)
+    scorer.add(path.name, labels, record["ship_score"])
+    return record
+
+
+def gather_records(
+    paths: list[Path], new: dict[str, dict], done: set[str], out_dir: Path, scorer: LabelScorer
+) -> dict[int, dict]:
+    """Every finished image's record by position: this run's, or an earlier run's (scored)."""
+    outputs = {}
+    for position, path in enumerate(paths):
+        if path.stem in new:
+            outputs[position] = new[path.stem]
+        elif path.stem in done:
+            outputs[position] = records.read_record(out_dir, path.name)
+            scorer.add_record(path.name, outputs[position])
+    return outputs
+
+
+def _settings_record(input_config, postprocess, args: argparse.Namespace) -> dict:
+    """The settings that shape an inference's outputs (a resumed run must share them)."""
+    return {
+        "input": None if input_config is None else dataclasses.asdict(input_config),
+        "postprocess": dataclasses.asdict(postprocess),
+        "overlays": not args.no_overlays,
+    }
 
 
 def input_images(args: argparse.Namespace) -> list[Path]:
@@ -434,12 +481,18 @@ def finish_in_threads(predictions, finish, total: int) -> dict[int, tuple]:
     return results
 
 
-def write_tables(outputs: dict[int, tuple], out_dir: Path) -> int:
-    """Writes ``submission.csv`` and ``images.csv`` in image order; returns the ships found."""
+def write_tables(outputs: dict[int, dict], out_dir: Path) -> int:
+    """Writes ``submission.csv`` and ``images.csv`` from the images' records in image order.
+
+    Returns:
+        The number of ships found.
+    """
     done = sorted(outputs)
-    rows = [row for position in done for row in outputs[position][0]]
+    rows = [tuple(row) for position in done for row in outputs[position]["rows"]]
     submission = pd.DataFrame(rows, columns=list(airbus.CSV_COLUMNS))
-    images = pd.DataFrame([outputs[position][1] for position in done], columns=IMAGE_COLUMNS)
+    images = pd.DataFrame(
+        [outputs[position]["image_row"] for position in done], columns=IMAGE_COLUMNS
+    )
     if rows:
         for name, table in (("submission.csv", submission), ("images.csv", images)):
             atomic.write_atomically(
@@ -467,6 +520,13 @@ class LabelScorer:
                 return
             true_labels = ships_to_label_image(self.truth[name], labels.shape)
             self.scoreboard.add(true_labels, labels, ship_score)
+
+    def add_record(self, name: str, record: dict) -> None:
+        """Scores an image done by an earlier run, from its record's submission rows."""
+        if self.truth is None:
+            return
+        rles = [rle for _, rle in record["rows"] if rle]
+        self.add(name, ships_to_label_image(rles, tuple(record["shape"])), record["ship_score"])
 
     def report(self, out_dir: Path) -> dict:
         """Prints and writes (``scores.json``) the scores of the labelled predictions."""

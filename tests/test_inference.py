@@ -174,3 +174,57 @@ def test_submission_rows_decode_to_exactly_the_predicted_ships(tmp_path):
     saved = np.array(Image.open(tmp_path / "masks" / "sea.png"))
     assert len(np.unique(saved[saved > 0])) == 2
     assert inference.ship_rows("empty.png", np.zeros((4, 4), np.int32)) == [("empty.png", "")]
+
+
+def test_an_interrupted_inference_resumes_to_the_same_submission_and_scores(
+    trained_project, synthetic_dataset, tmp_path
+):
+    project, _ = trained_project
+    images = sorted((Path(synthetic_dataset) / "train_v2").glob("*.jpg"))[:8]
+    labels = ["--labels", str(Path(synthetic_dataset) / "train_ship_segmentations_v2.csv")]
+
+    def infer(out):
+        command = inference_command(project.parent, *map(str, images), "--out", str(out), *labels)
+        result = run(command)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result
+
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    infer(whole)
+    infer(resumed)
+    # As a run killed part-way leaves it: the last images have no record (their outputs may be
+    # half written), and the tables are not written yet.
+    for path in images[3:]:
+        (resumed / "records" / f"{path.stem}.json").unlink()
+        (resumed / "masks" / f"{path.stem}.png").write_bytes(b"half")
+    for name in ("submission.csv", "images.csv", "scores.json"):
+        (resumed / name).unlink()
+    assert "Resuming: 3 of 8 images are done already" in infer(resumed).stdout
+    for name in ("submission.csv", "images.csv", "scores.json"):
+        assert (resumed / name).read_bytes() == (whole / name).read_bytes(), name
+    for path in images:
+        mask = f"masks/{path.stem}.png"
+        assert (resumed / mask).read_bytes() == (whole / mask).read_bytes()
+
+
+def test_an_output_folder_of_another_model_or_settings_is_not_mixed_into(
+    trained_project, synthetic_dataset, tmp_path
+):
+    project, _ = trained_project
+    test_dir = str(Path(synthetic_dataset) / "test_v2")
+    out = tmp_path / "predictions"
+    assert run(inference_command(project.parent, test_dir, "--out", str(out))).returncode == 0
+    result = run(
+        inference_command(project.parent, test_dir, "--out", str(out), "--threshold", "0.9")
+    )
+    assert result.returncode == 2
+    assert (
+        "holds predictions of another settings" in result.stderr and "--overwrite" in result.stderr
+    )
+    assert len(result.stderr.strip().splitlines()) == 1
+    result = run(
+        inference_command(
+            project.parent, test_dir, "--out", str(out), "--threshold", "0.9", "--overwrite"
+        )
+    )
+    assert result.returncode == 0 and "Resuming" not in result.stdout, result.stderr[-2000:]
