@@ -13,6 +13,8 @@ Writes to ``--out`` (default: ``results/<project>/predictions/``):
     images.csv             one row per image: the ship head's probability (the learnt "is
                            there a ship?"), the top pixel probability, and the ships kept
     scores.json            with ``--labels``: pixel Dice and instance F2 against a ship CSV
+    records/<image>.json   each image's rows, written last: a rerun resumes from them
+    inference.json         the model and settings of the folder's predictions (not mixed)
 
 A file that cannot be read is reported and skipped; the exit status is non-zero only when no
 image could be processed.
