@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -232,3 +235,31 @@ def test_an_output_folder_of_another_model_or_settings_is_not_mixed_into(
         )
     )
     assert result.returncode == 0 and "Resuming" not in result.stdout, result.stderr[-2000:]
+
+
+def test_an_inference_killed_midway_resumes_to_the_uninterrupted_submission(
+    trained_project, synthetic_dataset, tmp_path
+):
+    project, _ = trained_project
+    images = str(Path(synthetic_dataset) / "train_v2")
+    slow = ["--tta", "--batch-size", "1"]  # so that the kill comes before the end
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert (
+        run(inference_command(project.parent, images, "--out", str(whole), *slow)).returncode == 0
+    )
+    process = subprocess.Popen(
+        inference_command(project.parent, images, "--out", str(killed), *slow),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    while len(list((killed / "records").glob("*.json"))) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the inference ended before it could be killed"
+    assert not (killed / "submission.csv").exists()
+    result = run(inference_command(project.parent, images, "--out", str(killed), *slow))
+    assert result.returncode == 0 and "Resuming: " in result.stdout, result.stderr[-2000:]
+    for name in ("submission.csv", "images.csv"):
+        assert (killed / name).read_bytes() == (whole / name).read_bytes(), name

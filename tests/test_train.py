@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import subprocess
 import sys
+import time
 
 import pandas as pd
 import pytest
@@ -128,3 +131,31 @@ def test_k_fold_training_tests_every_train_and_val_image_once(project_copy):
     assert "folds above the baseline" in result.stdout
     for fold in range(3):
         assert (project_copy / "folds" / f"fold_{fold}" / "model.keras").is_file()
+
+
+def test_a_training_killed_midway_leaves_the_previous_final_model_and_is_named_next_time(
+    project_copy,
+):
+    assert train(project_copy, "--epochs", "1").returncode == 0
+    final = project_copy / "final"
+    before = {path.name: path.read_bytes() for path in final.iterdir() if path.is_file()}
+    command = [sys.executable, str(ROOT / "train.py"), "--results-dir", str(project_copy.parent)]
+    process = subprocess.Popen(
+        [*command, "--best", "--project", "tiny", "--epochs", "200", "--patience", "200"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    staging = project_copy / "final.partial"
+    deadline = time.monotonic() + 300
+    while not (staging / "model.keras").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.kill()
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the training ended before it could be killed"
+    assert (staging / "model.keras").exists()
+    after = {path.name: path.read_bytes() for path in final.iterdir() if path.is_file()}
+    assert after == before
+    result = train(project_copy, "--epochs", "1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "final.partial: an earlier run was interrupted" in result.stdout
+    assert not staging.exists()
