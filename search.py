@@ -493,6 +493,13 @@ def make_tuner(
         # Keras Tuner builds one model while it is constructed; a space whose smallest model
         # is already too big fails there, before any trial could record it.
         raise cli.UserError(f"--max-parameters: {error}") from None
+    except (ValueError, KeyError, RuntimeError) as error:  # json.JSONDecodeError is a ValueError
+        # Resuming reads Keras Tuner's saved state; written atomically since 2026-12-01, it
+        # can still be damaged by older versions or by hand.
+        raise cli.UserError(
+            f"{project_dir / 'tuner'}: Keras Tuner's saved state cannot be read "
+            f"({type(error).__name__}: {error}); rerun with --overwrite to start afresh"
+        ) from None
 
 
 def _hyperband_settings(args: argparse.Namespace) -> dict:

@@ -7,6 +7,8 @@ the missing piece, if an upgrade moves one of them.
 
 from __future__ import annotations
 
+import os
+
 import keras_tuner
 from keras_tuner.src.engine import tuner_utils
 
@@ -36,3 +38,23 @@ def tensorboard_dir(tuner: keras_tuner.Tuner, log_dir: str, trial_id: str, execu
 def copy_callbacks(tuner: keras_tuner.Tuner, callbacks: list) -> list:
     """Deep copies of the user's callbacks for one execution, as Keras Tuner makes them."""
     return tuner._deepcopy_callbacks(callbacks)
+
+
+def oracle_path(oracle: keras_tuner.Oracle) -> str:
+    """The oracle's own state file (``oracle.json``)."""
+    return oracle._get_oracle_fname()
+
+
+def trial_path(oracle: keras_tuner.Oracle, trial_id: str) -> str:
+    """A trial's state file (``trial_<id>/trial.json``), its folder created."""
+    return os.path.join(oracle._get_trial_dir(trial_id), "trial.json")
+
+
+def tuner_path(tuner: keras_tuner.Tuner) -> str:
+    """The tuner's own state file (``<tuner_id>.json``)."""
+    return tuner._get_tuner_fname()
+
+
+def is_worker(tuner: keras_tuner.Tuner) -> bool:
+    """Whether this tuner is a worker of a distributed search (its oracle is the chief's)."""
+    return tuner._is_worker()

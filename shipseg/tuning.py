@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import resource
 import time
 import zlib
@@ -173,6 +174,15 @@ class BudgetedHyperbandOracle(HyperbandOracle):
 
     deadline: float | None = None
 
+    # Keras Tuner writes its JSON state in place; a kill during a write would leave a file
+    # that the next resume cannot read. Written atomically instead (same content).
+    def save(self):  # noqa: D102
+        atomic.write_text_atomically(kt_private.oracle_path(self), json.dumps(self.get_state()))
+
+    def _save_trial(self, trial):
+        path = kt_private.trial_path(self, trial.trial_id)
+        atomic.write_text_atomically(path, json.dumps(trial.get_state()))
+
     def populate_space(self, trial_id):  # noqa: D102
         if self.deadline is not None and time.time() >= self.deadline:
             return {"status": keras_tuner.engine.trial.TrialStatus.STOPPED, "values": None}
@@ -209,6 +219,11 @@ class IsolatedHyperband(keras_tuner.Tuner):
         super().__init__(oracle=oracle, hypermodel=unet_hypermodel, **kwargs)
         self.multi_gpu = multi_gpu
         self.training_data = training_data
+
+    def save(self):  # noqa: D102  (atomically: see BudgetedHyperbandOracle.save)
+        if not kt_private.is_worker(self):
+            self.oracle.save()
+        atomic.write_text_atomically(kt_private.tuner_path(self), json.dumps(self.get_state()))
 
     def on_trial_begin(self, trial):  # noqa: D102
         if self.search_budget is not None:

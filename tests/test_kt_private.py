@@ -13,7 +13,11 @@ TUNER_METHODS = {
     "_get_build_config_fname": ["trial_id"],
     "_get_tensorboard_dir": ["logdir", "trial_id", "execution"],
     "_deepcopy_callbacks": ["callbacks"],
+    "_get_tuner_fname": [],
+    "_is_worker": [],
 }
+# The private Oracle methods the adapter calls or the tuner's oracle overrides.
+ORACLE_METHODS = {"_get_oracle_fname": [], "_get_trial_dir": ["trial_id"], "_save_trial": ["trial"]}
 
 
 @pytest.mark.parametrize("name", sorted(TUNER_METHODS))
@@ -23,6 +27,16 @@ def test_the_private_tuner_methods_the_adapter_calls_still_exist(name):
     parameters = list(inspect.signature(method).parameters)[1:]
     assert parameters == TUNER_METHODS[name], (
         f"keras_tuner.Tuner.{name} now takes {parameters}: update shipseg/kt_private.py"
+    )
+
+
+@pytest.mark.parametrize("name", sorted(ORACLE_METHODS))
+def test_the_private_oracle_methods_still_exist(name):
+    method = getattr(keras_tuner.Oracle, name, None)
+    assert method is not None, f"keras_tuner.Oracle.{name} is gone: update shipseg/kt_private.py"
+    parameters = list(inspect.signature(method).parameters)[1:]
+    assert parameters == ORACLE_METHODS[name], (
+        f"keras_tuner.Oracle.{name} now takes {parameters}: update shipseg/kt_private.py"
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -287,3 +288,15 @@ def test_a_bad_search_budget_is_one_line(synthetic_dataset, tmp_path):
     result = run(search_command(synthetic_dataset, tmp_path, "--time-budget", "45"))
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith("search.py: error: --time-budget")
+
+
+def test_a_damaged_keras_tuner_state_is_explained_on_resume(finished_search, tmp_path):
+    project, _ = finished_search
+    copy = shutil.copytree(project, tmp_path / "tiny")
+    config = json.loads((copy / "search_config.json").read_text())
+    trial_file = next((copy / "tuner").glob("trial_*/trial.json"))
+    trial_file.write_text(trial_file.read_text()[:20])  # as an in-place write cut short leaves it
+    result = run(search_command(config["data_dir"], tmp_path, "--max-epochs", "2", "--factor", "2"))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Keras Tuner's saved state cannot be read" in result.stderr
+    assert "--overwrite" in result.stderr and len(result.stderr.strip().splitlines()) == 1
