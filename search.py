@@ -496,6 +496,8 @@ def make_tuner(
     except (ValueError, KeyError, RuntimeError) as error:  # json.JSONDecodeError is a ValueError
         # Resuming reads Keras Tuner's saved state; written atomically since 2026-12-01, it
         # can still be damaged by older versions or by hand.
+        if args.overwrite or not (project_dir / "tuner").is_dir():
+            raise
         raise cli.UserError(
             f"{project_dir / 'tuner'}: Keras Tuner's saved state cannot be read "
             f"({type(error).__name__}: {error}); rerun with --overwrite to start afresh"
