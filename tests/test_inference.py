@@ -263,3 +263,25 @@ def test_an_inference_killed_midway_resumes_to_the_uninterrupted_submission(
     assert result.returncode == 0 and "Resuming: " in result.stdout, result.stderr[-2000:]
     for name in ("submission.csv", "images.csv"):
         assert (killed / name).read_bytes() == (whole / name).read_bytes(), name
+
+
+def test_a_second_inference_into_a_busy_folder_is_refused_and_the_first_finishes(
+    trained_project, synthetic_dataset, tmp_path
+):
+    project, _ = trained_project
+    out = tmp_path / "predictions"
+    command = inference_command(
+        project.parent, str(Path(synthetic_dataset) / "train_v2"), "--out", str(out), "--tta"
+    )
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (out / "inference.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    second = run(command)
+    assert second.returncode == 2 and f"in use by process {first.pid}" in second.stderr
+    _, stderr = first.communicate(timeout=600)
+    assert first.returncode == 0, stderr[-3000:]
+    submission = pd.read_csv(out / "submission.csv", keep_default_na=False)
+    assert submission.ImageId.nunique() == len(
+        list((Path(synthetic_dataset) / "train_v2").iterdir())
+    )

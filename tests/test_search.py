@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -300,3 +301,55 @@ def test_a_damaged_keras_tuner_state_is_explained_on_resume(finished_search, tmp
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Keras Tuner's saved state cannot be read" in result.stderr
     assert "--overwrite" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_search_killed_again_and_again_loses_nothing_and_finishes(synthetic_dataset, tmp_path):
+    """Fault injection: kill -9 at random moments and right after Keras Tuner saves its oracle."""
+    command = search_command(synthetic_dataset, tmp_path, "--max-epochs", "4", "--factor", "2")
+    tuner_dir = tmp_path / "tiny" / "tuner"
+    rng = random.Random(7)
+    kept: dict[str, float] = {}
+    for attempt in range(6):
+        process = subprocess.Popen(
+            command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        oracle = tuner_dir / "oracle.json"
+        seen = oracle.stat().st_mtime_ns if oracle.exists() else 0
+        deadline = time.monotonic() + (rng.uniform(5, 25) if attempt % 2 else 120)
+        while time.monotonic() < deadline and process.poll() is None:
+            if attempt % 2 == 0 and oracle.exists() and oracle.stat().st_mtime_ns != seen:
+                break  # kill right as the oracle has been (or is being) written
+            time.sleep(0.01)
+        process.kill()
+        process.wait()
+        now = completed_trials(tuner_dir)  # every state file still reads
+        assert all(now.get(trial) == pytest.approx(score) for trial, score in kept.items())
+        kept = now
+    result = run(command)
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = pd.read_csv(tmp_path / "tiny" / "trials.csv", dtype={"trial_id": str})
+    trials = trials.set_index("trial_id")
+    assert (trials.status == "COMPLETED").all()
+    for trial_id, score in completed_trials(tuner_dir).items():
+        assert trials.val_dice[trial_id] == pytest.approx(score)
+    assert set(kept) <= set(trials.index)
+    for path in tuner_dir.rglob("*.json"):
+        json.loads(path.read_text())  # no damaged state file anywhere
+
+
+def test_a_second_search_on_a_running_project_is_refused_and_the_first_finishes(
+    synthetic_dataset, tmp_path
+):
+    command = search_command(synthetic_dataset, tmp_path, "--max-epochs", "2", "--factor", "2")
+    first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "tiny" / "tuner").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    second = run(command)
+    assert second.returncode == 2
+    assert f"in use by process {first.pid}" in second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1
+    _, stderr = first.communicate(timeout=600)
+    assert first.returncode == 0, stderr[-3000:]
+    trials = pd.read_csv(tmp_path / "tiny" / "trials.csv")
+    assert len(trials) >= 4 and (trials.status == "COMPLETED").all()

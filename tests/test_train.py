@@ -159,3 +159,19 @@ def test_a_training_killed_midway_leaves_the_previous_final_model_and_is_named_n
     assert result.returncode == 0, result.stderr[-2000:]
     assert "final.partial: an earlier run was interrupted" in result.stdout
     assert not staging.exists()
+
+
+def test_a_second_training_of_a_project_in_training_is_refused_and_the_first_finishes(
+    project_copy,
+):
+    command = [sys.executable, str(ROOT / "train.py"), "--results-dir", str(project_copy.parent)]
+    command += ["--best", "--project", "tiny", "--verbose", "0", "--epochs", "3"]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (project_copy / "final.partial").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    second = run(command)
+    assert second.returncode == 2 and f"in use by process {first.pid}" in second.stderr
+    _, stderr = first.communicate(timeout=600)
+    assert first.returncode == 0, stderr[-3000:]
+    assert json.loads((project_copy / "final" / "config.json").read_text())["status"] == "complete"
