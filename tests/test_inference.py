@@ -277,7 +277,9 @@ def test_a_second_inference_into_a_busy_folder_is_refused_and_the_first_finishes
     deadline = time.monotonic() + 300
     while not (out / "inference.json").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
+    first.send_signal(signal.SIGSTOP)  # holding its lock, however fast it would finish
     second = run(command)
+    first.send_signal(signal.SIGCONT)
     assert second.returncode == 2 and f"in use by process {first.pid}" in second.stderr
     _, stderr = first.communicate(timeout=600)
     assert first.returncode == 0, stderr[-3000:]

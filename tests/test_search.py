@@ -6,6 +6,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -345,7 +346,9 @@ def test_a_second_search_on_a_running_project_is_refused_and_the_first_finishes(
     deadline = time.monotonic() + 300
     while not (tmp_path / "tiny" / "tuner").exists() and time.monotonic() < deadline:
         time.sleep(0.2)
+    first.send_signal(signal.SIGSTOP)  # holding its lock, however fast it would finish
     second = run(command)
+    first.send_signal(signal.SIGCONT)
     assert second.returncode == 2
     assert f"in use by process {first.pid}" in second.stderr
     assert len(second.stderr.strip().splitlines()) == 1

@@ -170,7 +170,9 @@ def test_a_second_training_of_a_project_in_training_is_refused_and_the_first_fin
     deadline = time.monotonic() + 300
     while not (project_copy / "final.partial").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
+    first.send_signal(signal.SIGSTOP)  # holding its lock, however fast it would finish
     second = run(command)
+    first.send_signal(signal.SIGCONT)
     assert second.returncode == 2 and f"in use by process {first.pid}" in second.stderr
     _, stderr = first.communicate(timeout=600)
     assert first.returncode == 0, stderr[-3000:]
