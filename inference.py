@@ -12,6 +12,9 @@ Writes to ``--out`` (default: ``results/<project>/predictions/``):
                            without ships (the Kaggle format)
     images.csv             one row per image: the ship head's probability (the learnt "is
                            there a ship?"), the top pixel probability, and the ships kept
+    ships.csv              one row per ship: centre, length and width (pixels and metres),
+                           heading, area, oriented box, probabilities (``shipseg.ships``)
+    ships.geojson          the ships' boxes as polygons in pixel coordinates
     scores.json            with ``--labels``: pixel Dice and instance F2 against a ship CSV
     records/<image>.json   each image's rows, written last: a rerun resumes from them
     inference.json         the model and settings of the folder's predictions (not mixed)
@@ -51,6 +54,7 @@ from shipseg import (
     drawing,
     locks,
     records,
+    ships,
 )
 from shipseg.rle import rle_encode, ships_to_label_image
 
@@ -101,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--labels", help="a ship CSV (ImageId,EncodedPixels) to score the predictions"
     )
     parser.add_argument("--no-overlays", action="store_true", help="skip the overlay PNGs")
+    parser.add_argument(
+        "--pixel-size",
+        type=float,
+        default=ships.DEFAULT_PIXEL_SIZE,
+        help="metres per pixel, for the ships' length and width in metres (Airbus: 1.5)",
+    )
     parser.add_argument(
         "--overwrite",
         action="store_true",
@@ -345,10 +355,10 @@ def run_inference(args: argparse.Namespace) -> dict:
         outputs = gather_records(
             readable, {todo[i].stem: rec for i, rec in new.items()}, done, out_dir, scorer
         )
-        ships = write_tables(outputs, out_dir)
+        found = write_tables(outputs, out_dir)
         scores = scorer.report(out_dir) if scorer.truth is not None else None
     print(
-        f"{len(outputs)} images processed, {len(skipped)} skipped, {ships} ships found "
+        f"{len(outputs)} images processed, {len(skipped)} skipped, {found} ships found "
         f"in {seconds:.1f} s ({len(outputs) / max(seconds, 1e-9):.2f} images/s); "
         f"submission: {out_dir / 'submission.csv'}"
     )
@@ -356,7 +366,7 @@ def run_inference(args: argparse.Namespace) -> dict:
         "processed": len(outputs),
         "resumed": len(readable) - len(todo),
         "skipped": skipped,
-        "ships": ships,
+        "ships": found,
         "out_dir": out_dir,
         "scores": scores,
         "seconds": seconds,
@@ -372,6 +382,7 @@ def predict_images(model, paths, input_config, postprocess, scorer, args, out_di
         out_dir=out_dir,
         overlays=not args.no_overlays,
         scorer=scorer,
+        pixel_size=args.pixel_size,
     )
     start = time.perf_counter()
     table = pd.DataFrame({"path": [str(path) for path in paths]})
@@ -389,6 +400,7 @@ def finish_image(
     out_dir: Path,
     overlays: bool,
     scorer: LabelScorer,
+    pixel_size: float = ships.DEFAULT_PIXEL_SIZE,
 ) -> dict:
     """Post-processes, writes and scores one image; returns its record (``shipseg.records``)."""
     path = paths[prediction.position]
@@ -404,6 +416,9 @@ def finish_image(
     record = {
         "rows": ship_rows(path.name, labels),
         "image_row": image_row(path.name, prediction, labels),
+        "ships": ships.ship_records(
+            path.name, labels, prediction.probabilities, prediction.ship_probability, pixel_size
+        ),
         "shape": list(labels.shape),
         "ship_score": evaluation.ship_score(prediction),
     }
@@ -432,6 +447,7 @@ def _settings_record(input_config, postprocess, args: argparse.Namespace) -> dic
         "input": None if input_config is None else dataclasses.asdict(input_config),
         "postprocess": dataclasses.asdict(postprocess),
         "overlays": not args.no_overlays,
+        "pixel_size": args.pixel_size,
     }
 
 
@@ -495,11 +511,16 @@ def write_tables(outputs: dict[int, dict], out_dir: Path) -> int:
     images = pd.DataFrame(
         [outputs[position]["image_row"] for position in done], columns=IMAGE_COLUMNS
     )
+    ship_list = [ship for position in done for ship in outputs[position]["ships"]]
+    ship_table = pd.DataFrame(ship_list, columns=list(ships.SHIP_COLUMNS))
+    ship_table["corners"] = ship_table.corners.map(json.dumps)
     if rows:
-        for name, table in (("submission.csv", submission), ("images.csv", images)):
+        tables = (("submission.csv", submission), ("images.csv", images), ("ships.csv", ship_table))
+        for name, table in tables:
             atomic.write_atomically(
                 out_dir / name, lambda temporary, table=table: table.to_csv(temporary, index=False)
             )
+        atomic.write_text_atomically(out_dir / "ships.geojson", ships.geojson(ship_list))
     return int((submission.EncodedPixels != "").sum())
 
 

@@ -22,7 +22,16 @@ from shipseg.cli import UserError
 RECORDS = "records"
 RUN_FILE = "inference.json"
 # What --overwrite removes besides the records: everything an inference writes.
-OUTPUTS = ("masks", "overlays", "submission.csv", "images.csv", "scores.json", RUN_FILE)
+OUTPUTS = (
+    "masks",
+    "overlays",
+    "submission.csv",
+    "images.csv",
+    "ships.csv",
+    "ships.geojson",
+    "scores.json",
+    RUN_FILE,
+)
 
 
 def run_identity(model_path: Path, settings: dict) -> dict:

@@ -287,3 +287,25 @@ def test_a_second_inference_into_a_busy_folder_is_refused_and_the_first_finishes
     assert submission.ImageId.nunique() == len(
         list((Path(synthetic_dataset) / "train_v2").iterdir())
     )
+
+
+def test_inference_lists_every_predicted_ship_with_its_box_in_csv_and_geojson(
+    trained_project, synthetic_dataset, tmp_path
+):
+    project, _ = trained_project
+    out = tmp_path / "predictions"
+    images = str(Path(synthetic_dataset) / "train_v2")
+    command = inference_command(project.parent, images, "--out", str(out), "--threshold", "0.3")
+    result = run([*command, "--image-threshold", "0.3", "--pixel-size", "2"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    submission = pd.read_csv(out / "submission.csv", keep_default_na=False)
+    ship_list = pd.read_csv(out / "ships.csv")
+    assert len(ship_list) == (submission.EncodedPixels != "").sum() > 0
+    for row in ship_list.itertuples():
+        mask = np.array(Image.open(out / "masks" / f"{Path(row.ImageId).stem}.png"))
+        levels = sorted(np.unique(mask[mask > 0]), reverse=True)  # ship 1 is the brightest
+        assert (mask == levels[row.ship - 1]).sum() == row.area_px
+        assert row.length_m == pytest.approx(2 * row.length_px, abs=0.02)
+        assert 0 <= row.heading_deg < 180 and 0 < row.width_px
+    features = json.loads((out / "ships.geojson").read_text())["features"]
+    assert len(features) == len(ship_list)
