@@ -45,6 +45,7 @@ from shipseg import (
     cli,
     isolation,
     locks,
+    report,
     results,
     splits,
     synthetic,
@@ -183,6 +184,12 @@ def _space_options(group) -> None:
 
 def _run_options(group) -> None:
     """Where results go, the seed, resuming, devices and verbosity."""
+    group.add_argument(
+        "--report",
+        action="store_true",
+        help="only (re)write the project's report.md from its trials.csv: the best trials and "
+        "how much each hyperparameter mattered (written after every search too)",
+    )
     group.add_argument("--results-dir", default="results")
     group.add_argument(
         "--project", help="results/<project> (default: the data folder's name, or 'synthetic')"
@@ -379,6 +386,19 @@ def search_project(
     return {"project_dir": project_dir, "trials": trials, "best": best}
 
 
+def report_command(args: argparse.Namespace) -> None:
+    """``--report``: writes an existing project's ``report.md`` from its ``trials.csv``."""
+    project = args.project or (Path(args.data_dir).resolve().name if args.data_dir else "synthetic")
+    project_dir = Path(args.results_dir) / project
+    trials_path = project_dir / "trials.csv"
+    if not trials_path.is_file():
+        raise cli.UserError(f"{trials_path}: no trials to report on (run the search first)")
+    objective = json.loads((project_dir / "search_config.json").read_text())["objective"]
+    trials = pd.read_csv(trials_path, dtype={"trial_id": str})
+    names = [dimension.name for dimension in hypermodel.DEFAULT_SPACE]
+    print(f"Wrote {report.write_report(trials, objective, names, project_dir)}")
+
+
 def search_data_dir(settings: dict, results_dir: str) -> Path:
     """The ``--data-dir``, or the synthetic dataset (made on first use) without one."""
     if settings["data_dir"] is not None:
@@ -554,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
     return cli.main(
         "search.py",
         build_parser(),
-        run_search,
+        lambda args: report_command(args) if args.report else run_search(args),
         argv,
         on_interrupt="rerun the same command to resume (completed trials are kept)",
     )

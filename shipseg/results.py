@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 import hypermodel
-from shipseg import atomic
+from shipseg import atomic, report
 
 OBJECTIVES = ("val_dice", "val_f2", "val_f2_tuned")
 
@@ -64,7 +64,7 @@ def trials_table(tuner: keras_tuner.Tuner, objective: str) -> pd.DataFrame:
 def export_results(
     tuner: keras_tuner.Tuner, project_dir: Path, settings: dict, wall_seconds: float
 ) -> tuple[pd.DataFrame, dict | None]:
-    """Writes ``trials.csv``, ``best_hparams.json`` and ``trials.png``, each atomically.
+    """Writes ``trials.csv``, ``best_hparams.json``, ``trials.png`` and ``report.md``, atomically.
 
     Returns:
         The trials table and the content of ``best_hparams.json`` (None when no trial
@@ -95,6 +95,7 @@ def export_results(
         }
         atomic.write_json_atomically(project_dir / "best_hparams.json", best)
         plot_trials(trials, objective, project_dir / "trials.png")
+        report.write_report(trials, objective, names, project_dir)
     summary = {
         "wall_seconds": round(wall_seconds, 2),
         "trial_seconds": round(float(trials.duration_s.sum()), 2) if len(trials) else 0.0,
@@ -167,6 +168,6 @@ def print_summary(trials: pd.DataFrame, project_dir: Path, objective: str, top: 
         print(f"\nBest {min(top, len(trials))} of {len(trials)} trials (by {objective}):")
         print(trials[columns].head(top).to_string(index=False))
     print(
-        f"\nResults in {project_dir}: trials.csv, best_hparams.json, trials.png; "
+        f"\nResults in {project_dir}: trials.csv, best_hparams.json, trials.png, report.md; "
         f"TensorBoard: tensorboard --logdir {project_dir.parent}"
     )

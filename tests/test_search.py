@@ -69,6 +69,7 @@ def test_search_writes_every_result_file(finished_search, synthetic_dataset):
     assert set(best["hyperparameters"]) == {d.name for d in hypermodel.DEFAULT_SPACE}
     assert best["hyperparameters"]["levels"] == 2
     assert (project / "trials.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "## What mattered" in (project / "report.md").read_text()
     summary = json.loads((project / "search_summary.json").read_text())
     assert summary["completed"] == len(trials)
     assert summary["fit_seconds"] == pytest.approx(trials.fit_s.sum(), abs=0.05)
@@ -356,3 +357,14 @@ def test_a_second_search_on_a_running_project_is_refused_and_the_first_finishes(
     assert first.returncode == 0, stderr[-3000:]
     trials = pd.read_csv(tmp_path / "tiny" / "trials.csv")
     assert len(trials) >= 4 and (trials.status == "COMPLETED").all()
+
+
+def test_report_rewrites_a_projects_report_and_explains_a_missing_one(finished_search, tmp_path):
+    project, _ = finished_search
+    copy = shutil.copytree(project, tmp_path / "tiny")
+    (copy / "report.md").unlink()
+    search = [sys.executable, str(ROOT / "search.py"), "--results-dir", str(tmp_path), "--report"]
+    result = run([*search, "--project", "tiny"])
+    assert result.returncode == 0 and (copy / "report.md").is_file(), result.stderr[-2000:]
+    result = run([*search, "--project", "nothing-here"])
+    assert result.returncode == 2 and "no trials to report on" in result.stderr
