@@ -56,7 +56,7 @@ from shipseg import (
     records,
     ships,
 )
-from shipseg.rle import rle_encode, ships_to_label_image
+from shipseg.rle import ships_to_label_image
 
 # Post-processing threads (PNG encoding and connected components release the GIL): one per
 # core this process may use, at least two, so that a machine with a GPU and many cores is not
@@ -215,30 +215,6 @@ def load_settings(model_path: Path, args: argparse.Namespace):
 # ---------------------------------------------------------------------------------------------
 
 
-def ship_rows(image_id: str, labels: np.ndarray) -> list[tuple[str, str]]:
-    """Submission rows of one image: one per ship, or one empty row when there is none."""
-    rows = [(image_id, rle_encode(labels == ship)) for ship in range(1, int(labels.max()) + 1)]
-    return rows or [(image_id, "")]
-
-
-# images.csv: one row per image, beside submission.csv.
-IMAGE_COLUMNS = ("ImageId", "ship_probability", "top_pixel_probability", "ships")
-
-
-def image_row(image_id: str, prediction: evaluation.Prediction, labels: np.ndarray) -> tuple:
-    """One row of ``images.csv``: the image's ship evidence and how many ships were kept.
-
-    ``ship_probability`` is the ship head's (empty for a model without a head): the learnt
-    answer to "is there a ship?", which gates the image's ships at the tuned threshold.
-    """
-    return (
-        image_id,
-        "" if prediction.ship_probability is None else round(prediction.ship_probability, 6),
-        round(float(prediction.probabilities.max(initial=0.0)), 6),
-        int(labels.max(initial=0)),
-    )
-
-
 def process_prediction(
     path: Path,
     probabilities: np.ndarray,
@@ -355,7 +331,7 @@ def run_inference(args: argparse.Namespace) -> dict:
         outputs = gather_records(
             readable, {todo[i].stem: rec for i, rec in new.items()}, done, out_dir, scorer
         )
-        found = write_tables(outputs, out_dir)
+        found = records.write_tables(outputs, out_dir)
         scores = scorer.report(out_dir) if scorer.truth is not None else None
     print(
         f"{len(outputs)} images processed, {len(skipped)} skipped, {found} ships found "
@@ -414,8 +390,8 @@ def finish_image(
         prediction.ship_probability,
     )
     record = {
-        "rows": ship_rows(path.name, labels),
-        "image_row": image_row(path.name, prediction, labels),
+        "rows": records.ship_rows(path.name, labels),
+        "image_row": records.image_row(path.name, prediction, labels),
         "ships": ships.ship_records(
             path.name, labels, prediction.probabilities, prediction.ship_probability, pixel_size
         ),
@@ -497,31 +473,6 @@ def finish_in_threads(predictions, finish, total: int) -> dict[int, tuple]:
             results[position] = future.result()
             progress.update(1)
     return results
-
-
-def write_tables(outputs: dict[int, dict], out_dir: Path) -> int:
-    """Writes ``submission.csv`` and ``images.csv`` from the images' records in image order.
-
-    Returns:
-        The number of ships found.
-    """
-    done = sorted(outputs)
-    rows = [tuple(row) for position in done for row in outputs[position]["rows"]]
-    submission = pd.DataFrame(rows, columns=list(airbus.CSV_COLUMNS))
-    images = pd.DataFrame(
-        [outputs[position]["image_row"] for position in done], columns=IMAGE_COLUMNS
-    )
-    ship_list = [ship for position in done for ship in outputs[position]["ships"]]
-    ship_table = pd.DataFrame(ship_list, columns=list(ships.SHIP_COLUMNS))
-    ship_table["corners"] = ship_table.corners.map(json.dumps)
-    if rows:
-        tables = (("submission.csv", submission), ("images.csv", images), ("ships.csv", ship_table))
-        for name, table in tables:
-            atomic.write_atomically(
-                out_dir / name, lambda temporary, table=table: table.to_csv(temporary, index=False)
-            )
-        atomic.write_text_atomically(out_dir / "ships.geojson", ships.geojson(ship_list))
-    return int((submission.EncodedPixels != "").sum())
 
 
 class LabelScorer:

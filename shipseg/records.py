@@ -1,4 +1,4 @@
-"""Per-image records of an inference run: what makes it resumable, and keeps runs apart.
+"""Per-image records of an inference run and the tables built from them.
 
 An inference writes, for each image, its mask and overlay PNGs and then a small JSON record
 (``records/<image>.json``: its submission rows, its ``images.csv`` row, its size and ship
@@ -16,8 +16,13 @@ import json
 import shutil
 from pathlib import Path
 
-from shipseg import atomic
+import numpy as np
+import pandas as pd
+
+import evaluation
+from shipseg import airbus, atomic, ships
 from shipseg.cli import UserError
+from shipseg.rle import rle_encode
 
 RECORDS = "records"
 RUN_FILE = "inference.json"
@@ -85,3 +90,52 @@ def _remove_outputs(out_dir: Path) -> None:
             shutil.rmtree(path)
         else:
             path.unlink(missing_ok=True)
+
+
+def ship_rows(image_id: str, labels: np.ndarray) -> list[tuple[str, str]]:
+    """Submission rows of one image: one per ship, or one empty row when there is none."""
+    rows = [(image_id, rle_encode(labels == ship)) for ship in range(1, int(labels.max()) + 1)]
+    return rows or [(image_id, "")]
+
+
+# images.csv: one row per image, beside submission.csv.
+IMAGE_COLUMNS = ("ImageId", "ship_probability", "top_pixel_probability", "ships")
+
+
+def image_row(image_id: str, prediction: evaluation.Prediction, labels: np.ndarray) -> tuple:
+    """One row of ``images.csv``: the image's ship evidence and how many ships were kept.
+
+    ``ship_probability`` is the ship head's (empty for a model without a head): the learnt
+    answer to "is there a ship?", which gates the image's ships at the tuned threshold.
+    """
+    return (
+        image_id,
+        "" if prediction.ship_probability is None else round(prediction.ship_probability, 6),
+        round(float(prediction.probabilities.max(initial=0.0)), 6),
+        int(labels.max(initial=0)),
+    )
+
+
+def write_tables(outputs: dict[int, dict], out_dir: Path) -> int:
+    """Writes ``submission.csv`` and ``images.csv`` from the images' records in image order.
+
+    Returns:
+        The number of ships found.
+    """
+    done = sorted(outputs)
+    rows = [tuple(row) for position in done for row in outputs[position]["rows"]]
+    submission = pd.DataFrame(rows, columns=list(airbus.CSV_COLUMNS))
+    images = pd.DataFrame(
+        [outputs[position]["image_row"] for position in done], columns=IMAGE_COLUMNS
+    )
+    ship_list = [ship for position in done for ship in outputs[position]["ships"]]
+    ship_table = pd.DataFrame(ship_list, columns=list(ships.SHIP_COLUMNS))
+    ship_table["corners"] = ship_table.corners.map(json.dumps)
+    if rows:
+        tables = (("submission.csv", submission), ("images.csv", images), ("ships.csv", ship_table))
+        for name, table in tables:
+            atomic.write_atomically(
+                out_dir / name, lambda temporary, table=table: table.to_csv(temporary, index=False)
+            )
+        atomic.write_text_atomically(out_dir / "ships.geojson", ships.geojson(ship_list))
+    return int((submission.EncodedPixels != "").sum())

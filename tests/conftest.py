@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -161,3 +163,21 @@ def trained_project(finished_search):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return project, result
+
+
+def second_run_while_the_first_holds_its_lock(command: list[str], sign: Path):
+    """Starts ``command``; once ``sign`` exists (the first holds its folder's lock), stops it
+    (SIGSTOP: however fast it would finish), runs ``command`` again, lets the first go on.
+
+    Returns:
+        ``(first, second, first_stderr)``: the finished first process, the second's result.
+    """
+    first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not sign.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first.send_signal(signal.SIGSTOP)
+    second = run(command)
+    first.send_signal(signal.SIGCONT)
+    _, stderr = first.communicate(timeout=600)
+    return first, second, stderr.decode(errors="replace")

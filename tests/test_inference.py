@@ -16,8 +16,8 @@ from PIL import Image
 
 import evaluation
 import inference
-from conftest import inference_command, run
-from shipseg import airbus, drawing
+from conftest import inference_command, run, second_run_while_the_first_holds_its_lock
+from shipseg import airbus, drawing, records
 from shipseg.rle import rle_decode
 
 
@@ -171,13 +171,13 @@ def test_submission_rows_decode_to_exactly_the_predicted_ships(tmp_path):
     image = tmp_path / "sea.png"
     Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(image)
     labels = inference.process_prediction(image, probabilities, config, tmp_path, overlays=True)
-    rows = inference.ship_rows("sea.png", labels)
+    rows = records.ship_rows("sea.png", labels)
     assert len(rows) == 2
     decoded = [rle_decode(rle, labels.shape) for _, rle in rows]
     np.testing.assert_array_equal(decoded[0] + 2 * decoded[1], labels)
     saved = np.array(Image.open(tmp_path / "masks" / "sea.png"))
     assert len(np.unique(saved[saved > 0])) == 2
-    assert inference.ship_rows("empty.png", np.zeros((4, 4), np.int32)) == [("empty.png", "")]
+    assert records.ship_rows("empty.png", np.zeros((4, 4), np.int32)) == [("empty.png", "")]
 
 
 def test_an_interrupted_inference_resumes_to_the_same_submission_and_scores(
@@ -273,15 +273,11 @@ def test_a_second_inference_into_a_busy_folder_is_refused_and_the_first_finishes
     command = inference_command(
         project.parent, str(Path(synthetic_dataset) / "train_v2"), "--out", str(out), "--tta"
     )
-    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while not (out / "inference.json").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    first.send_signal(signal.SIGSTOP)  # holding its lock, however fast it would finish
-    second = run(command)
-    first.send_signal(signal.SIGCONT)
+    first, second, stderr = second_run_while_the_first_holds_its_lock(
+        command, out / "inference.json"
+    )
     assert second.returncode == 2 and f"in use by process {first.pid}" in second.stderr
-    _, stderr = first.communicate(timeout=600)
+    assert len(second.stderr.strip().splitlines()) == 1
     assert first.returncode == 0, stderr[-3000:]
     submission = pd.read_csv(out / "submission.csv", keep_default_na=False)
     assert submission.ImageId.nunique() == len(

@@ -6,7 +6,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import pytest
 
 import hypermodel
 import search
-from conftest import ROOT, run, search_command
+from conftest import ROOT, run, search_command, second_run_while_the_first_holds_its_lock
 from shipseg import cli
 
 
@@ -343,17 +342,11 @@ def test_a_second_search_on_a_running_project_is_refused_and_the_first_finishes(
     synthetic_dataset, tmp_path
 ):
     command = search_command(synthetic_dataset, tmp_path, "--max-epochs", "2", "--factor", "2")
-    first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 300
-    while not (tmp_path / "tiny" / "tuner").exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    first.send_signal(signal.SIGSTOP)  # holding its lock, however fast it would finish
-    second = run(command)
-    first.send_signal(signal.SIGCONT)
-    assert second.returncode == 2
-    assert f"in use by process {first.pid}" in second.stderr
+    first, second, stderr = second_run_while_the_first_holds_its_lock(
+        command, tmp_path / "tiny" / "tuner"
+    )
+    assert second.returncode == 2 and f"in use by process {first.pid}" in second.stderr
     assert len(second.stderr.strip().splitlines()) == 1
-    _, stderr = first.communicate(timeout=600)
     assert first.returncode == 0, stderr[-3000:]
     trials = pd.read_csv(tmp_path / "tiny" / "trials.csv")
     assert len(trials) >= 4 and (trials.status == "COMPLETED").all()
@@ -363,8 +356,8 @@ def test_report_rewrites_a_projects_report_and_explains_a_missing_one(finished_s
     project, _ = finished_search
     copy = shutil.copytree(project, tmp_path / "tiny")
     (copy / "report.md").unlink()
-    search = [sys.executable, str(ROOT / "search.py"), "--results-dir", str(tmp_path), "--report"]
-    result = run([*search, "--project", "tiny"])
+    report = [sys.executable, str(ROOT / "search.py"), "--results-dir", str(tmp_path), "--report"]
+    result = run([*report, "--project", "tiny"])
     assert result.returncode == 0 and (copy / "report.md").is_file(), result.stderr[-2000:]
-    result = run([*search, "--project", "nothing-here"])
+    result = run([*report, "--project", "nothing-here"])
     assert result.returncode == 2 and "no trials to report on" in result.stderr

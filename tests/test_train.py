@@ -12,7 +12,7 @@ import time
 import pandas as pd
 import pytest
 
-from conftest import ROOT, run, train_command
+from conftest import ROOT, run, second_run_while_the_first_holds_its_lock, train_command
 from shipseg import airbus
 
 
@@ -166,14 +166,10 @@ def test_a_second_training_of_a_project_in_training_is_refused_and_the_first_fin
 ):
     command = [sys.executable, str(ROOT / "train.py"), "--results-dir", str(project_copy.parent)]
     command += ["--best", "--project", "tiny", "--verbose", "0", "--epochs", "3"]
-    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while not (project_copy / "final.partial").exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    first.send_signal(signal.SIGSTOP)  # holding its lock, however fast it would finish
-    second = run(command)
-    first.send_signal(signal.SIGCONT)
+    first, second, stderr = second_run_while_the_first_holds_its_lock(
+        command, project_copy / "final.partial"
+    )
     assert second.returncode == 2 and f"in use by process {first.pid}" in second.stderr
-    _, stderr = first.communicate(timeout=600)
+    assert len(second.stderr.strip().splitlines()) == 1
     assert first.returncode == 0, stderr[-3000:]
     assert json.loads((project_copy / "final" / "config.json").read_text())["status"] == "complete"
