@@ -305,17 +305,17 @@ def run_inference(args: argparse.Namespace) -> dict:
     model_path = find_model(Path(args.results_dir), args.model)
     input_config, postprocess = load_settings(model_path, args)
     scorer = LabelScorer(load_labels(args.labels))
+    identity = records.run_identity(model_path, _settings_record(input_config, postprocess, args))
     model = load_model(model_path)
+    if records.run_identity(model_path, identity["settings"]) != identity:
+        raise cli.UserError(f"{model_path}: replaced while it was being loaded; run again")
     out_dir = Path(args.out) if args.out else default_output_dir(model_path)
     with locks.hold(out_dir, "--out"):
-        identity = records.run_identity(
-            model_path, _settings_record(input_config, postprocess, args)
-        )
         done = records.open_run(out_dir, identity, args.overwrite)
         readable, skipped = check_files(paths)
         for problem in skipped:
             print(f"skipped {problem}", file=sys.stderr)
-        todo = [path for path in readable if path.stem not in done]
+        todo = [path for path in readable if path.name not in done]
         if len(todo) < len(readable):
             print(
                 f"Resuming: {len(readable) - len(todo)} of {len(readable)} images are done already"
@@ -329,7 +329,7 @@ def run_inference(args: argparse.Namespace) -> dict:
                 skipped.append(f"{path}: could not be decoded")
                 print(f"skipped {path}: could not be decoded", file=sys.stderr)
         outputs = gather_records(
-            readable, {todo[i].stem: rec for i, rec in new.items()}, done, out_dir, scorer
+            readable, {todo[i].name: rec for i, rec in new.items()}, done, out_dir, scorer
         )
         found = records.write_tables(outputs, out_dir)
         scores = scorer.report(out_dir) if scorer.truth is not None else None
@@ -409,9 +409,9 @@ def gather_records(
     """Every finished image's record by position: this run's, or an earlier run's (scored)."""
     outputs = {}
     for position, path in enumerate(paths):
-        if path.stem in new:
-            outputs[position] = new[path.stem]
-        elif path.stem in done:
+        if path.name in new:
+            outputs[position] = new[path.name]
+        elif path.name in done:
             outputs[position] = records.read_record(out_dir, path.name)
             scorer.add_record(path.name, outputs[position])
     return outputs
@@ -482,6 +482,7 @@ class LabelScorer:
         self.truth = truth
         self.scoreboard = evaluation.Scoreboard()
         self.unlabelled: list[str] = []
+        self.unscorable: list[str] = []
         self._lock = threading.Lock()
 
     def add(self, name: str, labels: np.ndarray, ship_score: float) -> None:
@@ -492,7 +493,11 @@ class LabelScorer:
             if name not in self.truth.index:
                 self.unlabelled.append(name)
                 return
-            true_labels = ships_to_label_image(self.truth[name], labels.shape)
+            try:
+                true_labels = ships_to_label_image(self.truth[name], labels.shape)
+            except ValueError as error:  # The labels' masks do not fit this image.
+                self.unscorable.append(f"{name}: {error}")
+                return
             self.scoreboard.add(true_labels, labels, ship_score)
 
     def add_record(self, name: str, record: dict) -> None:
@@ -504,6 +509,8 @@ class LabelScorer:
 
     def report(self, out_dir: Path) -> dict:
         """Prints and writes (``scores.json``) the scores of the labelled predictions."""
+        for problem in self.unscorable:
+            print(f"not scored: {problem}", file=sys.stderr)
         return report_scores(self.scoreboard, self.unlabelled, out_dir)
 
 

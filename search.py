@@ -396,7 +396,8 @@ def report_command(args: argparse.Namespace) -> None:
     objective = json.loads((project_dir / "search_config.json").read_text())["objective"]
     trials = pd.read_csv(trials_path, dtype={"trial_id": str})
     names = [dimension.name for dimension in hypermodel.DEFAULT_SPACE]
-    print(f"Wrote {report.write_report(trials, objective, names, project_dir)}")
+    with locks.hold(project_dir, "--project"):
+        print(f"Wrote {report.write_report(trials, objective, names, project_dir)}")
 
 
 def search_data_dir(settings: dict, results_dir: str) -> Path:
@@ -563,9 +564,12 @@ def remove_previous_results(project_dir: Path) -> None:
         "trials.png",
         "search_summary.json",
         "split.csv",
+        "report.md",
+        "importance.png",
+        "budget.json",
     ):
         (project_dir / name).unlink(missing_ok=True)
-    for name in ("logs", "tuner", "final"):
+    for name in ("logs", "tuner", "final", "final.partial", "final.previous", "folds"):
         shutil.rmtree(project_dir / name, ignore_errors=True)
 
 

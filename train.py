@@ -420,12 +420,21 @@ def run_folds(args: argparse.Namespace) -> dict:
     Returns:
         The content of ``summary.json``.
     """
+    if args.folds < 3:
+        raise cli.UserError(
+            "--folds must be at least 3 (a test fold, a validation fold, one to train on)"
+        )
     run = load_run(args)
     pool = splits.select_split(run.table, run.split, "train", "val")
     try:
         assignment = splits.make_folds(pool, args.folds, run.settings.seed)
     except ValueError as error:
         raise cli.UserError(f"--folds: {error}") from None
+    with atomic.staged_folder(run.project_dir / "folds") as staging:  # All folds, or none.
+        return _run_folds_into(run, args, pool, assignment, staging)
+
+
+def _run_folds_into(run: Run, args, pool: pd.DataFrame, assignment: pd.Series, folds_dir: Path):
     rows = []
     for fold in range(args.folds):
         settings = run.settings
@@ -433,7 +442,7 @@ def run_folds(args: argparse.Namespace) -> dict:
             share = (settings.deadline - time.time()) / (args.folds - fold)
             settings = dataclasses.replace(settings, deadline=time.time() + max(share, 0))
         tables = kfold.fold_tables(pool, assignment, fold)
-        out_dir = run.project_dir / "folds" / f"fold_{fold}"
+        out_dir = folds_dir / f"fold_{fold}"
         config = run_config(
             run, args, trained_on=f"folds except {fold} and {(fold + 1) % args.folds}", fold=fold
         )
@@ -441,7 +450,7 @@ def run_folds(args: argparse.Namespace) -> dict:
         rows.append(kfold.fold_row(fold, tables, metrics))
         print(f"Fold {fold}: F2 {rows[-1]['f2']:.4f}, baseline {rows[-1]['baseline']:.4f}")
     summary = kfold.summarise_folds(pd.DataFrame(rows))
-    atomic.write_json_atomically(run.project_dir / "folds" / "summary.json", summary)
+    atomic.write_json_atomically(folds_dir / "summary.json", summary)
     kfold.print_folds(summary)
     return summary
 
@@ -457,7 +466,7 @@ def run_command(args: argparse.Namespace) -> None:
     The project's lock keeps a second training, or a search of the same project, out.
     """
     with locks.hold(find_project(Path(args.results_dir), args.project), "--project"):
-        run_folds(args) if args.folds else run_training(args)
+        run_folds(args) if args.folds is not None else run_training(args)
 
 
 if __name__ == "__main__":

@@ -79,15 +79,36 @@ def run_in_fresh_process(function, *arguments, prepare=None, prepare_arguments=(
         keras_tuner.errors.FailedTrialError: When the process dies without an answer, for
             example killed by the system for using too much memory.
     """
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=process_context()) as pool:
-        call = (function, arguments, prepare, prepare_arguments, os.getpid())
-        try:
-            return pool.submit(_in_trial_process, *call).result()
-        except concurrent.futures.process.BrokenProcessPool:
-            raise keras_tuner.errors.FailedTrialError(
-                "the trial's process ended abruptly (killed by the system, often for using too "
-                "much memory)"
-            ) from None
+    pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=process_context())
+    call = (function, arguments, prepare, prepare_arguments, os.getpid())
+    try:
+        result = pool.submit(_in_trial_process, *call).result()
+    except concurrent.futures.process.BrokenProcessPool:
+        _end(pool, grace=0)
+        raise keras_tuner.errors.FailedTrialError(
+            "the trial's process ended abruptly (killed by the system, often for using too "
+            "much memory)"
+        ) from None
+    except BaseException:
+        _end(pool, grace=0)  # Ctrl-C, or the trial's own error: nothing left to wait for.
+        raise
+    _end(pool, grace=60)
+    return result
+
+
+def _end(pool: concurrent.futures.ProcessPoolExecutor, grace: float) -> None:
+    """Shuts the pool down; kills its worker if it has not ended within ``grace`` seconds.
+
+    The executor alone would wait for ever for a worker that hangs on its way out, or that
+    still trains after the search alone was interrupted.
+    """
+    workers = list(pool._processes.values())  # The executor's own worker processes.
+    pool.shutdown(wait=False, cancel_futures=True)
+    for worker in workers:
+        worker.join(grace)
+        if worker.is_alive():
+            worker.kill()
+            worker.join()
 
 
 def _in_trial_process(function, arguments, prepare, prepare_arguments, search_pid: int):
@@ -109,7 +130,25 @@ def _in_trial_process(function, arguments, prepare, prepare_arguments, search_pi
             ) from None
         gc.freeze()  # What the preparation built lives as long as this process, too.
         arguments = (prepared, *arguments)
-    return function(*arguments)
+    try:
+        return function(*arguments)
+    except Exception as error:
+        _ensure_picklable(error)
+        raise
+
+
+def _ensure_picklable(error: Exception) -> None:
+    """Raises a plain ``RuntimeError`` in place of an error the search could not unpickle.
+
+    Otherwise the executor would report the pool as broken, which reads as a memory kill.
+    """
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:
+        text = "".join(traceback.format_exception(error))
+        raise RuntimeError(f"{type(error).__name__}: {error}\n{text}") from None
 
 
 def _exit_with(search_pid: int) -> None:

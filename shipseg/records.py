@@ -1,13 +1,17 @@
 """Per-image records of an inference run and the tables built from them.
 
 An inference writes, for each image, its mask and overlay PNGs and then a small JSON record
-(``records/<image>.json``: its submission rows, its ``images.csv`` row, its size and ship
+(``records/<image file name>.json``: its submission rows, its ``images.csv`` row, its size and ship
 evidence). A record exists only once the image's outputs are complete, so a run that dies at
 image 12,000 of 15,606 is resumed by running the same command again: images with a record are
 skipped, and ``submission.csv`` is rebuilt from all records, equal to an uninterrupted run's.
 
 The output folder also records the model and the settings it was made with (``inference.json``):
 a run with another model or other settings is refused rather than mixed into it.
+
+Identical means identical for images of one size (as Airbus test sets are): images of
+different sizes in one batch are padded to the largest, so a resumed run, whose batches hold
+other images, may differ at their bottom and right edges.
 """
 
 from __future__ import annotations
@@ -70,17 +74,17 @@ def open_run(out_dir: Path, identity: dict, overwrite: bool) -> set[str]:
                 "another --out, or --overwrite to replace them"
             )
     atomic.write_json_atomically(run_file, identity)
-    return {path.stem for path in (out_dir / RECORDS).glob("*.json")}
+    return {path.name.removesuffix(".json") for path in (out_dir / RECORDS).glob("*.json")}
 
 
 def write_record(out_dir: Path, name: str, record: dict) -> None:
     """Writes one image's record, last of its outputs (its presence means they are complete)."""
-    atomic.write_json_atomically(out_dir / RECORDS / f"{Path(name).stem}.json", record)
+    atomic.write_json_atomically(out_dir / RECORDS / f"{name}.json", record)
 
 
 def read_record(out_dir: Path, name: str) -> dict:
     """One image's record, as ``write_record`` wrote it."""
-    return json.loads((out_dir / RECORDS / f"{Path(name).stem}.json").read_text())
+    return json.loads((out_dir / RECORDS / f"{name}.json").read_text())
 
 
 def _remove_outputs(out_dir: Path) -> None:

@@ -31,14 +31,19 @@ def merged_strata(table: pd.DataFrame, minimum: int, most: int | None = None) ->
 
     A stratum with fewer than ``minimum`` images is merged into the next more common one (5+
     ships into 3-4, and so on); with ``most``, the rarest are merged until at most that many are
-    left. Whatever is still too small ends in one stratum: no stratification on a tiny table.
+    left. A stratum "0" (no ship) that is itself too small joins the largest other one. Only
+    when no stratum reaches ``minimum`` is the table left unstratified (one stratum).
     """
     strata = table.ship_count.map(ship_count_stratum).to_numpy()
     for position in range(len(STRATA) - 1, 0, -1):
         count = (strata == STRATA[position]).sum()
         if 0 < count < minimum or (most is not None and len(set(strata)) > most and count):
             strata[strata == STRATA[position]] = STRATA[position - 1]
-    if (strata == STRATA[0]).sum() < minimum:
+    names, counts = np.unique(strata, return_counts=True)
+    if len(names) > 1 and counts[names == STRATA[0]].sum() < minimum:
+        largest = names[names != STRATA[0]][np.argmax(counts[names != STRATA[0]])]
+        strata[strata == STRATA[0]] = largest
+    if (np.unique(strata, return_counts=True)[1] < minimum).any():
         strata[:] = STRATA[0]
     return strata
 

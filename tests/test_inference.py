@@ -305,3 +305,19 @@ def test_inference_lists_every_predicted_ship_with_its_box_in_csv_and_geojson(
         assert 0 <= row.heading_deg < 180 and 0 < row.width_px
     features = json.loads((out / "ships.geojson").read_text())["features"]
     assert len(features) == len(ship_list)
+
+
+def test_labels_that_do_not_fit_an_image_leave_it_unscored_not_the_run_failed(capsys, tmp_path):
+    scorer = inference.LabelScorer(pd.Series({"a.jpg": ("1 100",), "b.jpg": ()}))
+    scorer.add("a.jpg", np.zeros((4, 4), np.int32), 0.1)  # a run past the 16 pixels
+    scorer.add("b.jpg", np.zeros((4, 4), np.int32), 0.1)
+    scores = scorer.report(tmp_path)
+    assert scores["images"] == 1
+    assert "not scored: a.jpg" in capsys.readouterr().err
+
+
+def test_records_are_kept_by_file_name_so_a_png_does_not_reuse_a_jpgs(tmp_path):
+    identity = {"model": "m", "settings": {}}
+    records.open_run(tmp_path, identity, overwrite=False)
+    records.write_record(tmp_path, "a.jpg", {"rows": []})
+    assert records.open_run(tmp_path, identity, overwrite=False) == {"a.jpg"}

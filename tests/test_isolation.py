@@ -94,3 +94,18 @@ def test_a_trial_process_ends_when_its_search_is_killed(tmp_path):
         trial.wait(timeout=10)  # psutil.TimeoutExpired if the trial outlives its search
     finally:
         search.kill()
+
+
+class UnpicklableError(Exception):
+    def __init__(self):
+        super().__init__("holds a lock")
+        self.lock = __import__("threading").Lock()
+
+
+def raise_unpicklable() -> None:
+    raise UnpicklableError()
+
+
+def test_an_error_that_cannot_travel_back_arrives_as_text_not_as_a_memory_kill():
+    with pytest.raises(RuntimeError, match="UnpicklableError: holds a lock"):
+        isolation.run_in_fresh_process(raise_unpicklable)

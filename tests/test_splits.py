@@ -140,3 +140,16 @@ def test_sample_images_keeps_the_share_of_ship_images(synthetic_table):
     assert len(splits.sample_images(synthetic_table, None)) == len(synthetic_table)
     with pytest.raises(ValueError, match="at least 1"):
         splits.sample_images(synthetic_table, 0)
+
+
+def test_a_table_without_empty_images_is_still_stratified():
+    table = pd.DataFrame(
+        {
+            "ImageId": [f"{i}.jpg" for i in range(400)],
+            "ship_count": np.repeat([1, 2, 3, 6], 100),
+        }
+    )
+    split = splits.make_split(table, seed=3).merge(table)
+    for _, part in split.groupby("split"):
+        shares = part.ship_count.map(splits.ship_count_stratum).value_counts(normalize=True)
+        assert shares.to_numpy() == pytest.approx(0.25, abs=0.03)

@@ -173,3 +173,10 @@ def test_a_second_training_of_a_project_in_training_is_refused_and_the_first_fin
     assert len(second.stderr.strip().splitlines()) == 1
     assert first.returncode == 0, stderr[-3000:]
     assert json.loads((project_copy / "final" / "config.json").read_text())["status"] == "complete"
+
+
+def test_fewer_than_three_folds_are_refused_in_one_line(project_copy):
+    for folds in ("2", "0"):
+        result = train(project_copy, "--folds", folds)
+        assert result.returncode == 2 and "--folds must be at least 3" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
