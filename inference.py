@@ -315,7 +315,7 @@ def run_inference(args: argparse.Namespace) -> dict:
         readable, skipped = check_files(paths)
         for problem in skipped:
             print(f"skipped {problem}", file=sys.stderr)
-        todo = [path for path in readable if path.name not in done]
+        todo = records.to_redo(readable, done, args.batch_size)
         if len(todo) < len(readable):
             print(
                 f"Resuming: {len(readable) - len(todo)} of {len(readable)} images are done already"
@@ -424,6 +424,7 @@ def _settings_record(input_config, postprocess, args: argparse.Namespace) -> dic
         "postprocess": dataclasses.asdict(postprocess),
         "overlays": not args.no_overlays,
         "pixel_size": args.pixel_size,
+        "batch_size": args.batch_size,  # Batches shape the last bits of the network's output.
     }
 
 

@@ -9,9 +9,8 @@ skipped, and ``submission.csv`` is rebuilt from all records, equal to an uninter
 The output folder also records the model and the settings it was made with (``inference.json``):
 a run with another model or other settings is refused rather than mixed into it.
 
-Identical means identical for images of one size (as Airbus test sets are): images of
-different sizes in one batch are padded to the largest, so a resumed run, whose batches hold
-other images, may differ at their bottom and right edges.
+A resumed run predicts whole batches again, as the uninterrupted run formed them (``to_redo``),
+so each image is predicted beside the same neighbours and gets the same probabilities.
 """
 
 from __future__ import annotations
@@ -75,6 +74,21 @@ def open_run(out_dir: Path, identity: dict, overwrite: bool) -> set[str]:
             )
     atomic.write_json_atomically(run_file, identity)
     return {path.name.removesuffix(".json") for path in (out_dir / RECORDS).glob("*.json")}
+
+
+def to_redo(paths: list[Path], done: set[str], batch_size: int) -> list[Path]:
+    """The images to predict: every batch, as an uninterrupted run forms them, not all done.
+
+    The network's output can differ in its last bits with the batch an image is predicted in
+    (TensorFlow's CPU kernels depend on the batch size), so a resumed run predicts whole
+    batches again: each image meets the same neighbours and gets the same probabilities.
+    """
+    redo = []
+    for start in range(0, len(paths), batch_size):
+        batch = paths[start : start + batch_size]
+        if any(path.name not in done for path in batch):
+            redo.extend(batch)
+    return redo
 
 
 def write_record(out_dir: Path, name: str, record: dict) -> None:
