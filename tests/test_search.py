@@ -310,7 +310,7 @@ def test_a_search_killed_again_and_again_loses_nothing_and_finishes(synthetic_da
     tuner_dir = tmp_path / "tiny" / "tuner"
     rng = random.Random(7)
     kept: dict[str, float] = {}
-    for attempt in range(6):
+    for attempt in range(4):
         process = subprocess.Popen(
             command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
