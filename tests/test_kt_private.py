@@ -7,36 +7,28 @@ import pytest
 
 from shipseg import kt_private
 
-# The private Tuner methods the adapter calls, with the arguments it passes.
-TUNER_METHODS = {
-    "_get_checkpoint_fname": ["trial_id"],
-    "_get_build_config_fname": ["trial_id"],
-    "_get_tensorboard_dir": ["logdir", "trial_id", "execution"],
-    "_deepcopy_callbacks": ["callbacks"],
-    "_get_tuner_fname": [],
-    "_is_worker": [],
+# The private methods the adapter calls (or the tuner's oracle overrides), with their arguments.
+PRIVATE_METHODS = {
+    ("Tuner", "_get_checkpoint_fname"): ["trial_id"],
+    ("Tuner", "_get_build_config_fname"): ["trial_id"],
+    ("Tuner", "_get_tensorboard_dir"): ["logdir", "trial_id", "execution"],
+    ("Tuner", "_deepcopy_callbacks"): ["callbacks"],
+    ("Tuner", "_get_tuner_fname"): [],
+    ("Tuner", "_is_worker"): [],
+    ("Oracle", "_get_oracle_fname"): [],
+    ("Oracle", "_get_trial_dir"): ["trial_id"],
+    ("Oracle", "_save_trial"): ["trial"],
 }
-# The private Oracle methods the adapter calls or the tuner's oracle overrides.
-ORACLE_METHODS = {"_get_oracle_fname": [], "_get_trial_dir": ["trial_id"], "_save_trial": ["trial"]}
 
 
-@pytest.mark.parametrize("name", sorted(TUNER_METHODS))
-def test_the_private_tuner_methods_the_adapter_calls_still_exist(name):
-    method = getattr(keras_tuner.Tuner, name, None)
-    assert method is not None, f"keras_tuner.Tuner.{name} is gone: update shipseg/kt_private.py"
+@pytest.mark.parametrize(("owner", "name"), sorted(PRIVATE_METHODS))
+def test_the_private_methods_the_adapter_relies_on_still_exist(owner, name):
+    method = getattr(getattr(keras_tuner, owner), name, None)
+    where = f"keras_tuner.{owner}.{name}"
+    assert method is not None, f"{where} is gone: update shipseg/kt_private.py"
     parameters = list(inspect.signature(method).parameters)[1:]
-    assert parameters == TUNER_METHODS[name], (
-        f"keras_tuner.Tuner.{name} now takes {parameters}: update shipseg/kt_private.py"
-    )
-
-
-@pytest.mark.parametrize("name", sorted(ORACLE_METHODS))
-def test_the_private_oracle_methods_still_exist(name):
-    method = getattr(keras_tuner.Oracle, name, None)
-    assert method is not None, f"keras_tuner.Oracle.{name} is gone: update shipseg/kt_private.py"
-    parameters = list(inspect.signature(method).parameters)[1:]
-    assert parameters == ORACLE_METHODS[name], (
-        f"keras_tuner.Oracle.{name} now takes {parameters}: update shipseg/kt_private.py"
+    assert parameters == PRIVATE_METHODS[owner, name], (
+        f"{where} now takes {parameters}: update shipseg/kt_private.py"
     )
 
 
