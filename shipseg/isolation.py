@@ -79,8 +79,12 @@ def run_in_fresh_process(function, *arguments, prepare=None, prepare_arguments=(
         keras_tuner.errors.FailedTrialError: When the process dies without an answer, for
             example killed by the system for using too much memory.
     """
-    pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=process_context())
-    call = (function, arguments, prepare, prepare_arguments, os.getpid())
+    # The watcher starts with the process, before any call reaches it: a search killed
+    # between trials must not leave a worker waiting for a call that never comes.
+    pool = concurrent.futures.ProcessPoolExecutor(
+        1, mp_context=process_context(), initializer=_exit_with, initargs=(os.getpid(),)
+    )
+    call = (function, arguments, prepare, prepare_arguments)
     try:
         result = pool.submit(_in_trial_process, *call).result()
     except concurrent.futures.process.BrokenProcessPool:
@@ -111,7 +115,7 @@ def _end(pool: concurrent.futures.ProcessPoolExecutor, grace: float) -> None:
             worker.join()
 
 
-def _in_trial_process(function, arguments, prepare, prepare_arguments, search_pid: int):
+def _in_trial_process(function, arguments, prepare, prepare_arguments):
     """The trial process's side of ``run_in_fresh_process``."""
     import gc
 
@@ -119,7 +123,6 @@ def _in_trial_process(function, arguments, prepare, prepare_arguments, search_pi
     # lives as long as it does. Frozen, the garbage collector no longer walks it: each full
     # collection would take about 0.2 s (several per model build) and copy every page it reads.
     gc.freeze()
-    _exit_with(search_pid)
     if prepare is not None:
         try:
             prepared = prepare(*prepare_arguments)
