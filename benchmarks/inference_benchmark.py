@@ -33,6 +33,28 @@ from shipseg import airbus
 
 
 def main() -> None:
+    options = build_parser().parse_args()
+    paths = airbus.list_images([options.images])[: options.limit]
+    work = Path(tempfile.mkdtemp(prefix="inference-benchmark-"))
+    model_path = benchmark_model(options, work)
+    bare, end_to_end = timed_passes(options, paths, model_path, work)
+    ratios = [e / b for e, b in zip(end_to_end, bare, strict=True)]
+    height, width = pipeline.decode_image(str(paths[0])).shape[:2]
+    print(
+        f"\n| measure ({len(paths)} images of {width} x {height}, "
+        f"batch {options.batch_size}, model {model_path.name}, {options.repeats} alternating "
+        "passes) | images/s |\n|---|---|"
+    )
+    print(f"| bare model.predict_on_batch, images in memory, each pass | {_listed(bare)} |")
+    print(
+        "| inference.py end to end (read, predict, post-process, write PNGs + CSV), each pass | "
+        f"{_listed(end_to_end)} |"
+    )
+    print(f"| ratio end to end / bare, each pair of passes | {_listed(ratios, 3)} |")
+    print(f"| ratio, median of the pairs | {float(np.median(ratios)):.3f} |")
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--images", default=str(ROOT.parent / "shared" / "data" / "airbus-sample" / "test_images")
@@ -53,67 +75,60 @@ def main() -> None:
     parser.add_argument(
         "--no-overlays", action="store_true", help="end to end without the overlay PNGs"
     )
-    options = parser.parse_args()
+    return parser
 
-    paths = airbus.list_images([options.images])[: options.limit]
-    work = Path(tempfile.mkdtemp(prefix="inference-benchmark-"))
-    model_path = Path(options.model) if options.model else None
-    if model_path is None and not options.fresh_model:
-        trained = sorted(
-            (ROOT / "results").glob("*/final/model.keras"), key=lambda p: p.stat().st_mtime
-        )
-        model_path = trained[-1] if trained else None
-    if model_path is None:
-        model_path = work / "unet_4x16.keras"
-        model = hypermodel.build_unet(4, 16)
-        hypermodel.compile_unet(model, 1e-3, "bce", 0.5)
-        model.save(model_path)
+
+def benchmark_model(options: argparse.Namespace, work: Path) -> Path:
+    """The given model, the latest trained one, or a fresh 4 x 16 U-Net saved under ``work``."""
+    if options.model:
+        return Path(options.model)
+    trained = sorted(ROOT.glob("results/*/final/model.keras"), key=lambda p: p.stat().st_mtime)
+    if trained and not options.fresh_model:
+        return trained[-1]
+    model_path = work / "unet_4x16.keras"
+    model = hypermodel.build_unet(4, 16)
+    hypermodel.compile_unet(model, 1e-3, "bce", 0.5)
+    model.save(model_path)
+    return model_path
+
+
+def timed_passes(
+    options: argparse.Namespace, paths: list[Path], model_path: Path, work: Path
+) -> tuple[list[float], list[float]]:
+    """Images per second of each bare pass and each end-to-end pass, alternating.
+
+    Alternating means a machine that slows down or speeds up during the run (a shared virtual
+    machine does) biases neither side.
+    """
     model = inference.load_model(model_path)
-
-    images = [pipeline.decode_image(str(path)).numpy() for path in paths]
-    image_shape = images[0].shape
     batches = [
-        np.stack(images[start : start + options.batch_size])
-        for start in range(0, len(images), options.batch_size)
+        np.stack(
+            [
+                pipeline.decode_image(str(path)).numpy()
+                for path in paths[start : start + options.batch_size]
+            ]
+        )
+        for start in range(0, len(paths), options.batch_size)
     ]
-    del images  # one copy in memory is enough (120 images of 768 x 768 are 850 MB as floats)
     model.predict_on_batch(batches[0])  # build and warm up
-    # Bare and end-to-end passes alternate, so that a machine that slows down or speeds up
-    # during the run (a shared virtual machine does) biases neither side.
     bare, end_to_end = [], []
     for repeat in range(options.repeats):
         start = time.perf_counter()
         for batch in batches:
             model.predict_on_batch(batch)
         bare.append(len(paths) / (time.perf_counter() - start))
-        args = inference.build_parser().parse_args(
-            [
-                *[str(path) for path in paths],
-                "--model",
-                str(model_path),
-                "--out",
-                str(work / f"out{repeat}"),
-                "--batch-size",
-                str(options.batch_size),
-                *(["--no-overlays"] if options.no_overlays else []),
-            ]
-        )
-        result = inference.run_inference(args)
+        arguments = [
+            *map(str, paths),
+            "--model",
+            str(model_path),
+            "--out",
+            str(work / f"out{repeat}"),
+        ]
+        arguments += ["--batch-size", str(options.batch_size)]
+        arguments += ["--no-overlays"] if options.no_overlays else []
+        result = inference.run_inference(inference.build_parser().parse_args(arguments))
         end_to_end.append(result["processed"] / result["seconds"])
-
-    ratios = [e / b for e, b in zip(end_to_end, bare, strict=True)]
-    print(
-        f"\n| measure ({len(paths)} images of {image_shape[1]} x {image_shape[0]}, "
-        f"batch {options.batch_size}, model {model_path.name}, {options.repeats} alternating "
-        "passes) | images/s |\n|---|---|"
-    )
-    print(f"| bare model.predict_on_batch, images in memory, each pass | {_listed(bare)} |")
-    print(
-        "| inference.py end to end (read, predict, post-process, write PNGs + CSV), each pass | "
-        f"{_listed(end_to_end)} |"
-    )
-    print(f"| ratio end to end / bare, each pair of passes | {_listed(ratios, 3)} |")
-    print(f"| ratio, median of the pairs | {float(np.median(ratios)):.3f} |")
+    return bare, end_to_end
 
 
 def _listed(values: list[float], digits: int = 2) -> str:

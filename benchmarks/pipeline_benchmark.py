@@ -176,7 +176,6 @@ def main(argv=None) -> int:
     if args.memory_child is not None:
         memory_child(args)
         return 0
-
     rows = [
         (
             "input",
@@ -186,71 +185,75 @@ def main(argv=None) -> int:
         ("machine", f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}"),
     ]
     if not args.skip_throughput:
-        print(f"(a) throughput on {args.data_dir} ...", flush=True)
-        try:
-            result = measure_throughput(args)
-        except airbus.DataError as error:
-            print(f"  skipped: {error}")
-            rows.append(("(a) throughput", f"skipped (no sample: {error})"))
-        else:
-            rows += [
-                (
-                    "(a) train split",
-                    f"{result['train_images']} images ({result['with_ships']} with ships)",
-                ),
-                ("(a) warm-up", f"{result['warmup_s']:.2f} s for {args.warmup} batches"),
-                (
-                    "(a) throughput",
-                    f"{result['images_per_s']:.1f} images/s "
-                    f"({1000 * result['seconds'] / args.batches:.1f} ms per batch)",
-                ),
-            ]
+        rows += throughput_rows(args)
     if not args.skip_memory:
-        with tempfile.TemporaryDirectory(prefix="pipeline-benchmark-") as temporary:
-            peaks = {}
-            for count in (args.small, args.large):
-                print(f"(b) memory: {count} synthetic images of {args.synthetic_size} px ...")
-                start = time.perf_counter()
-                data_dir = synthetic.generate_synthetic_dataset(
-                    Path(temporary) / f"synthetic-{count}",
-                    synthetic.SyntheticConfig(
-                        train_images=count,
-                        test_images=0,
-                        image_size=args.synthetic_size,
-                        seed=args.seed,
-                    ),
-                )
-                print(f"    generated in {time.perf_counter() - start:.1f} s", flush=True)
-                peaks[count] = measure_memory(args, data_dir)
-                peak = peaks[count]
-                detail = ""
-                if peak["setup_rss_mib"] is not None:
-                    detail = f" (RSS {peak['setup_rss_mib']:.0f} MiB after setup"
-                    if peak["iteration_peak_mib"] is not None:
-                        detail += f", peak while iterating {peak['iteration_peak_mib']:.0f} MiB"
-                    detail += ")"
-                rows.append(
-                    (f"(b) peak RSS, {count} images", f"{peak['peak_mib']:.0f} MiB{detail}")
-                )
-            ratio = peaks[args.large]["peak_mib"] / peaks[args.small]["peak_mib"]
-            rows.append(
-                (f"(b) peak ratio {args.large} / {args.small}", f"{ratio:.2f} (1.00 = flat)")
-            )
-            small, large = peaks[args.small], peaks[args.large]
-            if small.get("iteration_peak_mib") and large.get("iteration_peak_mib"):
-                growth = [
-                    peak["iteration_peak_mib"] - peak["setup_rss_mib"] for peak in (small, large)
-                ]
-                rows.append(
-                    (
-                        "(b) growth while iterating",
-                        f"{growth[0]:.0f} MiB ({args.small} images) vs "
-                        f"{growth[1]:.0f} MiB ({args.large} images)",
-                    )
-                )
+        rows += memory_rows(args)
     print()
     print_table(rows)
     return 0
+
+
+def throughput_rows(args) -> list[tuple[str, str]]:
+    """(a): the training input's throughput on the real sample, as table rows."""
+    print(f"(a) throughput on {args.data_dir} ...", flush=True)
+    try:
+        result = measure_throughput(args)
+    except airbus.DataError as error:
+        print(f"  skipped: {error}")
+        return [("(a) throughput", f"skipped (no sample: {error})")]
+    return [
+        ("(a) train split", f"{result['train_images']} images ({result['with_ships']} with ships)"),
+        ("(a) warm-up", f"{result['warmup_s']:.2f} s for {args.warmup} batches"),
+        (
+            "(a) throughput",
+            f"{result['images_per_s']:.1f} images/s "
+            f"({1000 * result['seconds'] / args.batches:.1f} ms per batch)",
+        ),
+    ]
+
+
+def memory_rows(args) -> list[tuple[str, str]]:
+    """(b): peak memory of the input on a small and a large synthetic dataset, as table rows."""
+    rows, peaks = [], {}
+    with tempfile.TemporaryDirectory(prefix="pipeline-benchmark-") as temporary:
+        for count in (args.small, args.large):
+            print(f"(b) memory: {count} synthetic images of {args.synthetic_size} px ...")
+            start = time.perf_counter()
+            data_dir = synthetic.generate_synthetic_dataset(
+                Path(temporary) / f"synthetic-{count}",
+                synthetic.SyntheticConfig(
+                    train_images=count,
+                    test_images=0,
+                    image_size=args.synthetic_size,
+                    seed=args.seed,
+                ),
+            )
+            print(f"    generated in {time.perf_counter() - start:.1f} s", flush=True)
+            peaks[count] = measure_memory(args, data_dir)
+            rows.append((f"(b) peak RSS, {count} images", _peak_text(peaks[count])))
+    small, large = peaks[args.small], peaks[args.large]
+    ratio = large["peak_mib"] / small["peak_mib"]
+    rows.append((f"(b) peak ratio {args.large} / {args.small}", f"{ratio:.2f} (1.00 = flat)"))
+    if small.get("iteration_peak_mib") and large.get("iteration_peak_mib"):
+        growth = [peak["iteration_peak_mib"] - peak["setup_rss_mib"] for peak in (small, large)]
+        rows.append(
+            (
+                "(b) growth while iterating",
+                f"{growth[0]:.0f} MiB ({args.small} images) vs "
+                f"{growth[1]:.0f} MiB ({args.large} images)",
+            )
+        )
+    return rows
+
+
+def _peak_text(peak: dict) -> str:
+    detail = ""
+    if peak["setup_rss_mib"] is not None:
+        detail = f" (RSS {peak['setup_rss_mib']:.0f} MiB after setup"
+        if peak["iteration_peak_mib"] is not None:
+            detail += f", peak while iterating {peak['iteration_peak_mib']:.0f} MiB"
+        detail += ")"
+    return f"{peak['peak_mib']:.0f} MiB{detail}"
 
 
 if __name__ == "__main__":

@@ -46,67 +46,73 @@ def main() -> None:
             data_dir,
             synthetic.SyntheticConfig(train_images=120, test_images=0, image_size=64, seed=1),
         )
-    memory, total_memory, trial_peaks = [], [], []
-    original_on_trial_end = tuning.IsolatedHyperband.on_trial_end
+    probe = MemoryProbe()
+    probe.install()
+    start = time.perf_counter()
+    search.run_search(search.build_parser().parse_args(search_arguments(data_dir, work, options)))
+    total = time.perf_counter() - start
+    summary = json.loads((work / "results" / "bench" / "search_summary.json").read_text())
+    print_report(probe, summary, total)
 
-    probe_seconds = []
 
-    def on_trial_end(self, trial):
-        original_on_trial_end(self, trial)
-        probe_start = time.perf_counter()
+class MemoryProbe:
+    """Resident memory after each trial: the search process's, and all the search's processes'."""
+
+    def __init__(self) -> None:
+        self.memory, self.total_memory, self.trial_peaks, self.seconds = [], [], [], []
+
+    def install(self) -> None:
+        """Measures after ``IsolatedHyperband.on_trial_end``, for the rest of this process."""
+        original_on_trial_end = tuning.IsolatedHyperband.on_trial_end
+        probe = self
+
+        def on_trial_end(tuner, trial):
+            original_on_trial_end(tuner, trial)
+            probe.measure(Path(tuner.get_trial_dir(trial.trial_id)))
+
+        tuning.IsolatedHyperband.on_trial_end = on_trial_end
+
+    def measure(self, trial_dir: Path) -> None:
+        start = time.perf_counter()
         gc.collect()
         search_process = psutil.Process()
         helpers = sum(child.memory_info().rss for child in search_process.children(recursive=True))
-        timing = json.loads((Path(self.get_trial_dir(trial.trial_id)) / "timing.json").read_text())
-        trial_peaks.append(timing["peak_memory_mib"])
-        memory.append(search_process.memory_info().rss / 2**20)
-        total_memory.append(memory[-1] + helpers / 2**20 + max(trial_peaks))
+        timing = json.loads((trial_dir / "timing.json").read_text())
+        self.trial_peaks.append(timing["peak_memory_mib"])
+        self.memory.append(search_process.memory_info().rss / 2**20)
+        self.total_memory.append(self.memory[-1] + helpers / 2**20 + max(self.trial_peaks))
         print(
-            f"[benchmark] trial {len(memory)} done: search process {memory[-1]:.0f} MiB, "
-            f"trial process peak {trial_peaks[-1]:.0f} MiB, all processes {total_memory[-1]:.0f} MiB",
+            f"[benchmark] trial {len(self.memory)} done: search process {self.memory[-1]:.0f} "
+            f"MiB, trial process peak {self.trial_peaks[-1]:.0f} MiB, all processes "
+            f"{self.total_memory[-1]:.0f} MiB",
             flush=True,
         )
-        probe_seconds.append(time.perf_counter() - probe_start)
+        self.seconds.append(time.perf_counter() - start)
 
-    tuning.IsolatedHyperband.on_trial_end = on_trial_end
-    args = search.build_parser().parse_args(
-        [
-            "--data-dir",
-            str(data_dir),
-            "--results-dir",
-            str(work / "results"),
-            "--project",
-            "bench",
-            "--input-size",
-            "32",
-            "--images-per-epoch",
-            "32",
-            "--max-epochs",
-            str(options.max_epochs),
-            "--factor",
-            str(options.factor),
-            "--hp",
-            "levels=2:3",
-            "--hp",
-            "base_filters=4,8",
-            "--hp",
-            "batch_size=8",
-            "--verbose",
-            "0",
-            "--overwrite",
-        ]
-    )
-    start = time.perf_counter()
-    search.run_search(args)
-    total = time.perf_counter() - start
-    summary = json.loads((work / "results" / "bench" / "search_summary.json").read_text())
 
+def search_arguments(data_dir: Path, work: Path, options: argparse.Namespace) -> list[str]:
+    """``search.py``'s arguments: tiny U-Nets on 32-pixel inputs, so that trials are short."""
+    return [
+        *("--data-dir", str(data_dir), "--results-dir", str(work / "results")),
+        *("--project", "bench", "--input-size", "32", "--images-per-epoch", "32"),
+        *("--max-epochs", str(options.max_epochs), "--factor", str(options.factor)),
+        *("--hp", "levels=2:3", "--hp", "base_filters=4,8", "--hp", "batch_size=8"),
+        *("--verbose", "0", "--overwrite"),
+    ]
+
+
+def print_report(probe: MemoryProbe, summary: dict, total: float) -> None:
+    """The measures as a Markdown table."""
+    memory, trial_peaks = probe.memory, probe.trial_peaks
     print("\n| measure | value |\n|---|---|")
     print(f"| trials | {len(memory)} |")
     if len(memory) >= 30:
         for label, values in (
             ("search process", memory),
-            ("all search processes (search + fork server + largest trial process)", total_memory),
+            (
+                "all search processes (search + fork server + largest trial process)",
+                probe.total_memory,
+            ),
         ):
             print(f"| {label}: RSS after trial 3 | {values[2]:.0f} MiB |")
             print(f"| {label}: RSS after trial 30 | {values[29]:.0f} MiB |")
@@ -116,10 +122,10 @@ def main() -> None:
             f"{trial_peaks[29]:.0f} MiB |"
         )
     print(f"| search process RSS after the last trial ({len(memory)}) | {memory[-1]:.0f} MiB |")
-    wall = summary["wall_seconds"] - sum(probe_seconds)
+    wall = summary["wall_seconds"] - sum(probe.seconds)
     print(f"| search wall time (tuner.search, without this benchmark's probes) | {wall:.1f} s |")
     print(
-        f"| this benchmark's memory probes (gc + RSS, after each trial) | {sum(probe_seconds):.1f} s |"
+        f"| this benchmark's memory probes (gc + RSS, after each trial) | {sum(probe.seconds):.1f} s |"
     )
     print(f"| sum of trial fit times | {summary['fit_seconds']:.1f} s |")
     print(f"| wall / sum of fit times | {wall / summary['fit_seconds']:.3f} |")
