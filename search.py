@@ -1,4 +1,7 @@
-"""Hyperband search over the ship U-Net: ``python search.py [--data-dir DIR] [options]``.
+"""Hyperparameter search over the ship U-Net: ``python search.py [--data-dir DIR] [options]``.
+
+The algorithm is Keras Tuner's Hyperband by default (``--tuner random`` and ``--tuner bayesian``
+choose its random search or Bayesian optimisation).
 
 Without ``--data-dir`` the search runs on the synthetic dataset (generated on first use) with a
 budget of a few minutes on a laptop CPU. Everything goes under ``results/<project>/``:
@@ -68,6 +71,7 @@ RESUME_KEYS = (
     "data_dir",
     "input",
     "objective",
+    "tuner",
     "max_epochs",
     "factor",
     "seed",
@@ -76,6 +80,8 @@ RESUME_KEYS = (
     "val_images",
     "executions_per_trial",
 )
+# ... of which these only matter to Hyperband (--max-trials may grow on resume, as the budget).
+HYPERBAND_KEYS = ("factor", "iterations")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -86,7 +92,8 @@ RESUME_KEYS = (
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface of ``search.py``."""
     parser = argparse.ArgumentParser(
-        description="Hyperband search over U-Nets for ship segmentation.",
+        description="Hyperparameter search (Hyperband by default) over U-Nets for ship "
+        "segmentation.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     _data_options(parser.add_argument_group("data"))
@@ -133,13 +140,28 @@ def _data_options(group) -> None:
 
 
 def _budget_options(group) -> None:
-    """How much Hyperband may spend: epochs, trials, wall time."""
+    """Which algorithm searches, and how much it may spend: epochs, trials, wall time."""
+    group.add_argument(
+        "--tuner",
+        choices=tuple(tuning.ORACLES),
+        default="hyperband",
+        help="Keras Tuner's algorithm: Hyperband (many short trials, the best trained longer), "
+        "random search, or Bayesian optimisation (a Gaussian process proposes each trial)",
+    )
     group.add_argument(
         "--max-epochs",
         type=int,
-        help="Hyperband's most epochs for one model (default 10 on real data, 6 on synthetic)",
+        help="most epochs for one model: Hyperband's longest trials, every trial of random or "
+        "Bayesian search (default 10 on real data, 6 on synthetic)",
     )
     group.add_argument("--factor", type=int, default=3, help="Hyperband's reduction factor")
+    group.add_argument(
+        "--max-trials",
+        type=int,
+        default=10,
+        help="trials of random or Bayesian search (Hyperband sets its own from --max-epochs "
+        "and --factor); a --time-budget may end the search sooner",
+    )
     group.add_argument(
         "--time-budget",
         help="wall time for the whole project, e.g. 45m or 1h30m: no trial starts once it is "
@@ -250,8 +272,10 @@ def resolve_settings(args: argparse.Namespace) -> dict:
         "project": project,
         "input": dataclasses.asdict(input_config),
         "objective": args.objective,
+        "tuner": args.tuner,
         "max_epochs": args.max_epochs,
         "factor": args.factor,
+        "max_trials": args.max_trials,
         "iterations": args.iterations,
         "executions_per_trial": args.executions_per_trial,
         "images_per_epoch": args.images_per_epoch,
@@ -271,7 +295,14 @@ def resolve_settings(args: argparse.Namespace) -> dict:
 
 def _check_counts(args: argparse.Namespace) -> None:
     """One-line errors for counts below their minimum and a time budget that does not parse."""
-    for name in ("max_epochs", "factor", "iterations", "executions_per_trial", "images_per_epoch"):
+    for name in (
+        "max_epochs",
+        "factor",
+        "max_trials",
+        "iterations",
+        "executions_per_trial",
+        "images_per_epoch",
+    ):
         if getattr(args, name) < 1:
             raise cli.UserError(f"--{name.replace('_', '-')} must be at least 1")
     if args.val_images is not None and args.val_images < 1:
@@ -418,8 +449,12 @@ def check_resumable(project_dir: Path, settings: dict) -> bool:
     config_path = project_dir / "search_config.json"
     if not config_path.is_file():
         return False
-    previous = json.loads(config_path.read_text())
-    changed = [key for key in RESUME_KEYS if previous.get(key) != settings.get(key)]
+    # Projects searched before --tuner existed were all Hyperband searches.
+    previous = {"tuner": "hyperband", **json.loads(config_path.read_text())}
+    keys = [
+        key for key in RESUME_KEYS if settings["tuner"] == "hyperband" or key not in HYPERBAND_KEYS
+    ]
+    changed = [key for key in keys if previous.get(key) != settings.get(key)]
     if changed:
         raise cli.UserError(
             f"{config_path}: this project was searched with other settings "
@@ -487,8 +522,8 @@ def make_tuner(
     settings: dict,
     train_table: pd.DataFrame,
     val_table: pd.DataFrame,
-) -> tuning.IsolatedHyperband:
-    """The Hyperband tuner over the ship U-Net HyperModel, stored under ``project_dir/tuner``."""
+) -> tuning.IsolatedTuner:
+    """The ``--tuner`` search over the ship U-Net HyperModel, stored under ``project_dir/tuner``."""
     input_config = pipeline.InputConfig(**settings["input"])
     unet = hypermodel.ShipUNetHyperModel(
         hypermodel.search_space(args.hp),
@@ -499,12 +534,14 @@ def make_tuner(
     )
     _keep_off_gpus()
     try:
-        return tuning.IsolatedHyperband(
+        return tuning.IsolatedTuner(
             unet,
             tuning.TrainingData(train_table, input_config, args.seed),
             multi_gpu=args.multi_gpu,
             search_budget=search_budget(args, project_dir),
-            hyperband=_hyperband_settings(args),
+            algorithm=args.tuner,
+            oracle_settings=oracle_settings(args),
+            trial_epochs=args.max_epochs,
             executions_per_trial=args.executions_per_trial,
             directory=str(project_dir),
             project_name="tuner",
@@ -525,17 +562,18 @@ def make_tuner(
         ) from None
 
 
-def _hyperband_settings(args: argparse.Namespace) -> dict:
-    """Arguments of Keras Tuner's ``HyperbandOracle`` from the command line."""
-    return {
+def oracle_settings(args: argparse.Namespace) -> dict:
+    """Arguments of the ``--tuner``'s Keras Tuner oracle from the command line."""
+    common = {
         "objective": keras_tuner.Objective(args.objective, direction="max"),
-        "max_epochs": args.max_epochs,
-        "factor": args.factor,
-        "hyperband_iterations": args.iterations,
         "seed": args.seed,
         # None: failed trials are recorded and the search goes on, however many fail in a row.
         "max_consecutive_failed_trials": None,
     }
+    if args.tuner == "hyperband":
+        hyperband = {"max_epochs": args.max_epochs, "factor": args.factor}
+        return {**common, **hyperband, "hyperband_iterations": args.iterations}
+    return {**common, "max_trials": args.max_trials}
 
 
 def _keep_off_gpus() -> None:

@@ -37,8 +37,10 @@ def trials_table(tuner: keras_tuner.Tuner, objective: str) -> pd.DataFrame:
                     trial.metrics.get_best_value(metric) if trial.metrics.exists(metric) else np.nan
                 )
         row.update({name: value for name, value in values.items() if not name.startswith("tuner/")})
-        row["epochs"] = values.get("tuner/epochs", np.nan)
-        row["epochs_trained"] = values.get("tuner/epochs", 0) - values.get("tuner/initial_epoch", 0)
+        # Hyperband sets each trial's epochs; random and Bayesian search train all alike.
+        epochs = values.get("tuner/epochs", getattr(tuner, "trial_epochs", np.nan))
+        row["epochs"] = epochs
+        row["epochs_trained"] = epochs - values.get("tuner/initial_epoch", 0)
         # Keras Tuner counts best_step within this trial's fit, which starts at initial_epoch.
         row["best_epoch"] = (
             values.get("tuner/initial_epoch", 0) + trial.best_step + 1
@@ -125,7 +127,7 @@ def plot_trials(trials: pd.DataFrame, objective: str, path: Path) -> None:
     figure, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     order = done.trial_id.astype(int)
     scatter = axes[0].scatter(order, done[objective], c=done.epochs, cmap="viridis", s=40)
-    figure.colorbar(scatter, ax=axes[0], label="epochs (Hyperband budget)")
+    figure.colorbar(scatter, ax=axes[0], label="epochs (its training budget)")
     axes[0].set(title="Score of each trial", xlabel="trial id", ylabel=objective)
     axes[1].scatter(done.learning_rate, done[objective], c=done.epochs, cmap="viridis", s=40)
     axes[1].set(

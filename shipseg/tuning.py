@@ -1,10 +1,11 @@
-"""The isolated Hyperband tuner: Keras Tuner's Hyperband, each trial in a fresh process.
+"""The isolated tuner: Keras Tuner's search algorithms, each trial in a fresh process.
 
-``IsolatedHyperband`` is Keras Tuner's ``Tuner`` with a Hyperband oracle that respects a
-wall-time budget (``BudgetedHyperbandOracle``). Its ``run_trial`` does what Keras Tuner's own
-does (a best-epoch checkpoint, copies of the callbacks, a warm start for promoted trials), but
-sends each execution to ``execute_trial`` in a fresh process (``shipseg.isolation``), and writes
-how long it took and how much memory it used beside the trial (``timing.json``).
+``IsolatedTuner`` is Keras Tuner's ``Tuner`` with one of Keras Tuner's oracles (Hyperband, random
+search or Bayesian optimisation, see ``ORACLES``) made to respect a wall-time budget
+(``BudgetedOracle``). Its ``run_trial`` does what Keras Tuner's own Hyperband does (a best-epoch
+checkpoint, copies of the callbacks, a warm start for promoted trials), but sends each execution
+to ``execute_trial`` in a fresh process (``shipseg.isolation``), and writes how long it took and
+how much memory it used beside the trial (``timing.json``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ runtime.import_tensorflow_quietly()
 import keras
 import keras_tuner
 import pandas as pd
-from keras_tuner.oracles import HyperbandOracle
+from keras_tuner import oracles
 
 import hypermodel
 import pipeline
@@ -164,12 +165,13 @@ def _build_index(trial_id: str, execution: int, executions_per_trial: int) -> in
     return number * executions_per_trial + execution
 
 
-class BudgetedHyperbandOracle(HyperbandOracle):
-    """Keras Tuner's Hyperband oracle that hands out no trial once a wall-clock deadline passes.
+class BudgetedOracle:
+    """Makes a Keras Tuner oracle hand out no trial once a wall-clock deadline passes.
 
-    The deadline is not part of the oracle's saved state: each run sets it from what is left of
-    the project's ``--time-budget`` (see ``shipseg.budget.SearchBudget``). In a distributed
-    search the chief's oracle decides for every worker.
+    Mixed in before one of Keras Tuner's oracles (``ORACLES``). The deadline is not part of the
+    oracle's saved state: each run sets it from what is left of the project's ``--time-budget``
+    (see ``shipseg.budget.SearchBudget``). In a distributed search the chief's oracle decides
+    for every worker.
     """
 
     deadline: float | None = None
@@ -189,15 +191,38 @@ class BudgetedHyperbandOracle(HyperbandOracle):
         return super().populate_space(trial_id)
 
 
-class IsolatedHyperband(keras_tuner.Tuner):
-    """Hyperband that trains each trial in a fresh process and records how long it took.
+class BudgetedHyperbandOracle(BudgetedOracle, oracles.HyperbandOracle):
+    """Hyperband (Li et al., 2018): many short trials, the best promoted to longer training."""
+
+
+class BudgetedRandomSearchOracle(BudgetedOracle, oracles.RandomSearchOracle):
+    """Random search: every trial draws its configuration at random and trains in full."""
+
+
+class BudgetedBayesianOracle(BudgetedOracle, oracles.BayesianOptimizationOracle):
+    """Bayesian optimisation: a Gaussian process on the finished trials proposes the next one."""
+
+
+# The search algorithms, by the name ``search.py --tuner`` takes.
+ORACLES = {
+    "hyperband": BudgetedHyperbandOracle,
+    "random": BudgetedRandomSearchOracle,
+    "bayesian": BudgetedBayesianOracle,
+}
+
+
+class IsolatedTuner(keras_tuner.Tuner):
+    """A Keras Tuner search that trains each trial in a fresh process and records its cost.
 
     Args:
         unet_hypermodel: The ship U-Net HyperModel.
         training_data: The training stream's table, input settings and seed.
         multi_gpu: Train each trial on all local GPUs with ``tf.distribute.MirroredStrategy``.
-        search_budget: The project's wall-time budget, or None for Hyperband's own budget.
-        hyperband: Arguments of Keras Tuner's ``HyperbandOracle`` (objective, max_epochs, ...).
+        search_budget: The project's wall-time budget, or None for the algorithm's own budget.
+        algorithm: A key of ``ORACLES``.
+        oracle_settings: Arguments of its Keras Tuner oracle (objective, max_epochs, ...).
+        trial_epochs: Epochs of every trial where the algorithm does not choose them (random
+            search, Bayesian optimisation); Hyperband's trials take theirs from the oracle.
         **kwargs: Passed to ``keras_tuner.Tuner`` (directory, project_name, overwrite, ...).
     """
 
@@ -207,20 +232,23 @@ class IsolatedHyperband(keras_tuner.Tuner):
         training_data: TrainingData,
         multi_gpu: bool = False,
         search_budget: budget.SearchBudget | None = None,
-        hyperband: dict | None = None,
+        algorithm: str = "hyperband",
+        oracle_settings: dict | None = None,
+        trial_epochs: int = 1,
         **kwargs,
     ):
         self.search_budget = search_budget
         # On a worker Keras Tuner wraps the oracle in a client that hides its attributes: the
         # deadline is kept here too, for the trials this process runs.
         self.deadline = search_budget.deadline() if search_budget is not None else None
-        oracle = BudgetedHyperbandOracle(**(hyperband or {}))
+        self.trial_epochs = trial_epochs
+        oracle = ORACLES[algorithm](**(oracle_settings or {}))
         oracle.deadline = self.deadline
         super().__init__(oracle=oracle, hypermodel=unet_hypermodel, **kwargs)
         self.multi_gpu = multi_gpu
         self.training_data = training_data
 
-    def save(self):  # noqa: D102  (atomically: see BudgetedHyperbandOracle.save)
+    def save(self):  # noqa: D102  (atomically: see BudgetedOracle.save)
         if not kt_private.is_worker(self):
             self.oracle.save()
         atomic.write_text_atomically(kt_private.tuner_path(self), json.dumps(self.get_state()))
@@ -245,8 +273,8 @@ class IsolatedHyperband(keras_tuner.Tuner):
         callbacks = kwargs.pop("callbacks", [])
         fit_kwargs = {
             **kwargs,
-            "epochs": values["tuner/epochs"],
-            "initial_epoch": values["tuner/initial_epoch"],
+            "epochs": values.get("tuner/epochs", self.trial_epochs),
+            "initial_epoch": values.get("tuner/initial_epoch", 0),
         }
         # One checkpoint for the best epoch over all executions, as Keras Tuner does.
         checkpoint = AtomicSaveBestEpoch(

@@ -361,3 +361,28 @@ def test_report_rewrites_a_projects_report_and_explains_a_missing_one(finished_s
     assert result.returncode == 0 and (copy / "report.md").is_file(), result.stderr[-2000:]
     result = run([*report, "--project", "nothing-here"])
     assert result.returncode == 2 and "no trials to report on" in result.stderr
+
+
+@pytest.mark.parametrize("algorithm", ["random", "bayesian"])
+def test_random_and_bayesian_search_run_resume_and_grow_with_max_trials(
+    synthetic_dataset, tmp_path, algorithm
+):
+    command = search_command(synthetic_dataset, tmp_path, "--tuner", algorithm, "--max-epochs", "2")
+    first = run([*command, "--max-trials", "2"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    project = tmp_path / "tiny"
+    assert json.loads((project / "search_config.json").read_text())["tuner"] == algorithm
+    trials = pd.read_csv(project / "trials.csv", dtype={"trial_id": str})
+    assert len(trials) == 2 and (trials.status == "COMPLETED").all()
+    assert (trials.epochs == 2).all() and trials.bracket.isna().all()
+    assert (project / "best_hparams.json").is_file()
+    done = completed_trials(project / "tuner")
+
+    grown = run([*command, "--max-trials", "3"])
+    assert grown.returncode == 0, grown.stderr[-3000:]
+    after = completed_trials(project / "tuner")
+    assert len(after) == 3 and all(after[trial] == score for trial, score in done.items())
+
+    other = run(search_command(synthetic_dataset, tmp_path, "--max-epochs", "2"))
+    assert other.returncode == 2
+    assert "searched with other settings (tuner)" in other.stderr
