@@ -3,6 +3,8 @@
 IMAGES are files, folders or glob patterns (JPEG or PNG, RGB or grayscale, any size). The model
 defaults to the latest ``results/*/final/model.keras``; its ``config.json`` supplies the input
 handling and the post-processing tuned on validation images, each of which a flag may override.
+``--model .../export/model.tflite`` predicts with ``export.py``'s TFLite file instead (its
+``export.json`` supplies the same settings; images no larger than the exported size).
 
 Writes to ``--out`` (default: ``results/<project>/predictions/``):
 
@@ -52,6 +54,7 @@ from shipseg import (
     atomic,
     cli,
     drawing,
+    export,
     locks,
     records,
     ships,
@@ -142,9 +145,17 @@ def find_model(results_dir: Path, model: str | None) -> Path:
 
 
 def load_model(path: Path):
-    """Loads a U-Net saved by ``train.py`` and checks that it maps RGB images to one channel."""
+    """Loads a U-Net saved by ``train.py`` (or ``export.py``'s TFLite file) and checks it.
+
+    The check: it maps RGB images to one channel (and, with a ship head, an image probability).
+    """
     import keras
 
+    if path.suffix == ".tflite":
+        try:
+            return export.TFLiteModel(path)
+        except (ValueError, RuntimeError, StopIteration) as error:
+            raise cli.UserError(f"{path}: cannot load the TFLite model ({error})") from None
     import hypermodel  # registers the custom losses and metrics
 
     try:
@@ -174,10 +185,13 @@ def load_model(path: Path):
 def load_settings(model_path: Path, args: argparse.Namespace):
     """Input handling and post-processing: the model's ``config.json``, then the flags.
 
+    An exported model's are in the ``export.json`` beside it (a copy of the training's).
+
     Returns:
         ``(InputConfig or None, PostprocessConfig)``.
     """
-    config_path = model_path.parent / "config.json"
+    exported = model_path.suffix == ".tflite"
+    config_path = model_path.parent / (export.EXPORT_JSON if exported else "config.json")
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
     if not config:
         print(

@@ -1,0 +1,111 @@
+"""Export a trained model for serving: ``python export.py [--model PATH] [--out DIR]``.
+
+Writes, into ``--out`` (default: ``results/<project>/export/``), all or nothing:
+
+    saved_model/    a TensorFlow SavedModel (``tf.saved_model.load(path).serve(images)``; TF
+                    Serving), input ``(n, size, size, 3)`` float32 RGB in 0-255
+    model.tflite    the same network for TFLite (``inference.py --model .../model.tflite``)
+    export.json     the input format, the outputs, the post-processing ``train.py`` tuned, the
+                    training's input settings, and the parity measured against the .keras model
+
+Parity is measured at export on real images (the first two of the training's test split, or the
+``--parity-images`` given; seeded random images when neither exists) and printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from shipseg import runtime  # noqa: I001  (first: it imports TensorFlow quietly)
+
+runtime.import_tensorflow_quietly()
+
+import numpy as np
+
+import evaluation
+import inference
+import pipeline
+from shipseg import airbus, cli, export, splits
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface of ``export.py``."""
+    parser = argparse.ArgumentParser(
+        description="Export the trained U-Net as a TensorFlow SavedModel and a TFLite file.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--model", help="a .keras model (default: the latest results/*/final/model.keras)"
+    )
+    parser.add_argument("--results-dir", default="results")
+    parser.add_argument("--out", help="export folder (default: results/<project>/export)")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=export.DEFAULT_IMAGE_SIZE,
+        help="height and width of the exported input (smaller images are padded)",
+    )
+    parser.add_argument(
+        "--parity-images",
+        nargs="+",
+        help="images to check the exported models on (default: two of the test split)",
+    )
+    return parser
+
+
+def run_export(args: argparse.Namespace) -> dict:
+    """Loads the model, exports it, and prints where and how close the exports are."""
+    model_path = inference.find_model(Path(args.results_dir), args.model)
+    if model_path.suffix != ".keras":
+        raise cli.UserError(f"{model_path}: export takes the .keras model that train.py wrote")
+    model = inference.load_model(model_path)
+    if args.image_size < 1 or args.image_size % evaluation.SIZE_MULTIPLE:
+        raise cli.UserError(
+            f"--image-size must be a positive multiple of {evaluation.SIZE_MULTIPLE}"
+        )
+    config_path = model_path.parent / "config.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    images = parity_images(args.parity_images, config, args.image_size)
+    out_dir = (
+        Path(args.out) if args.out else inference.default_output_dir(model_path).with_name("export")
+    )
+    print(f"Exporting {model_path} at {args.image_size} x {args.image_size} to {out_dir} ...")
+    record = export.export_model(model, model_path, out_dir, args.image_size, config, images)
+    differences = record["parity_max_abs_difference"]
+    print(
+        f"Wrote {out_dir / export.SAVED_MODEL}, {out_dir / export.TFLITE} and "
+        f"{out_dir / export.EXPORT_JSON}; largest difference from the .keras model on "
+        f"{len(images)} images: SavedModel {differences['saved_model']:.1e}, "
+        f"TFLite {differences['tflite']:.1e}"
+    )
+    return record
+
+
+def parity_images(paths: list[str] | None, config: dict, size: int) -> np.ndarray:
+    """``(n, size, size, 3)`` images: the given ones, two of the test split, or random ones."""
+    if not paths and config.get("split_file") and Path(config["split_file"]).is_file():
+        layout = airbus.find_layout(config["data_dir"])
+        split = splits.load_split(config["split_file"])
+        names = sorted(split.ImageId[split.split == "test"])[:2]
+        paths = [str(layout.train_dir / name) for name in names]
+    if not paths:
+        return np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype(np.float32)
+    batch = np.zeros((len(paths), size, size, 3), dtype=np.float32)
+    for index, path in enumerate(paths):
+        if not Path(path).is_file():
+            raise cli.UserError(f"{path}: parity image not found")
+        image = pipeline.decode_image(path).numpy()[:size, :size]
+        batch[index, : image.shape[0], : image.shape[1]] = image
+    return batch
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the command line; user errors are one line and exit status 2."""
+    return cli.main("export.py", build_parser(), run_export, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
