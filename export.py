@@ -26,9 +26,8 @@ runtime.import_tensorflow_quietly()
 import numpy as np
 
 import evaluation
-import inference
 import pipeline
-from shipseg import airbus, cli, export, splits
+from shipseg import airbus, cli, export, models, splits
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,10 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_export(args: argparse.Namespace) -> dict:
     """Loads the model, exports it, and prints where and how close the exports are."""
-    model_path = inference.find_model(Path(args.results_dir), args.model)
+    model_path = models.find_model(Path(args.results_dir), args.model)
     if model_path.suffix != ".keras":
         raise cli.UserError(f"{model_path}: export takes the .keras model that train.py wrote")
-    model = inference.load_model(model_path)
+    model = models.load_model(model_path)
     if args.image_size < 1 or args.image_size % evaluation.SIZE_MULTIPLE:
         raise cli.UserError(
             f"--image-size must be a positive multiple of {evaluation.SIZE_MULTIPLE}"
@@ -69,9 +68,7 @@ def run_export(args: argparse.Namespace) -> dict:
     config_path = model_path.parent / "config.json"
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
     images = parity_images(args.parity_images, config, args.image_size)
-    out_dir = (
-        Path(args.out) if args.out else inference.default_output_dir(model_path).with_name("export")
-    )
+    out_dir = Path(args.out) if args.out else models.project_folder(model_path) / "export"
     print(f"Exporting {model_path} at {args.image_size} x {args.image_size} to {out_dir} ...")
     record = export.export_model(model, model_path, out_dir, args.image_size, config, images)
     differences = record["parity_max_abs_difference"]

@@ -56,8 +56,10 @@ from shipseg import (
     drawing,
     export,
     locks,
+    models,
     records,
     ships,
+    tiling,
 )
 from shipseg.rle import ships_to_label_image
 
@@ -104,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="average predictions over flips (3x slower)",
     )
+    _output_options(parser)
+    _scene_options(parser.add_argument_group("large scenes"))
+    return parser
+
+
+def _output_options(parser) -> None:
+    """Scores, overlays, metres and resuming."""
     parser.add_argument(
         "--labels", help="a ship CSV (ImageId,EncodedPixels) to score the predictions"
     )
@@ -120,66 +129,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace the output folder's earlier predictions instead of resuming them (needed "
         "to change the model or settings of a folder)",
     )
-    return parser
+
+
+def _scene_options(group) -> None:
+    """When and how images are cut into overlapping tiles (``shipseg.tiling``)."""
+    group.add_argument(
+        "--tile-above",
+        type=int,
+        default=tiling.DEFAULT_LIMIT,
+        help="images with a side longer than this are predicted in overlapping tiles",
+    )
+    group.add_argument("--tile", type=int, default=tiling.DEFAULT_TILE, help="tile side")
+    group.add_argument(
+        "--overlap", type=int, default=tiling.DEFAULT_OVERLAP, help="pixels shared by tiles"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Model and settings
 # ---------------------------------------------------------------------------------------------
-
-
-def find_model(results_dir: Path, model: str | None) -> Path:
-    """The given model file, or the most recently trained ``results/*/final/model.keras``."""
-    if model:
-        path = Path(model)
-        if not path.is_file():
-            raise cli.UserError(f"{path}: model file not found")
-        return path
-    models = sorted(results_dir.glob("*/final/model.keras"), key=lambda p: p.stat().st_mtime)
-    if not models:
-        raise cli.UserError(
-            f"{results_dir}: no trained model found; run python train.py --best first, "
-            "or pass --model"
-        )
-    return models[-1]
-
-
-def load_model(path: Path):
-    """Loads a U-Net saved by ``train.py`` (or ``export.py``'s TFLite file) and checks it.
-
-    The check: it maps RGB images to one channel (and, with a ship head, an image probability).
-    """
-    import keras
-
-    if path.suffix == ".tflite":
-        try:
-            return export.TFLiteModel(path)
-        except (ValueError, RuntimeError, StopIteration) as error:
-            raise cli.UserError(f"{path}: cannot load the TFLite model ({error})") from None
-    import hypermodel  # registers the custom losses and metrics
-
-    try:
-        model = keras.saving.load_model(path)
-    except Exception as error:  # Keras raises many types for a bad or foreign file.
-        raise cli.UserError(
-            f"{path}: cannot load the model ({type(error).__name__}: "
-            f"{str(error).splitlines()[0][:200]})"
-        ) from None
-    # A model with a ship head returns {"ship_probability": mask, "has_ship": probability}.
-    output = (
-        model.output["ship_probability"] if hypermodel.has_ship_head(model) else model.outputs[0]
-    )
-    if (
-        len(model.inputs) != 1
-        or model.inputs[0].shape[-1] != 3
-        or len(output.shape) != 4
-        or output.shape[-1] != 1
-    ):
-        raise cli.UserError(
-            f"{path}: not a ship U-Net (expects one RGB input and one mask output, "
-            f"got {model.inputs[0].shape} -> {output.shape})"
-        )
-    return model
 
 
 def load_settings(model_path: Path, args: argparse.Namespace):
@@ -316,11 +284,11 @@ def run_inference(args: argparse.Namespace) -> dict:
         "scores": dict or None, "seconds": float}``.
     """
     paths = input_images(args)
-    model_path = find_model(Path(args.results_dir), args.model)
+    model_path = models.find_model(Path(args.results_dir), args.model)
     input_config, postprocess = load_settings(model_path, args)
     scorer = LabelScorer(load_labels(args.labels))
     identity = records.run_identity(model_path, _settings_record(input_config, postprocess, args))
-    model = load_model(model_path)
+    model = models.load_model(model_path)
     if records.run_identity(model_path, identity["settings"]) != identity:
         raise cli.UserError(f"{model_path}: replaced while it was being loaded; run again")
     out_dir = Path(args.out) if args.out else default_output_dir(model_path)
@@ -375,11 +343,25 @@ def predict_images(model, paths, input_config, postprocess, scorer, args, out_di
         pixel_size=args.pixel_size,
     )
     start = time.perf_counter()
-    table = pd.DataFrame({"path": [str(path) for path in paths]})
+    scenes = tiling.scene_positions(paths, input_config, args.tile_above)
+    images = [position for position in range(len(paths)) if position not in scenes]
+    table = pd.DataFrame({"path": [str(paths[position]) for position in images]})
     predictions = evaluation.predict_table(
         model, table, input_config, args.batch_size, postprocess.flip_tta, with_images=True
     )
-    outputs = finish_in_threads(predictions, finish, len(paths))
+    in_paths = (p._replace(position=images[p.position]) for p in predictions)
+    outputs = finish_in_threads(in_paths, finish, len(images))
+    for position in scenes:  # One at a time: a scene's maps are the largest thing in memory.
+        scene = tiling.predict_scene_file(
+            model,
+            paths[position],
+            position,
+            postprocess.flip_tta,
+            args.tile,
+            args.overlap,
+            args.batch_size,
+        )
+        outputs[position] = finish(scene)
     return outputs, time.perf_counter() - start
 
 
@@ -439,17 +421,22 @@ def _settings_record(input_config, postprocess, args: argparse.Namespace) -> dic
         "overlays": not args.no_overlays,
         "pixel_size": args.pixel_size,
         "batch_size": args.batch_size,  # Batches shape the last bits of the network's output.
+        "tiles": {"above": args.tile_above, "tile": args.tile, "overlap": args.overlap},
     }
 
 
 def input_images(args: argparse.Namespace) -> list[Path]:
-    """The image files to predict, checked: found, uniquely named, and a valid batch size."""
+    """The image files to predict, checked: found, uniquely named; batch and tiles valid."""
     try:
         paths = airbus.list_images(args.images)
     except airbus.DataError as error:
         raise cli.UserError(str(error)) from None
     if args.batch_size < 1:
         raise cli.UserError("--batch-size must be at least 1")
+    if args.tile < 1 or args.tile_above < 1 or not 0 <= args.overlap < args.tile:
+        raise cli.UserError(
+            "--tile and --tile-above must be at least 1, and --overlap in [0, --tile)"
+        )
     stems = [path.stem for path in paths]
     if len(set(stems)) != len(stems):
         duplicate = next(stem for stem in stems if stems.count(stem) > 1)
@@ -545,9 +532,7 @@ def _yield_to_the_network() -> None:
 
 def default_output_dir(model_path: Path) -> Path:
     """``results/<project>/predictions`` for a model of ``train.py``, else beside the model."""
-    if model_path.parent.name == "final":
-        return model_path.parent.parent / "predictions"
-    return model_path.parent / "predictions"
+    return models.project_folder(model_path) / "predictions"
 
 
 def report_scores(scoreboard: evaluation.Scoreboard, unlabelled: list[str], out_dir: Path) -> dict:

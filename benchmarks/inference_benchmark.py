@@ -29,7 +29,7 @@ runtime.import_tensorflow_quietly()
 import hypermodel
 import inference
 import pipeline
-from shipseg import airbus
+from shipseg import airbus, models
 
 
 def main() -> None:
@@ -100,7 +100,7 @@ def timed_passes(
     Alternating means a machine that slows down or speeds up during the run (a shared virtual
     machine does) biases neither side.
     """
-    model = inference.load_model(model_path)
+    model = models.load_model(model_path)
     batches = [
         np.stack(
             [

@@ -155,6 +155,7 @@ OVERLAY_PALETTE = _overlay_palette()
 
 
 _LUMA_TO_GREY_INDEX = (77 / 512, 150 / 512, 29 / 512)
+_OVERLAY_ROWS = 1024
 
 
 def overlay_indices(image: np.ndarray, ships: np.ndarray | None) -> np.ndarray:
@@ -171,14 +172,18 @@ def overlay_indices(image: np.ndarray, ships: np.ndarray | None) -> np.ndarray:
     Returns:
         ``(h, w)`` uint8 palette indices.
     """
-    # Luma (ITU-R BT.601 weights, 77 + 150 + 29 = 256) scaled to 0-127. Element-wise on
-    # purpose: a matrix product would wake BLAS's threads, which spin and starve the network.
-    rgb = np.asarray(image, dtype=np.float32)
-    red, green, blue = _LUMA_TO_GREY_INDEX
-    luma = rgb[..., 0] * red
-    luma += rgb[..., 1] * green
-    luma += rgb[..., 2] * blue
-    indices = luma.astype(np.uint8)
+    indices = np.empty(image.shape[:2], dtype=np.uint8)
+    # In bands of rows: a 10,000 x 10,000 scene as float32 would be 1.2 GB at once.
+    for top in range(0, image.shape[0], _OVERLAY_ROWS):
+        band = slice(top, top + _OVERLAY_ROWS)
+        # Luma (ITU-R BT.601 weights, 77 + 150 + 29 = 256) scaled to 0-127. Element-wise on
+        # purpose: a matrix product would wake BLAS's threads, which spin and starve the network.
+        rgb = np.asarray(image[band], dtype=np.float32)
+        red, green, blue = _LUMA_TO_GREY_INDEX
+        luma = rgb[..., 0] * red
+        luma += rgb[..., 1] * green
+        luma += rgb[..., 2] * blue
+        indices[band] = luma
     if ships is not None:
         indices[ships] += 128
     return indices

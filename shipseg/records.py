@@ -25,7 +25,7 @@ import pandas as pd
 import evaluation
 from shipseg import airbus, atomic, ships
 from shipseg.cli import UserError
-from shipseg.rle import rle_encode
+from shipseg.rle import rle_encode_pixels
 
 RECORDS = "records"
 RUN_FILE = "inference.json"
@@ -112,7 +112,13 @@ def _remove_outputs(out_dir: Path) -> None:
 
 def ship_rows(image_id: str, labels: np.ndarray) -> list[tuple[str, str]]:
     """Submission rows of one image: one per ship, or one empty row when there is none."""
-    rows = [(image_id, rle_encode(labels == ship)) for ship in range(1, int(labels.max()) + 1)]
+    from skimage.measure import regionprops
+
+    height = labels.shape[0]
+    rows = [
+        (image_id, rle_encode_pixels(ship.coords[:, 0], ship.coords[:, 1], height))
+        for ship in regionprops(labels)
+    ]
     return rows or [(image_id, "")]
 
 

@@ -49,17 +49,17 @@ def ship_records(
     pixel_size: float = DEFAULT_PIXEL_SIZE,
 ) -> list[dict]:
     """One record per ship of ``labels`` (see ``SHIP_COLUMNS``; ``corners`` as (row, column))."""
+    from skimage.measure import regionprops
+
     records = []
-    for ship in range(1, int(labels.max(initial=0)) + 1):
-        coords = np.argwhere(labels == ship).astype(float)
-        if not len(coords):
-            continue
+    for region in regionprops(labels):  # by label; each ship's pixels from its box alone
+        coords = region.coords.astype(float)
         box = oriented_box(coords)
-        values = probabilities[labels == ship]
+        values = probabilities[region.coords[:, 0], region.coords[:, 1]]
         records.append(
             {
                 "ImageId": image_id,
-                "ship": ship,
+                "ship": region.label,
                 "row": round(float(box["centre"][0]), 2),
                 "column": round(float(box["centre"][1]), 2),
                 "length_px": round(box["length"], 2),

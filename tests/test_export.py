@@ -11,10 +11,9 @@ import pandas as pd
 import pytest
 
 import evaluation
-import inference
 import pipeline
 from conftest import ROOT, inference_command, run
-from shipseg import export
+from shipseg import export, models
 
 # Inference with thresholds that keep whatever the barely trained tiny model sees.
 LOOSE = ["--threshold", "0.005", "--image-threshold", "0", "--ship-threshold", "0"]
@@ -48,7 +47,7 @@ def test_exported_models_predict_what_the_keras_model_predicts(exported, synthet
     import tensorflow as tf
 
     project, out, _ = exported
-    model = inference.load_model(project / "final" / "model.keras")
+    model = models.load_model(project / "final" / "model.keras")
     paths = sorted((Path(synthetic_dataset) / "train_v2").glob("*.jpg"))[:4]
     images = np.stack([pipeline.decode_image(str(path)).numpy() for path in paths])
     expected = model.predict_on_batch(images)

@@ -14,7 +14,14 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from conftest import csv_rows, pil_image
-from shipseg.rle import parse_rle, rle_decode, rle_encode, rle_pixel_count, ships_to_label_image
+from shipseg.rle import (
+    parse_rle,
+    rle_decode,
+    rle_encode,
+    rle_encode_pixels,
+    rle_pixel_count,
+    ships_to_label_image,
+)
 
 
 def reference_decode(rle: str, shape: tuple[int, int]) -> np.ndarray:
@@ -227,3 +234,19 @@ def test_decoder_orientation_on_real_ships(airbus_sample):
         brighter += gray[mask].mean() > gray[mask.T].mean() + 10
     # The data gives 25 of 30; a transposed (row-major) decoder gives 3.
     assert brighter >= 20, f"only {brighter} of 30 ships are brighter under the decoded mask"
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_encoding_a_ships_pixels_gives_the_same_string_as_encoding_its_mask(seed):
+    rng = np.random.default_rng(seed)
+    height, width = rng.integers(1, 40, size=2)
+    mask = rng.random((height, width)) < rng.uniform(0.05, 0.9)
+    rows, columns = np.nonzero(mask)
+    order = rng.permutation(len(rows))  # any order of the pixels
+    assert rle_encode_pixels(rows[order], columns[order], height) == rle_encode(mask)
+
+
+def test_a_run_that_wraps_to_the_next_column_stays_one_run():
+    mask = np.zeros((4, 3), dtype=bool)
+    mask[2:, 0] = mask[:2, 1] = True  # column-major: pixels 3, 4, 5, 6
+    assert rle_encode_pixels(*np.nonzero(mask), 4) == rle_encode(mask) == "3 4"
