@@ -26,7 +26,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -393,7 +392,7 @@ def search_project(
     """The search proper, in a project this process may write to (see ``run_search``)."""
     fresh = args.overwrite or not check_resumable(project_dir, settings)
     if fresh and role != "worker":
-        remove_previous_results(project_dir)
+        results.remove_previous_results(project_dir)
     split = prepare_split(table, project_dir / "split.csv", settings, fresh)
     settings.update(
         split_file=str((project_dir / "split.csv").resolve()),
@@ -532,7 +531,7 @@ def make_tuner(
         args.seed,
         args.max_parameters,
     )
-    _keep_off_gpus()
+    runtime.hide_gpus()
     try:
         return tuning.IsolatedTuner(
             unet,
@@ -574,41 +573,6 @@ def oracle_settings(args: argparse.Namespace) -> dict:
         hyperband = {"max_epochs": args.max_epochs, "factor": args.factor}
         return {**common, **hyperband, "hyperband_iterations": args.iterations}
     return {**common, "max_trials": args.max_trials}
-
-
-def _keep_off_gpus() -> None:
-    """Hides the GPUs from this process: only the trial processes train.
-
-    Keras Tuner builds a model here while it sets up the search space; on a GPU that would
-    reserve the GPU's memory for the whole search, out of reach of the trials.
-    """
-    import tensorflow as tf
-
-    try:
-        tf.config.set_visible_devices([], "GPU")
-    except RuntimeError:
-        pass  # TensorFlow already started here (a test or a notebook): nothing to hide any more.
-
-
-def remove_previous_results(project_dir: Path) -> None:
-    """Deletes an earlier search's result files and logs before a fresh start.
-
-    Keras Tuner's ``overwrite`` only clears its own folder; stale ``best_hparams.json`` or
-    TensorBoard runs with the same trial ids would otherwise mix with the new search.
-    """
-    for name in (
-        "best_hparams.json",
-        "trials.csv",
-        "trials.png",
-        "search_summary.json",
-        "split.csv",
-        "report.md",
-        "importance.png",
-        "budget.json",
-    ):
-        (project_dir / name).unlink(missing_ok=True)
-    for name in ("logs", "tuner", "final", "final.partial", "final.previous", "folds"):
-        shutil.rmtree(project_dir / name, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

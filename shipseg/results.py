@@ -7,6 +7,7 @@ that a resumed or distributed search exports exactly what Keras Tuner recorded.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import keras_tuner
@@ -173,3 +174,24 @@ def print_summary(trials: pd.DataFrame, project_dir: Path, objective: str, top: 
         f"\nResults in {project_dir}: trials.csv, best_hparams.json, trials.png, report.md; "
         f"TensorBoard: tensorboard --logdir {project_dir.parent}"
     )
+
+
+def remove_previous_results(project_dir: Path) -> None:
+    """Deletes an earlier search's result files and logs before a fresh start.
+
+    Keras Tuner's ``overwrite`` only clears its own folder; stale ``best_hparams.json`` or
+    TensorBoard runs with the same trial ids would otherwise mix with the new search.
+    """
+    for name in (
+        "best_hparams.json",
+        "trials.csv",
+        "trials.png",
+        "search_summary.json",
+        "split.csv",
+        "report.md",
+        "importance.png",
+        "budget.json",
+    ):
+        (project_dir / name).unlink(missing_ok=True)
+    for name in ("logs", "tuner", "final", "final.partial", "final.previous", "folds"):
+        shutil.rmtree(project_dir / name, ignore_errors=True)

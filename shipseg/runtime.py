@@ -50,3 +50,17 @@ def library_versions() -> dict[str, str]:
         "numpy": np.__version__,
         "python": sys.version.split()[0],
     }
+
+
+def hide_gpus() -> None:
+    """Hides the GPUs from this process: only the trial processes train.
+
+    Keras Tuner builds a model here while it sets up the search space; on a GPU that would
+    reserve the GPU's memory for the whole search, out of reach of the trials.
+    """
+    import tensorflow as tf
+
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:
+        pass  # TensorFlow already started here (a test or a notebook): nothing to hide any more.
