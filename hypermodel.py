@@ -20,6 +20,7 @@ import keras_tuner
 import numpy as np
 from keras import layers
 
+from shipseg import encoders
 from shipseg.losses import PIXEL_LOSSES, DiceScore, IoUScore, WeightedLoss
 from shipseg.validation import WholeImageValidation
 
@@ -68,6 +69,8 @@ def build_unet(
     input_size: int | None = None,
     ship_prior: float = 0.01,
     ship_head: bool = False,
+    encoder: str = encoders.PLAIN,
+    encoder_weights: str | None = None,
 ) -> keras.Model:
     """Builds a U-Net for binary ship masks.
 
@@ -90,15 +93,27 @@ def build_unet(
         ship_head: Adds the image-level decision "does this image hold a ship?" (see
             ``ship_head``): the model then returns a dict, ``{"ship_probability": mask,
             "has_ship": (batch, 1) probability}``.
+        encoder: ``"unet"`` (the encoder above) or a pretrained backbone of
+            ``shipseg.encoders.BACKBONES``, tapped at strides 2 to ``2 ** levels``; the image
+            itself (scaled to 0-1) is then the full-resolution skip, and ``batch_norm`` and
+            ``dropout`` apply to the decoder and the bottleneck only.
+        encoder_weights: The backbone's initial weights: ``"imagenet"``, ``"none"`` / None
+            (random) or a weights file's path.
 
     Returns:
         An uncompiled ``keras.Model`` from RGB images in 0-255 (float) to one sigmoid channel
         (and the image's ship probability when ``ship_head``).
     """
-    _check_unet_arguments(levels, dropout, upsampling, input_size)
+    _check_unet_arguments(levels, dropout, upsampling, input_size, encoder)
     inputs = keras.Input((input_size, input_size, 3), name="image")
-    x = layers.Rescaling(1 / 255, name="scale_0_1")(inputs)
-    x, skips = _encoder(x, levels, base_filters, dropout, batch_norm)
+    scaled = layers.Rescaling(1 / 255, name="scale_0_1")(inputs)
+    if encoder == encoders.PLAIN:
+        x, skips = _encoder(scaled, levels, base_filters, dropout, batch_norm)
+    else:
+        *features, x = encoders.build_encoder(encoder, levels, encoder_weights)(inputs)
+        skips = [scaled, *features]
+        if dropout:
+            x = layers.SpatialDropout2D(dropout, name="bottleneck_dropout")(x)
     has_ship = _ship_head(x) if ship_head else None
     x = _decoder(x, skips, base_filters, batch_norm, upsampling)
     outputs = layers.Conv2D(
@@ -111,10 +126,13 @@ def build_unet(
     )(x)
     if has_ship is not None:
         outputs = {"ship_probability": outputs, "has_ship": has_ship}
-    return keras.Model(inputs, outputs, name=f"unet_{levels}x{base_filters}")
+    prefix = "unet" if encoder == encoders.PLAIN else f"unet_{encoder}"
+    return keras.Model(inputs, outputs, name=f"{prefix}_{levels}x{base_filters}")
 
 
-def _check_unet_arguments(levels: int, dropout: float, upsampling: str, input_size) -> None:
+def _check_unet_arguments(
+    levels: int, dropout: float, upsampling: str, input_size, encoder: str
+) -> None:
     if input_size is not None:
         check_input_size(input_size, levels)
     elif not MIN_LEVELS <= levels <= MAX_LEVELS:
@@ -123,6 +141,8 @@ def _check_unet_arguments(levels: int, dropout: float, upsampling: str, input_si
         raise ValueError(f"upsampling must be 'transpose' or 'resize', got {upsampling!r}")
     if not 0 <= dropout < 1:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    if encoder not in encoders.ENCODERS:
+        raise ValueError(f"encoder must be one of {', '.join(encoders.ENCODERS)}, got {encoder!r}")
 
 
 def _encoder(x, levels: int, base_filters: int, dropout: float, batch_norm: bool):
@@ -222,6 +242,8 @@ class Dimension:
         log: Sample a float range on a log scale.
         limits: Hard bounds a user may narrow within, for ``int`` / ``float``.
         help: One line for ``--help``.
+        allowed: For a ``choice`` of names: every name a user may ask for (default: ``values``),
+            when the default range is narrower (the pretrained encoders).
     """
 
     name: str
@@ -231,6 +253,7 @@ class Dimension:
     log: bool = False
     limits: tuple | None = None
     help: str = ""
+    allowed: tuple | None = None
 
     def define(self, hp: keras_tuner.HyperParameters):
         """Registers this dimension with ``hp`` and returns the trial's value."""
@@ -257,9 +280,11 @@ class Dimension:
         """The range as a user would write it (``2:5``, ``8,16,32``)."""
         if self.kind in ("int", "float") and len(self.values) == 2:
             return f"{self.values[0]:g}:{self.values[1]:g}" + (" (log)" if self.log else "")
-        return ",".join(
+        text = ",".join(
             str(value).lower() if isinstance(value, bool) else str(value) for value in self.values
         )
+        others = [value for value in self.allowed or () if value not in self.values]
+        return f"{text} (also {','.join(others)})" if others else text
 
     def parse(self, text: str) -> Dimension:
         """A copy fixed or narrowed by a command-line value.
@@ -282,12 +307,13 @@ class Dimension:
                 if isinstance(self.values[0], int):
                     # Numeric choices (filters, batch size) accept any value within the limits.
                     return int(token)
-                if token not in self.values:
+                if token not in (self.allowed or self.values):
                     raise KeyError(token)
                 return token
             except (ValueError, KeyError):
+                allowed = ",".join(self.allowed) if self.allowed else self.describe()
                 raise ValueError(
-                    f"{self.name}: {token!r} is not valid (allowed: {self.describe()})"
+                    f"{self.name}: {token!r} is not valid (allowed: {allowed})"
                 ) from None
 
         def check(value):
@@ -352,10 +378,24 @@ DEFAULT_SPACE: tuple[Dimension, ...] = (
         limits=(0.0, 10.0),
         help="weight of the image-level ship head's loss; 0: no head (pixel maximum decides)",
     ),
+    Dimension(
+        "encoder",
+        "choice",
+        (encoders.PLAIN,),
+        allowed=encoders.ENCODERS,
+        help=f"encoder: the U-Net's own, or pretrained ({', '.join(encoders.BACKBONES)})",
+    ),
+    Dimension(
+        "encoder_frozen_epochs",
+        "choice",
+        (0, 2),
+        limits=(0, 10_000),
+        help="first epochs with a pretrained encoder's weights fixed (searched only with one)",
+    ),
 )
 # Hyperparameters added after searches were run: their value when a saved configuration lacks
 # them (the model it describes had no such part).
-ADDED_LATER = {"ship_loss_weight": 0.0}
+ADDED_LATER = {"ship_loss_weight": 0.0, "encoder": encoders.PLAIN, "encoder_frozen_epochs": 0}
 
 
 def search_space(overrides: Sequence[str] = ()) -> tuple[Dimension, ...]:
@@ -376,6 +416,9 @@ def search_space(overrides: Sequence[str] = ()) -> tuple[Dimension, ...]:
         if name not in space:
             raise ValueError(f"unknown hyperparameter {name!r} (known: {', '.join(space)})")
         space[name] = space[name].parse(text.strip())
+    if not set(space["encoder"].values) & set(encoders.BACKBONES):
+        # Freezing concerns pretrained encoders only: without one, searching it wastes trials.
+        space["encoder_frozen_epochs"] = space["encoder_frozen_epochs"].parse("0")
     return tuple(space.values())
 
 
@@ -406,6 +449,8 @@ class ShipUNetHyperModel(keras_tuner.HyperModel):
         images_per_epoch: Training images per epoch (the stream is endless).
         seed: Start of the seed sequence for weight initialisation (one seed per build).
         max_parameters: Trials whose model has more weights fail at once (memory guard).
+        encoder_weights: A pretrained encoder's initial weights: ``"none"``, ``"imagenet"`` or
+            a file (see ``shipseg.encoders.check_weights``).
     """
 
     def __init__(
@@ -415,9 +460,11 @@ class ShipUNetHyperModel(keras_tuner.HyperModel):
         images_per_epoch: int = 512,
         seed: int = 0,
         max_parameters: int | None = None,
+        encoder_weights: str = "none",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.encoder_weights = encoder_weights
         self.space = tuple(space)
         self.validation = validation
         self.images_per_epoch = images_per_epoch
@@ -438,6 +485,8 @@ class ShipUNetHyperModel(keras_tuner.HyperModel):
             values["batch_norm"],
             values["upsampling"],
             ship_head=values["ship_loss_weight"] > 0,
+            encoder=values["encoder"],
+            encoder_weights=self.encoder_weights,
         )
         if self.max_parameters and model.count_params() > self.max_parameters:
             raise keras_tuner.errors.FailedTrialError(
@@ -467,6 +516,8 @@ class ShipUNetHyperModel(keras_tuner.HyperModel):
             validation = _copy_validation(self.validation, callbacks)
             callbacks.insert(0, validation)
         callbacks.insert(1 if self.validation is not None else 0, keras.callbacks.TerminateOnNaN())
+        if encoders.has_encoder(model) and hp.get("encoder_frozen_epochs") > 0:
+            callbacks.insert(0, encoders.FreezeEncoder(hp.get("encoder_frozen_epochs")))
         kwargs.setdefault("steps_per_epoch", max(1, math.ceil(self.images_per_epoch / batch_size)))
         kwargs.setdefault("shuffle", False)  # tf.data shuffles; Keras would only warn about it
         batches = x.batch(batch_size, drop_remainder=True)

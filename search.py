@@ -45,6 +45,7 @@ from shipseg import (
     atomic,
     budget,
     cli,
+    encoders,
     isolation,
     locks,
     report,
@@ -78,6 +79,7 @@ RESUME_KEYS = (
     "images_per_epoch",
     "val_images",
     "executions_per_trial",
+    "encoder_weights",
 )
 # ... of which these only matter to Hyperband (--max-trials may grow on resume, as the budget).
 HYPERBAND_KEYS = ("factor", "iterations")
@@ -194,6 +196,13 @@ def _space_options(group) -> None:
         + "; ".join(f"{d.name} [{d.describe()}]" for d in hypermodel.DEFAULT_SPACE),
     )
     group.add_argument(
+        "--encoder-weights",
+        default="none",
+        metavar=encoders.WEIGHT_CHOICES,
+        help="initial weights of pretrained encoders (--hp encoder=mobilenet_v2,...): "
+        "ImageNet's (from Keras's cache, or downloaded), none (random) or a weights file",
+    )
+    group.add_argument(
         "--objective",
         choices=results.OBJECTIVES,
         default="val_dice",
@@ -282,6 +291,7 @@ def resolve_settings(args: argparse.Namespace) -> dict:
         "val_fraction": args.val_fraction,
         "test_fraction": args.test_fraction,
         "max_parameters": args.max_parameters,
+        "encoder_weights": encoders.resolve_weights(args.encoder_weights),
         "seed": args.seed,
         "space": {d.name: d.describe() for d in space},
         "hp_overrides": list(args.hp),
@@ -333,6 +343,9 @@ def _space_and_input(args: argparse.Namespace) -> tuple:
         hypermodel.check_input_size(args.input_size, int(deepest))
     except ValueError as error:
         raise cli.UserError(f"--input-size: {error}") from None
+    encoders.check_weights(
+        next(d for d in space if d.name == "encoder").values, args.encoder_weights
+    )
     return space, input_config
 
 
@@ -530,6 +543,7 @@ def make_tuner(
         args.images_per_epoch,
         args.seed,
         args.max_parameters,
+        settings["encoder_weights"],
     )
     runtime.hide_gpus()
     try:

@@ -39,6 +39,7 @@ from shipseg import (
     budget,
     cli,
     drawing,
+    encoders,
     kfold,
     locks,
     results,
@@ -105,6 +106,11 @@ def _training_options(group) -> None:
         "--monitor",
         choices=results.OBJECTIVES,
         help="score that picks the best epoch and stops early (default: the search's objective)",
+    )
+    group.add_argument(
+        "--encoder-weights",
+        metavar=encoders.WEIGHT_CHOICES,
+        help="a pretrained encoder's initial weights (default: as in the search)",
     )
     group.add_argument(
         "--val-images",
@@ -224,6 +230,10 @@ def load_run(args: argparse.Namespace) -> Run:
         seconds = budget.parse_duration(args.time_budget) if args.time_budget else None
     except ValueError as error:
         raise cli.UserError(f"--time-budget: {error}") from None
+    weights = encoders.resolve_weights(
+        args.encoder_weights or search_config.get("encoder_weights", "none")
+    )
+    encoders.check_weights([values["encoder"]], weights)
     table = airbus.read_dataset(search_config["resolved_data_dir"])
     settings = training.TrainSettings(
         input_config=pipeline.InputConfig(**search_config["input"]),
@@ -234,6 +244,7 @@ def load_run(args: argparse.Namespace) -> Run:
         seed=search_config["seed"] if args.seed is None else args.seed,
         verbose=args.verbose,
         deadline=None if seconds is None else time.time() + seconds,
+        encoder_weights=weights,
     )
     split = splits.load_split(search_config["split_file"], table)
     return Run(project_dir, search_config, values, hparams_path, table, split, settings)
@@ -254,6 +265,7 @@ def run_config(run: Run, args: argparse.Namespace, **extra) -> dict:
         "epochs": run.settings.epochs,
         "images_per_epoch": run.settings.images_per_epoch,
         "patience": run.settings.patience,
+        "encoder_weights": run.settings.encoder_weights,
         "time_budget": args.time_budget,
         "flip_tta": args.tta,
         "seed": run.settings.seed,

@@ -57,6 +57,7 @@ class TrainSettings:
         seed: Fixes initialisation and sampling.
         verbose: Keras verbosity.
         deadline: ``time.time()`` at which training stops (the time budget), or None.
+        encoder_weights: A pretrained encoder's initial weights (``imagenet``, ``none``, a file).
     """
 
     input_config: pipeline.InputConfig
@@ -67,6 +68,7 @@ class TrainSettings:
     seed: int
     verbose: int = 1
     deadline: float | None = None
+    encoder_weights: str = "none"
 
 
 def training_callbacks(
@@ -127,7 +129,11 @@ def train_model(
         validation = WholeImageValidation(validation_table, settings.input_config)
     space = hypermodel.search_space([f"{name}={value}" for name, value in values.items()])
     model_builder = hypermodel.ShipUNetHyperModel(
-        space, validation, settings.images_per_epoch, settings.seed
+        space,
+        validation,
+        settings.images_per_epoch,
+        settings.seed,
+        encoder_weights=settings.encoder_weights,
     )
     hp = hypermodel.fixed_hyperparameters(values)
     model = model_builder.build(hp)
