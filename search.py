@@ -169,6 +169,12 @@ def _budget_options(group) -> None:
         "spent and the running one stops at it; a rerun resumes with what is left, and a larger "
         "budget extends it (default: none, Hyperband's own budget)",
     )
+    group.add_argument(
+        "--initial-trials",
+        type=int,
+        help="random trials before Bayesian optimisation's Gaussian process takes over "
+        "(default: a third of --max-trials, at least 2)",
+    )
     group.add_argument("--iterations", type=int, default=1, help="Hyperband iterations")
     group.add_argument("--executions-per-trial", type=int, default=1)
     group.add_argument(
@@ -284,6 +290,7 @@ def resolve_settings(args: argparse.Namespace) -> dict:
         "max_epochs": args.max_epochs,
         "factor": args.factor,
         "max_trials": args.max_trials,
+        "initial_trials": initial_trials(args) if args.tuner == "bayesian" else None,
         "iterations": args.iterations,
         "executions_per_trial": args.executions_per_trial,
         "images_per_epoch": args.images_per_epoch,
@@ -314,8 +321,9 @@ def _check_counts(args: argparse.Namespace) -> None:
     ):
         if getattr(args, name) < 1:
             raise cli.UserError(f"--{name.replace('_', '-')} must be at least 1")
-    if args.val_images is not None and args.val_images < 1:
-        raise cli.UserError("--val-images must be at least 1")
+    for name in ("val_images", "initial_trials"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise cli.UserError(f"--{name.replace('_', '-')} must be at least 1")
     if args.factor < 2:
         raise cli.UserError("--factor must be at least 2")
     if args.time_budget is not None:
@@ -586,7 +594,19 @@ def oracle_settings(args: argparse.Namespace) -> dict:
     if args.tuner == "hyperband":
         hyperband = {"max_epochs": args.max_epochs, "factor": args.factor}
         return {**common, **hyperband, "hyperband_iterations": args.iterations}
+    if args.tuner == "bayesian":
+        return {**common, "max_trials": args.max_trials, "num_initial_points": initial_trials(args)}
     return {**common, "max_trials": args.max_trials}
+
+
+def initial_trials(args: argparse.Namespace) -> int:
+    """Random trials before Bayesian optimisation's Gaussian process proposes the others.
+
+    Keras Tuner's default is three per hyperparameter, 36 for this space: a search of fewer
+    trials would be a random search (measured: seed-0 Bayesian and random searches of 6 trials
+    tried the same configurations). A third of ``--max-trials``, at least 2, by default.
+    """
+    return args.initial_trials or max(2, args.max_trials // 3)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -386,3 +386,16 @@ def test_random_and_bayesian_search_run_resume_and_grow_with_max_trials(
     other = run(search_command(synthetic_dataset, tmp_path, "--max-epochs", "2"))
     assert other.returncode == 2
     assert "searched with other settings (tuner)" in other.stderr
+
+
+def test_bayesian_search_hands_over_to_its_gaussian_process_after_a_third_of_its_trials():
+    def initial_points(*flags):
+        args = search.build_parser().parse_args(["--tuner", "bayesian", *flags])
+        return search.oracle_settings(args)["num_initial_points"]
+
+    # Keras Tuner's own default, 3 per hyperparameter (36), would make 10 trials a random search.
+    assert initial_points() == 3
+    assert initial_points("--max-trials", "30") == 10
+    assert initial_points("--max-trials", "4") == 2
+    assert initial_points("--max-trials", "30", "--initial-trials", "5") == 5
+    assert "num_initial_points" not in search.oracle_settings(search.build_parser().parse_args([]))
