@@ -249,13 +249,13 @@ def _read_rgb(path: Path):
 # ---------------------------------------------------------------------------------------------
 
 
-def check_files(paths: list[Path]) -> tuple[list[Path], list[str]]:
-    """Splits paths into readable images and one-line problems for the others."""
-    good, problems = [], []
+def check_files(paths: list[Path]) -> tuple[dict[Path, tuple[int, int]], list[str]]:
+    """The readable images with their (height, width), and one-line problems for the others."""
+    good, problems = {}, []
     for path in paths:
-        problem, _ = airbus.inspect_image_file(path)
+        problem, size = airbus.inspect_image_file(path)
         if problem is None:
-            good.append(path)
+            good[path] = size
         else:
             problems.append(f"{path}: {problem}")
     return good, problems
@@ -294,7 +294,8 @@ def run_inference(args: argparse.Namespace) -> dict:
     out_dir = Path(args.out) if args.out else default_output_dir(model_path)
     with locks.hold(out_dir, "--out"):
         done = records.open_run(out_dir, identity, args.overwrite)
-        readable, skipped = check_files(paths)
+        sizes, skipped = check_files(paths)
+        readable = list(sizes)
         for problem in skipped:
             print(f"skipped {problem}", file=sys.stderr)
         todo = records.to_redo(readable, done, args.batch_size)
@@ -305,7 +306,12 @@ def run_inference(args: argparse.Namespace) -> dict:
         print(
             f"Predicting {len(todo)} images with {model_path} ({postprocess}); writing to {out_dir}"
         )
-        new, seconds = predict_images(model, todo, input_config, postprocess, scorer, args, out_dir)
+        scenes = tiling.scene_positions(
+            [sizes[path] for path in todo], input_config, args.tile_above
+        )
+        new, seconds = predict_images(
+            model, todo, scenes, input_config, postprocess, scorer, args, out_dir
+        )
         for position, path in enumerate(todo):
             if position not in new:
                 skipped.append(f"{path}: could not be decoded")
@@ -331,8 +337,11 @@ def run_inference(args: argparse.Namespace) -> dict:
     }
 
 
-def predict_images(model, paths, input_config, postprocess, scorer, args, out_dir: Path):
-    """Predicts, post-processes and writes every image; returns its rows by position and the time."""
+def predict_images(model, paths, scenes, input_config, postprocess, scorer, args, out_dir: Path):
+    """Predicts, post-processes and writes every image; returns its rows by position and the time.
+
+    The images at the positions in ``scenes`` are predicted tile by tile, one at a time.
+    """
     finish = functools.partial(
         finish_image,
         paths=paths,
@@ -343,7 +352,6 @@ def predict_images(model, paths, input_config, postprocess, scorer, args, out_di
         pixel_size=args.pixel_size,
     )
     start = time.perf_counter()
-    scenes = tiling.scene_positions(paths, input_config, args.tile_above)
     images = [position for position in range(len(paths)) if position not in scenes]
     table = pd.DataFrame({"path": [str(paths[position]) for position in images]})
     predictions = evaluation.predict_table(

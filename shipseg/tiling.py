@@ -125,13 +125,14 @@ def predict_scene(
     return total, ship
 
 
-def scene_positions(paths: list[Path], input_config, limit: int) -> set[int]:
-    """The images to tile: a side above ``limit``, and a model trained on crops (not resized)."""
-    from shipseg.airbus import inspect_image_file
+def scene_positions(sizes: list[tuple[int, int]], input_config, limit: int) -> set[int]:
+    """The positions of the images to tile, given each image's (height, width).
 
+    An image is tiled when a side is above ``limit`` and the model was trained on crops (a
+    model trained on resized images sees every image resized).
+    """
     if input_config is not None and input_config.mode == "resize":
         return set()
-    sizes = (inspect_image_file(path)[1] or (0, 0) for path in paths)
     return {position for position, size in enumerate(sizes) if max(size) > limit}
 
 

@@ -147,8 +147,10 @@ def test_a_frozen_encoder_keeps_its_weights_for_its_epochs_then_trains():
     start = [w.copy() for w in encoder.get_weights()]
     fit_one_step(model, epochs=2, callbacks=[encoders.FreezeEncoder(1), record])
     (frozen, head_after_1), (trained, head_after_2) = snapshots
-    assert all(np.array_equal(a, b) for a, b in zip(start, frozen))  # moving averages too
-    assert not all(np.array_equal(a, b) for a, b in zip(frozen, trained))
+    assert all(
+        np.array_equal(a, b) for a, b in zip(start, frozen, strict=True)
+    )  # moving averages too
+    assert not all(np.array_equal(a, b) for a, b in zip(frozen, trained, strict=True))
     assert not np.array_equal(head_after_1, head_after_2)
     assert encoder.trainable
 
