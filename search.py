@@ -311,6 +311,8 @@ def resolve_settings(args: argparse.Namespace) -> dict:
 
 def _check_counts(args: argparse.Namespace) -> None:
     """One-line errors for counts below their minimum and a time budget that does not parse."""
+    if args.initial_trials is not None and args.tuner != "bayesian":
+        raise cli.UserError("--initial-trials is for --tuner bayesian only")
     for name in (
         "max_epochs",
         "factor",
@@ -351,6 +353,7 @@ def _space_and_input(args: argparse.Namespace) -> tuple:
         hypermodel.check_input_size(args.input_size, int(deepest))
     except ValueError as error:
         raise cli.UserError(f"--input-size: {error}") from None
+    runtime.hide_gpus()  # checking the weights builds the encoders: not on the trials' GPU
     encoders.check_weights(
         next(d for d in space if d.name == "encoder").values, args.encoder_weights
     )
@@ -555,7 +558,7 @@ def make_tuner(
     )
     runtime.hide_gpus()
     try:
-        return tuning.IsolatedTuner(
+        tuner = tuning.IsolatedTuner(
             unet,
             tuning.TrainingData(train_table, input_config, args.seed),
             multi_gpu=args.multi_gpu,
@@ -581,6 +584,10 @@ def make_tuner(
             f"{project_dir / 'tuner'}: Keras Tuner's saved state cannot be read "
             f"({type(error).__name__}: {error}); rerun with --overwrite to start afresh"
         ) from None
+    if args.tuner == "bayesian":
+        # Resuming restores the oracle's saved count of random trials; this run's count wins.
+        tuner.oracle.num_initial_points = initial_trials(args)
+    return tuner
 
 
 def oracle_settings(args: argparse.Namespace) -> dict:

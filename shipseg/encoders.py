@@ -18,6 +18,7 @@ This machine has no internet: ``--encoder-weights imagenet`` needs the files in 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -39,8 +40,8 @@ class Backbone:
 
     Attributes:
         application: The constructor's name in ``keras.applications``.
-        stages: Layer names of the outputs at strides 2, 4, 8, 16 and 32 (the choices of
-            segmentation_models and of TensorFlow's pix2pix tutorial).
+        stages: Layer names of the outputs at strides 2, 4, 8, 16 and 32 (segmentation_models'
+            choices).
         preprocessing: ``keras.applications.imagenet_utils.preprocess_input`` mode for 0-255
             RGB input, or ``"none"`` when the network scales its input itself.
     """
@@ -168,11 +169,25 @@ def check_weights(names: list[str] | tuple[str, ...], weights: str) -> None:
 def _check_weights_file(path: Path, pretrained: list[str]) -> None:
     if not path.is_file():
         raise UserError(f"{path}: --encoder-weights file not found (expected {WEIGHT_CHOICES})")
+    if "efficientnet_b0" in pretrained:
+        # Keras adds EfficientNet's ImageNet input scaling (a Rescaling after its
+        # Normalization) only when built with weights="imagenet": from a file, ImageNet
+        # weights would see inputs on another scale, silently.
+        cache = _keras_cache() / "efficientnetb0_notop.h5"
+        raise UserError(
+            f"{path}: efficientnet_b0 takes ImageNet weights only as --encoder-weights imagenet "
+            f"(Keras builds its input scaling only then); put the file at {cache} instead"
+        )
     if len(pretrained) > 1:
         raise UserError(
             f"{path}: one weights file cannot serve the encoders {', '.join(pretrained)}; "
             f"pick one with --hp encoder={pretrained[0]}"
         )
+
+
+def _keras_cache() -> Path:
+    """Where ``keras.utils.get_file`` keeps downloaded weights: ``$KERAS_HOME/models``."""
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
 
 
 def _weights_error(name: str, weights: str, error: Exception) -> UserError:
@@ -183,7 +198,7 @@ def _weights_error(name: str, weights: str, error: Exception) -> UserError:
         return UserError(f"{weights}: not weights for {name} ({application}, no top): {reason}")
     url = re.search(r"https?://\S+?\.h5", str(error))
     file_name = url.group(0).rsplit("/", 1)[-1] if url else f"{application}'s no-top .h5 file"
-    cache = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
+    cache = _keras_cache()
     offline = isinstance(error, urllib.error.URLError) or "URL fetch failure" in str(error)
     cause = "could not be downloaded (no network?)" if offline else f"failed to load ({error})"
     source = f" from {url.group(0)}" if url else ""
@@ -207,7 +222,8 @@ class FreezeEncoder(keras.callbacks.Callback):
     meanwhile keeps what ImageNet taught it. A frozen encoder also runs its batch
     normalisation in inference mode (Keras 3). Unfreezing starts a fresh optimizer at the
     current learning rate: Adam's bias correction follows the global step, so moments that
-    start at zero 1,000 steps in would move the encoder by up to 6 times the learning rate.
+    start at zero 1,000 steps in would move the encoder by up to 5 times the learning rate
+    (6.5 times later in training).
     """
 
     def __init__(self, epochs: int):
@@ -232,6 +248,24 @@ class FreezeEncoder(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):  # noqa: D102
         self.model.get_layer("encoder").trainable = True
+
+
+@contextlib.contextmanager
+def unfrozen(model: keras.Model):
+    """``model`` with its encoder trainable for the time of the block (saving a checkpoint).
+
+    A model saved in a frozen epoch would otherwise load with a frozen encoder, and with an
+    optimizer built for fewer weights than it saved. The traced training step is unchanged.
+    """
+    encoder = model.get_layer("encoder") if has_encoder(model) else None
+    if encoder is None or encoder.trainable:
+        yield model
+        return
+    encoder.trainable = True
+    try:
+        yield model
+    finally:
+        encoder.trainable = False
 
 
 def _fresh_optimizer(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:

@@ -18,7 +18,7 @@ import pandas as pd
 
 import hypermodel
 import pipeline
-from shipseg import atomic, budget, cli
+from shipseg import atomic, budget, cli, encoders
 from shipseg.validation import WholeImageValidation
 
 
@@ -41,7 +41,8 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         value = logs.get(self.monitor, np.nan) if self.monitor else float(epoch)
         if np.isfinite(value) and value > self.best:
             self.best, self.best_epoch = value, epoch
-            atomic.write_atomically(self.path, self.model.save)
+            with encoders.unfrozen(self.model):
+                atomic.write_atomically(self.path, self.model.save)
 
 
 @dataclasses.dataclass(frozen=True)

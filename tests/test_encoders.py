@@ -110,6 +110,8 @@ def test_a_weights_file_that_is_missing_fits_another_backbone_or_several_is_one_
     assert "\n" not in str(error.value) and str(path) in str(error.value)
     with pytest.raises(UserError, match="one weights file cannot serve"):
         encoders.check_weights(["mobilenet_v2", "resnet50"], str(path))
+    with pytest.raises(UserError, match="efficientnet_b0 takes ImageNet weights only as"):
+        encoders.check_weights(["efficientnet_b0"], str(path))
 
 
 def test_imagenet_weights_without_a_network_say_where_keras_looks_and_how_to_pass_a_file(
@@ -132,7 +134,7 @@ def test_imagenet_weights_without_a_network_say_where_keras_looks_and_how_to_pas
     encoders.check_weights(["unet"], "imagenet")  # nothing to download for the plain U-Net
 
 
-def test_a_frozen_encoder_keeps_its_weights_for_its_epochs_then_trains():
+def test_a_frozen_encoder_keeps_its_weights_for_its_epochs_then_trains_with_a_fresh_optimizer():
     model = build("mobilenet_v2", levels=2, frozen_epochs=1)
     encoder = model.get_layer("encoder")
     snapshots = []
@@ -141,18 +143,31 @@ def test_a_frozen_encoder_keeps_its_weights_for_its_epochs_then_trains():
             (
                 [w.copy() for w in encoder.get_weights()],
                 model.get_layer("ship_probability").get_weights()[0].copy(),
+                int(model.optimizer.iterations.numpy()),
             )
         )
     )
     start = [w.copy() for w in encoder.get_weights()]
     fit_one_step(model, epochs=2, callbacks=[encoders.FreezeEncoder(1), record])
-    (frozen, head_after_1), (trained, head_after_2) = snapshots
-    assert all(
-        np.array_equal(a, b) for a, b in zip(start, frozen, strict=True)
-    )  # moving averages too
-    assert not all(np.array_equal(a, b) for a, b in zip(frozen, trained, strict=True))
-    assert not np.array_equal(head_after_1, head_after_2)
+    (frozen, head_1, steps_1), (trained, head_2, steps_2) = snapshots
+    assert all(np.array_equal(a, b) for a, b in zip(start, frozen, strict=True))  # statistics too
+    first_kernel = encoder.get_layer("Conv1").get_weights()[0]
+    assert not np.array_equal(first_kernel, start[0]) and np.array_equal(first_kernel, trained[0])
+    assert not np.array_equal(head_1, head_2)
+    assert steps_1 == 1 and steps_2 == 1  # the optimizer of the unfrozen epochs is a new one
     assert encoder.trainable
+
+
+def test_a_checkpoint_taken_in_a_frozen_epoch_loads_with_a_trainable_encoder(tmp_path):
+    from shipseg.training import AtomicCheckpoint
+
+    model = build("mobilenet_v2", levels=2, frozen_epochs=2)
+    checkpoint = AtomicCheckpoint(tmp_path / "model.keras", None)
+    freeze = encoders.FreezeEncoder(2)
+    fit_one_step(model, epochs=1, callbacks=[freeze, checkpoint])
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert loaded.get_layer("encoder").trainable
+    assert len(loaded.trainable_weights) == len(model.trainable_weights)
 
 
 @pytest.mark.parametrize("name", PRETRAINED)

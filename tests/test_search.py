@@ -378,10 +378,14 @@ def test_random_and_bayesian_search_run_resume_and_grow_with_max_trials(
     assert (project / "best_hparams.json").is_file()
     done = completed_trials(project / "tuner")
 
-    grown = run([*command, "--max-trials", "3"])
+    initial = ["--initial-trials", "3"] if algorithm == "bayesian" else []
+    grown = run([*command, "--max-trials", "3", *initial])
     assert grown.returncode == 0, grown.stderr[-3000:]
     after = completed_trials(project / "tuner")
     assert len(after) == 3 and all(after[trial] == score for trial, score in done.items())
+    if algorithm == "bayesian":  # the resumed oracle takes this run's count of random trials
+        oracle = json.loads((project / "tuner" / "oracle.json").read_text())
+        assert oracle["num_initial_points"] == 3
 
     other = run(search_command(synthetic_dataset, tmp_path, "--max-epochs", "2"))
     assert other.returncode == 2
@@ -399,3 +403,5 @@ def test_bayesian_search_hands_over_to_its_gaussian_process_after_a_third_of_its
     assert initial_points("--max-trials", "4") == 2
     assert initial_points("--max-trials", "30", "--initial-trials", "5") == 5
     assert "num_initial_points" not in search.oracle_settings(search.build_parser().parse_args([]))
+    with pytest.raises(cli.UserError, match="--initial-trials is for --tuner bayesian only"):
+        search._check_counts(search.build_parser().parse_args(["--initial-trials", "3"]))
