@@ -95,8 +95,8 @@ def build_unet(
             "has_ship": (batch, 1) probability}``.
         encoder: ``"unet"`` (the encoder above) or a pretrained backbone of
             ``shipseg.encoders.BACKBONES``, tapped at strides 2 to ``2 ** levels``; the image
-            itself (scaled to 0-1) is then the full-resolution skip, and ``batch_norm`` and
-            ``dropout`` apply to the decoder and the bottleneck only.
+            itself (scaled to 0-1) is then the full-resolution skip, ``batch_norm`` applies
+            to the decoder only and ``dropout`` to the bottleneck only.
         encoder_weights: The backbone's initial weights: ``"imagenet"``, ``"none"`` / None
             (random) or a weights file's path.
 
