@@ -364,7 +364,7 @@ def predict_images(model, paths, scenes, input_config, postprocess, scorer, args
             model,
             paths[position],
             position,
-            postprocess.flip_tta,
+            postprocess,
             args.tile,
             args.overlap,
             args.batch_size,

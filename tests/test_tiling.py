@@ -73,6 +73,28 @@ def test_a_ship_cut_by_tile_borders_comes_out_as_one_ship():
     assert records[0]["width_px"] == pytest.approx(8, abs=2)
 
 
+def doubting_model(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels light up on red (ships) and blue (quays); the ship head trusts only red."""
+    red, blue = images[..., 0] / 255.0, images[..., 2] / 255.0
+    probabilities = np.stack([ndimage.uniform_filter(p, 7) for p in np.maximum(red, blue)])
+    ships = np.stack([ndimage.uniform_filter(r, 7) for r in red]).reshape(len(images), -1)
+    return probabilities.astype(np.float32), ships.max(axis=1)
+
+
+def test_tiles_the_ship_head_doubts_add_nothing_and_ships_seen_by_open_tiles_stay_whole():
+    scene = np.zeros((64, 176, 3), dtype=np.uint8)  # tiles at columns 0, 48, 96 and 112
+    scene[28:36, 30:80, 0] = 255  # a ship across the first two tiles' shared border
+    scene[10:50, 150:176, 2] = 255  # a quay, in the last two tiles only
+    gated, ship = tiling.predict_scene(doubting_model, scene, tile=64, overlap=16, gate=0.5)
+    ungated, _ = tiling.predict_scene(doubting_model, scene, tile=64, overlap=16)
+    assert ungated[20:40, 155:170].min() > 0.9 and gated[:, 100:].max() == 0
+    np.testing.assert_array_equal(gated[:, :90], ungated[:, :90])
+    config = evaluation.PostprocessConfig(threshold=0.5, image_threshold=0, min_ship_pixels=0)
+    labels = evaluation.probabilities_to_ships(gated, config, ship)
+    records = ships.ship_records("scene.png", labels, gated)
+    assert len(records) == 1 and records[0]["length_px"] == pytest.approx(50, abs=2)
+
+
 def test_inference_tiles_a_scene_above_the_limit_and_writes_it_whole(
     trained_project, synthetic_dataset, tmp_path
 ):
