@@ -234,15 +234,15 @@ class FreezeEncoder(keras.callbacks.Callback):
         encoder = self.model.get_layer("encoder")
         frozen = epoch < self.epochs
         if encoder.trainable != frozen:
-            return
+            return  # already as this epoch wants it
         with self.model.distribute_strategy.scope():
             if frozen:
-                if not self.model.optimizer.built:  # its variables must cover the encoder's
+                if not self.model.optimizer.built:  # before freezing: it must know every weight
                     self.model.optimizer.build(self.model.trainable_variables)
+                encoder.trainable = False
             else:
+                encoder.trainable = True
                 self.model.optimizer = _fresh_optimizer(self.model.optimizer)
-            encoder.trainable = not frozen
-            if not frozen:
                 self.model.optimizer.build(self.model.trainable_variables)
         self.model.make_train_function(force=True)
 
