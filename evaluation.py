@@ -21,9 +21,13 @@ import numpy as np
 import pandas as pd
 
 import pipeline
+from shipseg import outlines
 from shipseg.rle import ships_to_label_image
 
 F2_THRESHOLDS = np.arange(0.5, 1.0, 0.05)
+# Ship images by the area of their largest ship (pixels, [low, high)): 29 % of real ships are
+# under 100 pixels, and images holding only such ships are the ones a model misses most.
+SIZE_BUCKETS = {"under 100 px": (1, 100), "100-400 px": (100, 400), "400 px or more": (400, np.inf)}
 # U-Nets of up to 5 levels halve the image 5 times: inputs are padded to a multiple of this.
 SIZE_MULTIPLE = 32
 
@@ -49,6 +53,9 @@ class PostprocessConfig:
         ship_threshold: For a model with a ship head, an image holds ships only if the head's
             probability also reaches this (the learnt image-level decision; ignored for a
             model without a head).
+        ship_shape: ``"mask"`` keeps each ship's pixels as predicted; ``"box"`` replaces them
+            by the ship's filled oriented box, the shape the labels have (see
+            ``shipseg.outlines``).
     """
 
     threshold: float = 0.5
@@ -56,6 +63,13 @@ class PostprocessConfig:
     min_ship_pixels: int = 10
     flip_tta: bool = False
     ship_threshold: float = 0.5
+    ship_shape: str = "mask"
+
+    def __post_init__(self):
+        if self.ship_shape not in outlines.SHIP_SHAPES:
+            raise ValueError(
+                f"ship_shape must be one of {', '.join(outlines.SHIP_SHAPES)}, not {self.ship_shape!r}"
+            )
 
 
 DEFAULT_POSTPROCESS = PostprocessConfig()
@@ -118,7 +132,13 @@ def probabilities_to_ships(
     """
     if not image_has_ships(probabilities, config, ship_probability):
         return np.zeros(probabilities.shape, dtype=np.int32)
-    return split_ships(probabilities > config.threshold, config.min_ship_pixels)
+    return ships_from_probabilities(probabilities, config)
+
+
+def ships_from_probabilities(probabilities: np.ndarray, config: PostprocessConfig) -> np.ndarray:
+    """The label image of the ships in a probability map, before the image-level gate."""
+    ships = split_ships(probabilities > config.threshold, config.min_ship_pixels)
+    return outlines.shape_ships(ships, config.ship_shape)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,6 +223,7 @@ class Scoreboard:
     baseline_f2_scores: list = dataclasses.field(default_factory=list)
     ship_scores: list = dataclasses.field(default_factory=list)
     predicted_any: list = dataclasses.field(default_factory=list)
+    largest_ships: list = dataclasses.field(default_factory=list)
     ship_decisions_correct: int = 0
     images: int = 0
 
@@ -232,6 +253,7 @@ class Scoreboard:
         self.baseline_f2_scores.append(0.0 if has_ship else 1.0)
         self.ship_decisions_correct += int(has_ship == bool(predicted.any()))
         self.predicted_any.append(bool(predicted.any()))
+        self.largest_ships.append(int(np.bincount(true_labels.ravel())[1:].max(initial=0)))
         if ship_score is not None:
             self.ship_scores.append(float(ship_score))
         self.images += 1
@@ -242,7 +264,8 @@ class Scoreboard:
 
         Returns:
             ``dice`` and ``iou`` over all pixels, ``dice_ship_images`` over ship images,
-            ``f2`` (mean instance F2), ``f2_no_ship_baseline`` (the F2 of predicting no ship
+            ``f2`` (mean instance F2), ``f2_ship_images`` (its mean over ship images alone),
+            ``f2_no_ship_baseline`` (the F2 of predicting no ship
             anywhere on the same images), ``ship_accuracy`` (image-level ship/no-ship),
             ``ship_images_found`` (ship images with a prediction), ``empty_images_with_ships``
             (empty images with a false ship), ``ship_auc`` (ROC AUC of the image-level ship
@@ -265,6 +288,11 @@ class Scoreboard:
             ),
             "iou": self.intersection / union if union else 1.0,
             "f2": float(np.mean(self.f2_scores)) if self.f2_scores else float("nan"),
+            "f2_ship_images": (
+                float(np.mean(np.array(self.f2_scores)[has_ship]))
+                if has_ship.any()
+                else float("nan")
+            ),
             "f2_no_ship_baseline": (
                 float(np.mean(self.baseline_f2_scores)) if self.baseline_f2_scores else float("nan")
             ),
@@ -274,6 +302,7 @@ class Scoreboard:
             "ship_images_found": int((has_ship & predicted).sum()),
             "ship_images": int(has_ship.sum()),
             "empty_images_with_ships": int((~has_ship & predicted).sum()),
+            "found_by_size": found_by_size(self.largest_ships, predicted),
             "ship_auc": self._ship_auc(has_ship),
             "images": self.images,
         }
@@ -284,6 +313,24 @@ class Scoreboard:
         if len(self.ship_scores) != self.images or has_ship.all() or not has_ship.any():
             return float("nan")
         return float(roc_auc_score(has_ship, self.ship_scores))
+
+
+def found_by_size(largest_ships: Sequence[int], predicted: Sequence[bool]) -> dict:
+    """Ship images found (any ship predicted) of all ship images, by their largest ship's area.
+
+    Args:
+        largest_ships: Per image, the area in pixels of its largest true ship (0: empty image).
+        predicted: Per image, whether anything was predicted.
+
+    Returns:
+        ``{bucket: [found, ship images]}`` for each bucket of ``SIZE_BUCKETS``.
+    """
+    largest, predicted = np.asarray(largest_ships), np.asarray(predicted, dtype=bool)
+    counts = {}
+    for name, (low, high) in SIZE_BUCKETS.items():
+        inside = (largest > 0) & (largest >= low) & (largest < high)
+        counts[name] = [int((inside & predicted).sum()), int(inside.sum())]
+    return counts
 
 
 def best_gate(
@@ -528,7 +575,7 @@ def score_table(
         model, table, input_config, postprocess.flip_tta, batch_size
     ):
         probabilities = prediction.probabilities
-        ungated = split_ships(probabilities > postprocess.threshold, postprocess.min_ship_pixels)
+        ungated = ships_from_probabilities(probabilities, postprocess)
         gate_open = image_has_ships(probabilities, postprocess, prediction.ship_probability)
         yield ScoredImage(prediction, truth, ungated, gate_open)
 

@@ -57,6 +57,7 @@ from shipseg import (
     export,
     locks,
     models,
+    outlines,
     records,
     ships,
     tiling,
@@ -100,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
         "reaches this (default: tuned)",
     )
     parser.add_argument("--min-ship-pixels", type=int, help="drop smaller ships (default: tuned)")
+    parser.add_argument(
+        "--ship-shape",
+        choices=outlines.SHIP_SHAPES,
+        help="outline ships as predicted (mask) or as their filled oriented box (default: tuned)",
+    )
     parser.add_argument(
         "--tta",
         action=argparse.BooleanOptionalAction,
@@ -180,6 +186,7 @@ def load_settings(model_path: Path, args: argparse.Namespace):
         "image_threshold": args.image_threshold,
         "ship_threshold": args.ship_threshold,
         "min_ship_pixels": args.min_ship_pixels,
+        "ship_shape": args.ship_shape,
         "flip_tta": args.tta,
     }
     postprocess = dataclasses.replace(

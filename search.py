@@ -7,7 +7,9 @@ Without ``--data-dir`` the search runs on the synthetic dataset (generated on fi
 budget of a few minutes on a laptop CPU. Everything goes under ``results/<project>/``:
 
     search_config.json   every setting of the run, the data directory and the split file
-    split.csv            the train/val/test split shared by search, training and evaluation
+    split.csv            the train/val/test split shared by search, training and evaluation,
+                         with each image's overlap group (a group is never divided)
+    overlaps.csv         the overlapping tiles found in the data (pairs and their shift)
     trials.csv           one row per trial: hyperparameters, score, epochs, status, duration
     best_hparams.json    the best configuration, read by ``train.py --best``
     trials.png           the trials at a glance
@@ -48,6 +50,7 @@ from shipseg import (
     encoders,
     isolation,
     locks,
+    overlaps,
     report,
     results,
     splits,
@@ -360,22 +363,6 @@ def _space_and_input(args: argparse.Namespace) -> tuple:
     return space, input_config
 
 
-def prepare_split(
-    table: pd.DataFrame, split_path: Path, settings: dict, fresh: bool
-) -> pd.DataFrame:
-    """Loads the project's split, or makes and saves it on a fresh start."""
-    if split_path.is_file() and not fresh:
-        return splits.load_split(split_path, table)
-    try:
-        split = splits.make_split(
-            table, settings["val_fraction"], settings["test_fraction"], settings["seed"]
-        )
-    except ValueError as error:
-        raise cli.UserError(str(error)) from None
-    splits.save_split(split, split_path)
-    return split
-
-
 def run_search(args: argparse.Namespace) -> dict:
     """Runs (or resumes) a search and writes every result file.
 
@@ -417,13 +404,25 @@ def search_project(
     fresh = args.overwrite or not check_resumable(project_dir, settings)
     if fresh and role != "worker":
         results.remove_previous_results(project_dir)
-    split = prepare_split(table, project_dir / "split.csv", settings, fresh)
+    try:
+        split = splits.prepare_split(
+            table,
+            project_dir,
+            (settings["val_fraction"], settings["test_fraction"]),
+            settings["seed"],
+            fresh,
+            overlaps.cache_path(args.results_dir, data_dir),
+        )
+    except ValueError as error:
+        raise cli.UserError(str(error)) from None
+    print(overlaps.group_summary(overlaps.describe_groups(split.group)))
     settings.update(
         split_file=str((project_dir / "split.csv").resolve()),
         resolved_data_dir=str(Path(data_dir).resolve()),
         started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         tuner_role=role,
         images={name: int((split.split == name).sum()) for name in splits.SPLIT_NAMES},
+        overlap_groups=overlaps.describe_groups(split.group),
     )
     if role != "worker":
         atomic.write_json_atomically(project_dir / "search_config.json", settings)

@@ -42,6 +42,7 @@ from shipseg import (
     encoders,
     kfold,
     locks,
+    overlaps,
     results,
     splits,
     training,
@@ -247,6 +248,7 @@ def load_run(args: argparse.Namespace) -> Run:
         encoder_weights=weights,
     )
     split = splits.load_split(search_config["split_file"], table)
+    print(overlaps.group_summary(overlaps.describe_groups(split.group)))
     return Run(project_dir, search_config, values, hparams_path, table, split, settings)
 
 
@@ -415,6 +417,9 @@ def print_metrics(metrics: dict, out_dir: Path) -> None:
         f"empty images with a false ship: {test['empty_images_with_ships']} of "
         f"{test['images'] - test['ship_images']}"
     )
+    sizes = ", ".join(f"{n} {v[0]} of {v[1]}" for n, v in test["found_by_size"].items())
+    print(f"  found, by largest ship       {sizes}")
+    print(f"  instance F2, ship images     {test['f2_ship_images']:.4f}")
     print(
         f"  ship / no-ship accuracy      {test['ship_accuracy']:.4f}  (ROC AUC {test['ship_auc']:.3f})"
     )
@@ -439,7 +444,8 @@ def run_folds(args: argparse.Namespace) -> dict:
     run = load_run(args)
     pool = splits.select_split(run.table, run.split, "train", "val")
     try:
-        assignment = splits.make_folds(pool, args.folds, run.settings.seed)
+        groups = pool.ImageId.map(run.split.set_index("ImageId").group).to_numpy()
+        assignment = splits.make_folds(pool, args.folds, run.settings.seed, groups)
     except ValueError as error:
         raise cli.UserError(f"--folds: {error}") from None
     with atomic.staged_folder(run.project_dir / "folds") as staging:  # All folds, or none.

@@ -77,7 +77,9 @@ def _record(model, model_path: Path, image_size: int, config: dict) -> dict:
         "outputs": outputs,
         "postprocess_note": "pixels >= threshold are ship; connected components under "
         "min_ship_pixels are dropped; an image keeps its ships only if has_ship >= "
-        "ship_threshold (with a head) or its top pixel >= image_threshold (without)",
+        "ship_threshold (with a head) or its top pixel >= image_threshold (without); with "
+        "ship_shape 'box' each ship becomes its filled oriented box, largest first, never "
+        "overlapping",
         "versions": runtime.library_versions(),
     }
 

@@ -1,8 +1,9 @@
-"""Choosing the post-processing on validation images: pixel threshold, minimum size, gate.
+"""Choosing the post-processing on validation images: pixel threshold, size, shape, gate.
 
 The network gives probabilities; what is scored and submitted are ships. Between them sit a
-pixel threshold, a minimum ship size and the image-level gate (the ship head's probability, or
-the top pixel's). ``tune_postprocess`` chooses all three on the validation images for the F2.
+pixel threshold, a minimum ship size, the ships' outline (as predicted, or their oriented box)
+and the image-level gate (the ship head's probability, or the top pixel's).
+``tune_postprocess`` chooses all four on the validation images for the F2.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pandas as pd
 
 import evaluation
 import pipeline
-from shipseg import cli
+from shipseg import cli, outlines
 
 # The post-processing grid tried on validation images (the image-level threshold is found
 # exactly for each setting); the best F2 becomes inference's default.
@@ -22,6 +23,8 @@ THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 
 
 MIN_SHIP_PIXELS = (0, 10, 30, 100)
+# "mask" last: where both outlines score the same, the predicted one stays.
+SHAPES = tuple(sorted(outlines.SHIP_SHAPES, key=lambda shape: shape == "mask"))
 
 
 def tune_postprocess(
@@ -30,8 +33,9 @@ def tune_postprocess(
     """Chooses the pixel threshold, minimum ship size and image-level threshold on ``table``.
 
     Streams over the images: the network runs once per image, its components are labelled once
-    per pixel threshold, and every minimum size is scored from that one IoU matrix (a size
-    filter only removes predicted columns). The image-level threshold, on the ship head's
+    per pixel threshold and outlined once per shape, and every minimum size is scored from that
+    one IoU matrix (a size filter only removes predicted columns; a ship whose box lost every
+    pixel to larger ones is gone as in inference). The image-level threshold, on the ship head's
     probability or (without a head) on the top pixel probability, is then found exactly for
     each setting by ``evaluation.best_gate``, not from a grid. Memory grows by a few numbers
     per image. Ties keep the stricter setting (fewer false ships). With ``flip_tta`` the
@@ -40,7 +44,7 @@ def tune_postprocess(
     Returns:
         ``{"config": PostprocessConfig, "f2": float, "tried": int, "images": int}``.
     """
-    grid = list(itertools.product(THRESHOLDS, MIN_SHIP_PIXELS))
+    grid = list(itertools.product(THRESHOLDS, MIN_SHIP_PIXELS, SHAPES))
     f2_open = [[] for _ in grid]
     scores, f2_closed, head = [], [], False
     for prediction, truth in evaluation.labelled_predictions(model, table, input_config, flip_tta):
@@ -51,20 +55,26 @@ def tune_postprocess(
         for threshold in THRESHOLDS:
             components = evaluation.split_ships(probabilities > threshold)
             areas = np.bincount(components.ravel())[1:]
-            ious = evaluation.iou_matrix(truth, components)
-            for index, (pixel_threshold, min_size) in enumerate(grid):
-                if pixel_threshold == threshold:
-                    f2_open[index].append(
-                        evaluation.f2_from_ious(ious[:, areas >= max(min_size, 1)])
-                    )
+            for shape in SHAPES:
+                shaped = outlines.shape_ships(components, shape)
+                ious = evaluation.iou_matrix(truth, shaped)
+                drawn = np.bincount(shaped.ravel(), minlength=len(areas) + 1)[1:] > 0
+                for index, setting in enumerate(grid):
+                    if setting[0] == threshold and setting[2] == shape:
+                        kept = drawn & (areas >= max(setting[1], 1))
+                        f2_open[index].append(evaluation.f2_from_ious(ious[:, kept]))
     if not scores:
         raise cli.UserError("no validation image could be read to tune the post-processing")
     gates = [evaluation.best_gate(scores, opened, f2_closed) for opened in f2_open]
     # The grid runs from loose to strict: >= lets a stricter setting win a tie.
     best = max(range(len(grid)), key=lambda index: (gates[index][1], index))
-    (threshold, min_size), (gate, f2) = grid[best], gates[best]
-    if head:
-        config = evaluation.PostprocessConfig(threshold, threshold, min_size, flip_tta, gate)
-    else:
-        config = evaluation.PostprocessConfig(threshold, max(gate, threshold), min_size, flip_tta)
+    (threshold, min_size, shape), (gate, f2) = grid[best], gates[best]
+    config = evaluation.PostprocessConfig(
+        threshold=threshold,
+        image_threshold=threshold if head else max(gate, threshold),
+        min_ship_pixels=min_size,
+        flip_tta=flip_tta,
+        ship_threshold=gate if head else 0.5,
+        ship_shape=shape,
+    )
     return {"config": config, "f2": f2, "tried": len(grid), "images": len(scores)}

@@ -188,6 +188,7 @@ def remove_previous_results(project_dir: Path) -> None:
         "trials.png",
         "search_summary.json",
         "split.csv",
+        "overlaps.csv",
         "report.md",
         "importance.png",
         "budget.json",

@@ -1,4 +1,12 @@
-"""The train/val/test split and the K folds, stratified by ship count and fixed by a seed."""
+"""The train/val/test split and the K folds, stratified by ship count and fixed by a seed.
+
+Overlapping tiles (``overlaps``) come as groups, and a group is never divided: the splitters
+below split groups, not images. Each group is one unit for scikit-learn's stratified
+splitters, stratified by its most crowded image's ship count, and then stands for all its
+images. Where nothing overlaps every unit is one image and the split is the one an image-wise
+split gives (scikit-learn's ``StratifiedGroupKFold`` would reshuffle even then); on the full
+data, fractions are fractions of groups.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from shipseg import airbus, atomic
+from shipseg import airbus, atomic, overlaps
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -62,43 +70,73 @@ def _take(ids: np.ndarray, table: pd.DataFrame, fraction: float, seed: int):
     return train_test_split(ids, test_size=taken, stratify=stratify, random_state=seed)
 
 
+def group_units(table: pd.DataFrame, groups=None) -> tuple[pd.DataFrame, pd.Series]:
+    """The units the splitters divide: one per overlap group.
+
+    Returns:
+        One row per group (its first ``ImageId`` and its largest ``ship_count``), and each
+        image's unit: the ``ImageId`` that stands for its group (indexed by ``ImageId``).
+    """
+    groups = np.arange(len(table)) if groups is None else np.asarray(groups)
+    frame = pd.DataFrame(
+        {"ImageId": table.ImageId.to_numpy(), "ship_count": table.ship_count.to_numpy()}
+    )
+    frame["group"] = groups
+    units = frame.groupby("group").agg(ImageId=("ImageId", "min"), ship_count=("ship_count", "max"))
+    unit_of = frame.group.map(units.ImageId)
+    unit_of.index = frame.ImageId
+    return units.reset_index(drop=True), unit_of
+
+
 def make_split(
-    table: pd.DataFrame, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0
+    table: pd.DataFrame,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+    groups=None,
 ) -> pd.DataFrame:
-    """Splits images into train/val/test, stratified by ship count.
+    """Splits images into train/val/test, stratified by ship count, overlap groups whole.
 
     scikit-learn's stratified ``train_test_split`` twice (test first, then val from the rest) on
     the strata of ``ship_count_stratum``, rare ones merged (``merged_strata``), so every part
-    keeps the natural share of empty images and of crowded images.
+    keeps the natural share of empty images and of crowded images. It splits groups (see the
+    module): every image of a group lands in the same part.
 
     Args:
         table: The output of ``read_dataset``.
-        val_fraction: Share of images for validation.
-        test_fraction: Share of images for the final test.
+        val_fraction: Share of images (of groups) for validation.
+        test_fraction: Share of images (of groups) for the final test.
         seed: Fixes the assignment.
+        groups: Each image's overlap group (``overlaps.overlap_groups``), in the table's order;
+            None: every image is its own group.
 
     Returns:
-        A DataFrame with columns ``ImageId`` and ``split`` (``train``, ``val`` or ``test``),
-        sorted by ``ImageId``.
+        A DataFrame with columns ``ImageId``, ``split`` (``train``, ``val`` or ``test``) and
+        ``group``, sorted by ``ImageId``.
     """
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise ValueError("val and test fractions must be in [0, 1) and sum to less than 1")
-    ids = np.array(sorted(table.ImageId))
-    rest, test = _take(ids, table, test_fraction, seed)
-    train, val = _take(rest, table, val_fraction / (1 - test_fraction), seed)
-    parts = [
-        pd.DataFrame({"ImageId": part, "split": name})
+    units, unit_of = group_units(table, groups)
+    ids = np.array(sorted(units.ImageId))
+    rest, test = _take(ids, units, test_fraction, seed)
+    train, val = _take(rest, units, val_fraction / (1 - test_fraction), seed)
+    part_of = {
+        unit: name
         for name, part in (("train", train), ("val", val), ("test", test))
-    ]
-    return pd.concat(parts).sort_values("ImageId").reset_index(drop=True)
+        for unit in part
+    }
+    split = pd.DataFrame({"ImageId": unit_of.index, "split": unit_of.map(part_of).to_numpy()})
+    split["group"] = np.arange(len(table)) if groups is None else np.asarray(groups)
+    return split.sort_values("ImageId").reset_index(drop=True)
 
 
-def make_folds(table: pd.DataFrame, folds: int, seed: int = 0) -> pd.Series:
-    """Assigns every image to one of ``folds`` folds, stratified by ship count.
+def make_folds(table: pd.DataFrame, folds: int, seed: int = 0, groups=None) -> pd.Series:
+    """Assigns every image to one of ``folds`` folds, stratified by ship count, groups whole.
 
     scikit-learn's ``StratifiedKFold`` on the strata of ``ship_count_stratum``, a stratum with
-    fewer images than folds merged into the next more common one (``merged_strata``), so every
-    fold keeps the natural share of empty and of crowded images.
+    fewer groups than folds merged into the next more common one (``merged_strata``), so every
+    fold keeps the natural share of empty and of crowded images. It assigns groups (see the
+    module; ``groups`` as in ``make_split``): overlapping images share a fold.
 
     Returns:
         The fold (0 to ``folds - 1``) of each image, indexed by ``ImageId``.
@@ -110,14 +148,16 @@ def make_folds(table: pd.DataFrame, folds: int, seed: int = 0) -> pd.Series:
 
     if folds < 2:
         raise ValueError(f"K-fold needs at least 2 folds, got {folds}")
-    if len(table) < folds:
-        raise ValueError(f"{len(table)} images cannot make {folds} folds")
-    strata = merged_strata(table, minimum=folds)
+    units, unit_of = group_units(table, groups)
+    if len(units) < folds:
+        raise ValueError(f"{len(units)} images (overlap groups) cannot make {folds} folds")
+    strata = merged_strata(units, minimum=folds)
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    assignment = np.empty(len(table), dtype=int)
-    for fold, (_, test_positions) in enumerate(splitter.split(np.zeros(len(table)), strata)):
+    assignment = np.empty(len(units), dtype=int)
+    for fold, (_, test_positions) in enumerate(splitter.split(np.zeros(len(units)), strata)):
         assignment[test_positions] = fold
-    return pd.Series(assignment, index=table.ImageId.to_numpy(), name="fold")
+    fold_of = dict(zip(units.ImageId, assignment, strict=True))
+    return pd.Series(unit_of.map(fold_of).to_numpy(), index=unit_of.index, name="fold")
 
 
 def sample_images(table: pd.DataFrame, limit: int | None, seed: int = 0) -> pd.DataFrame:
@@ -141,8 +181,46 @@ def sample_images(table: pd.DataFrame, limit: int | None, seed: int = 0) -> pd.D
     return pd.concat(parts).sort_values("ImageId").reset_index(drop=True)
 
 
+def prepare_split(
+    table: pd.DataFrame,
+    project_dir: Path,
+    fractions: tuple[float, float],
+    seed: int,
+    fresh: bool,
+    cache: Path | None = None,
+) -> pd.DataFrame:
+    """A project's split: loaded from ``split.csv``, or made on a fresh start and saved.
+
+    A fresh split first finds the dataset's overlapping tiles (``overlaps.find_overlaps``,
+    its descriptions cached in ``cache``), writes them to ``overlaps.csv`` beside the split,
+    and keeps each overlap group on one side (``make_split``).
+
+    Args:
+        table: The output of ``read_dataset``.
+        project_dir: The project's folder (``split.csv``, ``overlaps.csv``).
+        fractions: ``(val_fraction, test_fraction)``.
+        seed: Fixes the assignment.
+        fresh: Make a new split even where one is saved.
+        cache: Where the image descriptions are cached (None: not cached).
+
+    Raises:
+        ValueError: For fractions that cannot make a split.
+    """
+    split_path = Path(project_dir) / "split.csv"
+    if split_path.is_file() and not fresh:
+        return load_split(split_path, table)
+    found = overlaps.find_overlaps(table.ImageId.tolist(), table.path.tolist(), cache)
+    atomic.write_atomically(
+        Path(project_dir) / "overlaps.csv", lambda temporary: found.to_csv(temporary, index=False)
+    )
+    groups = overlaps.overlap_groups(table.ImageId.tolist(), found)
+    split = make_split(table, *fractions, seed=seed, groups=groups)
+    save_split(split, split_path)
+    return split
+
+
 def save_split(split: pd.DataFrame, path: str | os.PathLike) -> None:
-    """Saves a split as CSV (``ImageId,split``), atomically."""
+    """Saves a split as CSV (``ImageId,split,group``), atomically."""
     atomic.write_atomically(path, lambda temporary: split.to_csv(temporary, index=False))
 
 
@@ -154,6 +232,10 @@ def load_split(path: str | os.PathLike, table: pd.DataFrame | None = None) -> pd
         table: When given, images of the split that the dataset no longer has are dropped, with
             an error if that leaves a part empty.
 
+    Returns:
+        Columns ``ImageId``, ``split`` and ``group`` (a split saved before overlap groups: each
+        image its own group), sorted by ``ImageId``.
+
     Raises:
         airbus.DataError: If the file is missing or malformed.
     """
@@ -164,10 +246,16 @@ def load_split(path: str | os.PathLike, table: pd.DataFrame | None = None) -> pd
         split = pd.read_csv(path, dtype=str)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         raise airbus.DataError(f"{path}: not a readable split file ({error})") from None
-    if list(split.columns) != ["ImageId", "split"] or not split.split.isin(SPLIT_NAMES).all():
+    if list(split.columns)[:2] != ["ImageId", "split"] or not split.split.isin(SPLIT_NAMES).all():
         raise airbus.DataError(
             f"{path}: not a split file (expected columns ImageId,split with train/val/test)"
         )
+    if "group" not in split:
+        split["group"] = np.arange(len(split))
+    groups = pd.to_numeric(split.group, errors="coerce")
+    if groups.isna().any():
+        raise airbus.DataError(f"{path}: the group column must hold whole numbers")
+    split["group"] = groups.astype(np.int64)
     if table is not None:
         split = split[split.ImageId.isin(table.ImageId)]
         for name in ("train", "val"):

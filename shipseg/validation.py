@@ -21,6 +21,7 @@ COUNTS = (
     "ship_images",
     "ship_images_found",
     "empty_images_with_ships",
+    "found_by_size",
 )
 
 

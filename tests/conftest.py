@@ -20,6 +20,9 @@ from shipseg.rle import rle_decode
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_AIRBUS_SAMPLE = REPO_ROOT.parent / "shared" / "data" / "airbus-sample"
+DEFAULT_MOBILENET_WEIGHTS = (
+    REPO_ROOT.parent / "shared" / "weights" / "mobilenet_v2_imagenet_no_top.weights.h5"
+)
 
 # Small on purpose: 40 labelled 64 x 64 images (13 with ships for this seed), 4 test images.
 SYNTHETIC_CONFIG = synthetic.SyntheticConfig(train_images=40, test_images=4, image_size=64, seed=3)
@@ -37,6 +40,16 @@ def airbus_sample() -> Path:
         airbus.find_layout(path)
     except airbus.DataError as error:
         pytest.skip(f"real Airbus sample not found at {path}: {error} (set AIRBUS_SAMPLE_DIR)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def mobilenet_weights() -> Path:
+    """MobileNetV2's ImageNet weights (``../shared/weights``, or ``MOBILENET_WEIGHTS``); skips
+    when absent, as on a machine that has neither the file nor the internet."""
+    path = Path(os.environ.get("MOBILENET_WEIGHTS", DEFAULT_MOBILENET_WEIGHTS))
+    if not path.is_file():
+        pytest.skip(f"MobileNetV2 ImageNet weights not found at {path} (set MOBILENET_WEIGHTS)")
     return path
 
 

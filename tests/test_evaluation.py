@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 import evaluation
 from evaluation import PostprocessConfig, Scoreboard, image_f2, iou_matrix
+from shipseg import outlines
 
 # Probabilities for property tests of the image-level gate.
 probabilities = st.floats(0, 1, allow_nan=False)
@@ -196,3 +197,68 @@ def test_bootstrap_of_a_model_equal_to_the_baseline_has_a_zero_gain_interval():
     intervals = evaluation.bootstrap_intervals(baseline, baseline)
     assert intervals["gain"] == [0.0, 0.0]
     assert intervals == evaluation.bootstrap_intervals(baseline, baseline)
+
+
+def ellipse(shape, centre, half_length, half_width, angle_degrees, label=1, into=None):
+    """A filled ellipse: a network's mask of a ship, its ends rounded."""
+    from skimage.draw import ellipse as draw_ellipse
+
+    labels = np.zeros(shape, dtype=np.int32) if into is None else into
+    rows, columns = draw_ellipse(
+        *centre, half_length, half_width, shape=shape, rotation=np.radians(angle_degrees)
+    )
+    labels[rows, columns] = label
+    return labels
+
+
+@pytest.mark.parametrize("angle", [0, 30, 45, 90, 125])
+def test_box_shaping_covers_every_predicted_pixel_and_fills_the_rounded_ends(angle):
+    mask = ellipse((96, 96), (48, 48), 30, 8, angle)
+    shaped = outlines.shape_ships(mask, "box")
+    assert (shaped[mask > 0] == 1).all()
+    # An ellipse fills pi / 4 of its box.
+    assert shaped.sum() / mask.sum() == pytest.approx(4 / np.pi, rel=0.12)
+
+
+def test_box_shaping_lifts_the_iou_of_a_rounded_mask_with_its_true_rectangle():
+    truth = box((64, 64), 20, 10, 8, 40)
+    rounded = ellipse((64, 64), (23.5, 29.5), 4, 20, 0)
+    boxed = outlines.shape_ships(rounded, "box")
+    assert iou_matrix(truth, rounded)[0, 0] < 0.85
+    assert iou_matrix(truth, boxed)[0, 0] > 0.95
+
+
+def test_box_shaping_keeps_labels_and_never_overlaps_ships():
+    labels = evaluation.split_ships(
+        (ellipse((64, 64), (30, 30), 20, 4, 45) + ellipse((64, 64), (36, 24), 6, 3, 135)) > 0
+    )
+    shaped = outlines.shape_ships(labels, "box")
+    # Each pixel has one label; the larger ship's box is drawn first and stays whole.
+    first = outlines.shape_ships((labels == 1).astype(np.int32), "box")
+    assert ((shaped == 1) == (first == 1)).all()
+    assert set(np.unique(shaped)) <= {0, 1, 2}
+
+
+def test_mask_shape_leaves_ships_as_predicted():
+    labels = evaluation.split_ships(ellipse((64, 64), (30, 30), 20, 4, 45))
+    assert (outlines.shape_ships(labels, "mask") == labels).all()
+
+
+def test_an_unknown_ship_shape_is_refused_by_name():
+    with pytest.raises(ValueError, match="ship_shape must be one of mask, box"):
+        PostprocessConfig(ship_shape="circle")
+
+
+def test_scoreboard_counts_ship_images_found_by_their_largest_ship():
+    scoreboard = Scoreboard()
+    small, large = box((64, 64), 2, 2, 5, 5), box((64, 64), 2, 2, 30, 20)
+    scoreboard.add(small, small)  # 25 px, found
+    scoreboard.add(large, np.zeros_like(large))  # 600 px, missed
+    scoreboard.add(large, large)  # 600 px, found
+    scoreboard.add(np.zeros_like(small), small)  # empty image: not counted
+    assert scoreboard.results()["found_by_size"] == {
+        "under 100 px": [1, 1],
+        "100-400 px": [0, 0],
+        "400 px or more": [1, 2],
+    }
+    assert scoreboard.results()["f2_ship_images"] == pytest.approx(2 / 3)

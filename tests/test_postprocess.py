@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import evaluation
-from shipseg import postprocess
+from shipseg import outlines, postprocess
 
 
 class BrightnessModel:
@@ -31,11 +31,16 @@ def test_tuned_post_processing_is_the_best_of_the_grid(synthetic_table):
     tuned = postprocess.tune_postprocess(BrightnessModel(), table, None)
     assert tuned["images"] == 24
     best_brute_force = -1.0
-    image_thresholds = np.linspace(0.3, 1.0, 29)
-    for threshold, image_threshold, min_size in itertools.product(
-        postprocess.THRESHOLDS, image_thresholds, postprocess.MIN_SHIP_PIXELS
+    image_thresholds = np.linspace(0.3, 1.0, 15)
+    for threshold, image_threshold, min_size, shape in itertools.product(
+        postprocess.THRESHOLDS,
+        image_thresholds,
+        postprocess.MIN_SHIP_PIXELS,
+        outlines.SHIP_SHAPES,
     ):
-        config = evaluation.PostprocessConfig(threshold, max(image_threshold, threshold), min_size)
+        config = evaluation.PostprocessConfig(
+            threshold, max(image_threshold, threshold), min_size, ship_shape=shape
+        )
         score = evaluation.evaluate_model(BrightnessModel(), table, None, config)["f2"]
         best_brute_force = max(best_brute_force, score)
     # The exact sweep finds every threshold a grid can, and those between its points.

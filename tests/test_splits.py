@@ -22,7 +22,7 @@ def split_table() -> pd.DataFrame:
 
 def test_split_parts_are_disjoint_and_cover_every_image(split_table):
     split = splits.make_split(split_table, val_fraction=0.15, test_fraction=0.2, seed=1)
-    assert list(split.columns) == ["ImageId", "split"]
+    assert list(split.columns) == ["ImageId", "split", "group"]
     assert split.ImageId.is_unique
     assert sorted(split.ImageId) == sorted(split_table.ImageId)
     assert split.ImageId.tolist() == sorted(split.ImageId)
@@ -99,6 +99,7 @@ def test_load_split_drops_images_the_dataset_no_longer_has(split_table, tmp_path
         ("", "split file"),
         ('ImageId,split\n"a.jpg,train\n', "split file"),
         (b"\xff\xfe\x00\x01garbage", "split file"),
+        ("ImageId,split,group\na.jpg,train,first\n", "group column must hold whole numbers"),
     ],
 )
 def test_load_split_errors(tmp_path, content, message):
