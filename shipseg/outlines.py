@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 from skimage.draw import polygon
 from skimage.measure import regionprops
+from skimage.segmentation import relabel_sequential
 
 from shipseg.ships import oriented_box
 
@@ -25,10 +26,22 @@ def shape_ships(labels: np.ndarray, shape: str = "box") -> np.ndarray:
     The labels are filled oriented rectangles, while a network's masks have rounded ends and
     ragged sides; ``"box"`` fills each ship's oriented box (its main axis, every predicted
     pixel inside), which on a ship whose mask is an inscribed ellipse lifts the IoU with the
-    true rectangle from about 0.79 to 1. Ships are drawn largest first and never overlap (a
-    submission's ships must not): a smaller ship keeps only pixels no larger box took, and
-    disappears if none are left. Labels keep their numbers (the caller's per-ship tables stay
-    valid).
+    true rectangle from about 0.79 to 1. Ships keep their order (largest first, as
+    ``split_ships`` numbers them) and are numbered 1..n again, so every label is a ship
+    (see ``outline_ships`` for what happens to a ship that a larger box covers).
+    """
+    if shape == "mask" or not labels.any():
+        return labels
+    return relabel_sequential(outline_ships(labels, shape))[0]
+
+
+def outline_ships(labels: np.ndarray, shape: str = "box") -> np.ndarray:
+    """``shape_ships`` with every ship keeping its own label number, gaps included.
+
+    Ships are drawn largest first and never overlap (a submission's ships must not): a smaller
+    ship keeps only pixels no larger box took, and disappears if none are left. Dropping the
+    smaller ships afterwards leaves the larger ones as they are, which lets the tuning try
+    every minimum size on one drawing.
     """
     if shape == "mask" or not labels.any():
         return labels

@@ -11,8 +11,9 @@ How, at the full data's scale (192,556 images) on a CPU:
        1/8 scale by the JPEG decoder itself (``describe_image``: 48 x 48 bytes an image, cached
        on disk with each file's size and time, so a rerun decodes nothing).
     2. Each 256-pixel block that is not uniform gets an exact key (its cells), and a block with
-       clear structure also two coarse keys (its 4 x 4 means, quantised on two staggered
-       grids, so that JPEG noise near a step changes at most one key). Uniform blocks (calm
+       clear structure also two coarse keys (its 4 x 4 means, quantised on two grids offset
+       by half a step, so that a mean that JPEG noise pushes across a step on one grid stays
+       put on the other). Uniform blocks (calm
        water, plain cloud) get none: they match everything. Blocks sharing a key propose the
        shift that would align them; keys shared by very many blocks are skipped.
     3. A proposed shift is confirmed on all the cells the two images would share: they must
@@ -109,29 +110,30 @@ def describe_images(
     """``describe_image`` of every path, ``(n, 48, 48)``; all-zero rows for images not compared.
 
     With ``cache``, descriptions of files whose size and modification time are unchanged are
-    read from it, and the cache is rewritten (atomically) when anything new was described.
-    An unreadable image is reported through ``log`` and left out of the comparison.
+    read from it; new ones are added to it (atomically), and entries of other files are kept,
+    so projects on different parts of one folder share it. An unreadable image is reported
+    through ``log``, left out of the comparison and not cached (it is tried again next time).
     """
-    keys = [_file_key(path) for path in paths]
     known = _read_cache(cache)
     cells = np.zeros((len(paths), CELLS, CELLS), np.uint8)
-    new = 0
-    for index, (path, key) in enumerate(zip(paths, keys, strict=True)):
-        if key in known:
-            cells[index] = known[key]
-            continue
+    new = {}
+    for index, path in enumerate(paths):
         try:
+            key = _file_key(path)
+            if key in known:
+                cells[index] = known[key]
+                continue
             described = describe_image(path)
         except OSError as error:
             log(f"{path}: skipped for overlap search ({error})")
             continue
         if described is not None:
             cells[index] = described
-        new += 1
-        if new % 5000 == 0:
+        new[key] = cells[index]
+        if len(new) % 5000 == 0:
             log(f"overlaps: described {index + 1} of {len(paths)} images")
     if cache is not None and new:
-        _write_cache(cache, keys, cells)
+        _write_cache(cache, {**known, **new})
     return cells
 
 
@@ -142,21 +144,29 @@ def _file_key(path: str | os.PathLike) -> str:
 
 
 def _read_cache(cache: str | os.PathLike | None) -> dict[str, np.ndarray]:
+    """The cached descriptions by file key.
+
+    Empty for no cache, or for one that is damaged or was made with other cells: it is
+    rebuilt, never trusted.
+    """
     if cache is None or not Path(cache).is_file():
         return {}
     try:
         with np.load(cache, allow_pickle=False) as data:
-            return dict(zip(data["keys"].tolist(), data["cells"], strict=True))
+            keys, cells = data["keys"].tolist(), data["cells"]
     except (OSError, ValueError, KeyError):
-        return {}  # a damaged cache is rebuilt, never trusted
+        return {}
+    if cells.shape[1:] != (CELLS, CELLS) or len(keys) != len(cells):
+        return {}
+    return dict(zip(keys, cells, strict=True))
 
 
-def _write_cache(cache: str | os.PathLike, keys: list[str], cells: np.ndarray) -> None:
+def _write_cache(cache: str | os.PathLike, entries: dict[str, np.ndarray]) -> None:
     Path(cache).parent.mkdir(parents=True, exist_ok=True)
+    keys = np.array(list(entries), dtype=str)
+    cells = np.stack(list(entries.values())) if entries else np.zeros((0, CELLS, CELLS), np.uint8)
     atomic.write_atomically(
-        cache,
-        lambda temporary: np.savez(temporary, keys=np.array(keys), cells=cells),
-        suffix=".npz",
+        cache, lambda temporary: np.savez(temporary, keys=keys, cells=cells), suffix=".npz"
     )
 
 

@@ -56,8 +56,9 @@ def tune_postprocess(
             components = evaluation.split_ships(probabilities > threshold)
             areas = np.bincount(components.ravel())[1:]
             for shape in SHAPES:
-                shaped = outlines.shape_ships(components, shape)
+                shaped = outlines.outline_ships(components, shape)  # label k: component k
                 ious = evaluation.iou_matrix(truth, shaped)
+                ious = np.pad(ious, ((0, 0), (0, len(areas) - ious.shape[1])))
                 drawn = np.bincount(shaped.ravel(), minlength=len(areas) + 1)[1:] > 0
                 for index, setting in enumerate(grid):
                     if setting[0] == threshold and setting[2] == shape:

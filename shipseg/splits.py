@@ -11,6 +11,7 @@ data, fractions are fractions of groups.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +89,12 @@ def group_units(table: pd.DataFrame, groups=None) -> tuple[pd.DataFrame, pd.Seri
     return units.reset_index(drop=True), unit_of
 
 
+def check_fractions(val_fraction: float, test_fraction: float) -> None:
+    """Raises ValueError unless both fractions are in [0, 1) and sum to less than 1."""
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ValueError("val and test fractions must be in [0, 1) and sum to less than 1")
+
+
 def make_split(
     table: pd.DataFrame,
     val_fraction: float = 0.15,
@@ -114,8 +121,7 @@ def make_split(
         A DataFrame with columns ``ImageId``, ``split`` (``train``, ``val`` or ``test``) and
         ``group``, sorted by ``ImageId``.
     """
-    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise ValueError("val and test fractions must be in [0, 1) and sum to less than 1")
+    check_fractions(val_fraction, test_fraction)
     units, unit_of = group_units(table, groups)
     ids = np.array(sorted(units.ImageId))
     rest, test = _take(ids, units, test_fraction, seed)
@@ -209,6 +215,7 @@ def prepare_split(
     split_path = Path(project_dir) / "split.csv"
     if split_path.is_file() and not fresh:
         return load_split(split_path, table)
+    check_fractions(*fractions)  # before minutes of looking for overlaps on the full data
     found = overlaps.find_overlaps(table.ImageId.tolist(), table.path.tolist(), cache)
     atomic.write_atomically(
         Path(project_dir) / "overlaps.csv", lambda temporary: found.to_csv(temporary, index=False)
@@ -251,9 +258,14 @@ def load_split(path: str | os.PathLike, table: pd.DataFrame | None = None) -> pd
             f"{path}: not a split file (expected columns ImageId,split with train/val/test)"
         )
     if "group" not in split:
+        print(
+            f"warning: {path} was saved before overlap groups: overlapping tiles were not "
+            "looked for (a fresh search, --overwrite, makes a split that keeps them together)",
+            file=sys.stderr,
+        )
         split["group"] = np.arange(len(split))
     groups = pd.to_numeric(split.group, errors="coerce")
-    if groups.isna().any():
+    if groups.isna().any() or (groups % 1 != 0).any():
         raise airbus.DataError(f"{path}: the group column must hold whole numbers")
     split["group"] = groups.astype(np.int64)
     if table is not None:

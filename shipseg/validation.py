@@ -29,7 +29,8 @@ class WholeImageValidation(keras.callbacks.Callback):
     """After each epoch, predicts whole validation images and adds ``val_*`` scores to the logs.
 
     Scores (see ``evaluation.Scoreboard``): ``val_dice``, ``val_dice_ship_images``,
-    ``val_iou``, ``val_f2``, ``val_ship_accuracy``, ``val_ship_auc`` (how well the image-level
+    ``val_iou``, ``val_f2``, ``val_f2_ship_images`` (the F2 over ship images alone),
+    ``val_ship_accuracy``, ``val_ship_auc`` (how well the image-level
     evidence, the ship head or the top pixel, ranks ship images above empty ones) and
     ``val_f2_tuned`` (the F2 with the image-level threshold chosen on these images). They are computed on full-size images with
     the natural share of empty images, which crops cannot show. Because the values are added to

@@ -262,3 +262,22 @@ def test_scoreboard_counts_ship_images_found_by_their_largest_ship():
         "400 px or more": [1, 2],
     }
     assert scoreboard.results()["f2_ship_images"] == pytest.approx(2 / 3)
+
+
+def ring_with_a_speck(size: int = 64) -> np.ndarray:
+    """A hollow ship-like ring with a speck in its hole: the ring's box covers the speck."""
+    from skimage.draw import disk
+
+    mask = np.zeros((size, size), bool)
+    mask[disk((size // 2, size // 2), size // 3)] = True
+    mask[disk((size // 2, size // 2), size // 6)] = False
+    mask[size // 2 - 1 : size // 2 + 1, size // 2 - 1 : size // 2 + 1] = True
+    return mask
+
+
+def test_a_ship_inside_a_larger_box_disappears_and_the_rest_are_numbered_1_to_n():
+    labels = evaluation.split_ships(ring_with_a_speck())
+    assert labels.max() == 2
+    kept = outlines.outline_ships(labels, "box")
+    assert set(np.unique(kept)) == {0, 1}  # the speck lost every pixel to the ring's box
+    assert set(np.unique(outlines.shape_ships(labels, "box"))) == {0, 1}

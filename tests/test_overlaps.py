@@ -133,16 +133,26 @@ def test_descriptions_come_from_the_cache_until_a_file_changes(tiles, tmp_path, 
     assert described == [str(changed)]
 
 
-def test_an_unreadable_image_is_reported_and_compared_with_nothing(tiles, tmp_path):
+def test_an_unreadable_image_is_reported_compared_with_nothing_and_not_cached(tiles, tmp_path):
     ids, paths, _ = tiles
-    broken = tmp_path / "broken.jpg"
+    broken, cache = tmp_path / "broken.jpg", tmp_path / "cache.npz"
     broken.write_bytes(b"not a jpeg")
-    messages = []
-    found = overlaps.find_overlaps(
-        [*ids[:2], "broken.jpg"], [*paths[:2], broken], log=messages.append
-    )
-    assert len(found) == 1
-    assert len(messages) == 1 and messages[0].startswith(str(broken))
+    for _ in range(2):  # reported again on the second run: it was not cached as described
+        messages = []
+        found = overlaps.find_overlaps(
+            [*ids[:2], "broken.jpg"], [*paths[:2], broken], cache, log=messages.append
+        )
+        assert len(found) == 1
+        assert len(messages) == 1 and messages[0].startswith(str(broken))
+
+
+def test_the_cache_keeps_what_other_projects_on_the_folder_described(tiles, tmp_path):
+    _, paths, _ = tiles
+    cache = tmp_path / "cache.npz"
+    overlaps.describe_images(paths[:2], cache)
+    overlaps.describe_images(paths[2:4], cache)
+    with np.load(cache) as data:
+        assert len(data["keys"]) == 4
 
 
 def grouped_table(count: int = 90, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
@@ -187,10 +197,11 @@ def test_grouped_folds_keep_each_group_in_one_fold():
     assert sorted(frame.fold.unique()) == [0, 1, 2, 3, 4]
 
 
-def test_a_split_saved_before_groups_loads_with_one_group_per_image(tmp_path):
+def test_a_split_saved_before_groups_loads_with_one_group_per_image_and_says_so(tmp_path, capsys):
     path = tmp_path / "split.csv"
     path.write_text("ImageId,split\na.jpg,train\nb.jpg,val\nc.jpg,test\n")
     assert splits.load_split(path).group.tolist() == [0, 1, 2]
+    assert "overlapping tiles were not looked for" in capsys.readouterr().err
 
 
 def test_the_real_sample_has_the_known_overlaps_and_a_split_that_keeps_them_together(

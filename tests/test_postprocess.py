@@ -47,3 +47,30 @@ def test_tuned_post_processing_is_the_best_of_the_grid(synthetic_table):
     assert tuned["f2"] >= best_brute_force - 1e-9
     chosen = evaluation.evaluate_model(BrightnessModel(), table, None, tuned["config"])["f2"]
     assert chosen == pytest.approx(tuned["f2"])
+
+
+class RingModel:
+    """Predicts a ring with a speck in its hole on every image: a box swallows the speck."""
+
+    def predict_on_batch(self, images):
+        from test_evaluation import ring_with_a_speck
+
+        ring = ring_with_a_speck(images.shape[1]).astype(np.float32)[None, :, :, None]
+        return np.repeat(ring * 0.9, len(images), axis=0)
+
+
+def test_tuning_scores_a_ship_swallowed_by_a_larger_box_as_inference_does(synthetic_table):
+    table = synthetic_table.head(6)
+    tuned = postprocess.tune_postprocess(RingModel(), table, None)
+    chosen = evaluation.evaluate_model(RingModel(), table, None, tuned["config"])["f2"]
+    assert chosen == pytest.approx(tuned["f2"])
+    for shape in outlines.SHIP_SHAPES:
+        config = evaluation.PostprocessConfig(0.5, 0.5, 0, ship_shape=shape)
+        labels = evaluation.probabilities_to_ships(ring_with_a_speck_probabilities(), config)
+        assert labels.max() == len(np.unique(labels)) - 1  # every label is a ship
+
+
+def ring_with_a_speck_probabilities():
+    from test_evaluation import ring_with_a_speck
+
+    return ring_with_a_speck().astype(np.float32) * 0.9
