@@ -38,7 +38,9 @@ def test_train_best_writes_the_final_model_and_honest_metrics(trained_project):
         "min_ship_pixels",
         "flip_tta",
         "ship_threshold",
+        "ship_shape",
     }
+    assert config["postprocess"]["ship_shape"] in ("mask", "box")
     metrics = json.loads((final / "metrics.json").read_text())
     split = pd.read_csv(project / "split.csv")
     test = metrics["test"]
