@@ -30,7 +30,7 @@ SHAPES = tuple(sorted(outlines.SHIP_SHAPES, key=lambda shape: shape == "mask"))
 def tune_postprocess(
     model, table: pd.DataFrame, input_config: pipeline.InputConfig, flip_tta: bool = False
 ) -> dict:
-    """Chooses the pixel threshold, minimum ship size and image-level threshold on ``table``.
+    """Chooses the pixel threshold, minimum size, ship outline and image gate on ``table``.
 
     Streams over the images: the network runs once per image, its components are labelled once
     per pixel threshold and outlined once per shape, and every minimum size is scored from that
