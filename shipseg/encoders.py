@@ -142,7 +142,32 @@ def build_encoder(name: str, levels: int, weights: str | None = None) -> keras.M
         warnings.simplefilter("ignore", UserWarning)
         network = constructor(include_top=False, weights=keras_weights(weights), input_tensor=x)
     outputs = [network.get_layer(stage).output for stage in backbone.stages[:levels]]
-    return keras.Model(inputs, outputs, name="encoder")
+    encoder = keras.Model(inputs, outputs, name="encoder")
+    set_trainable(encoder, True)
+    return encoder
+
+
+def set_trainable(encoder: keras.Model, trainable: bool) -> None:
+    """Freezes or unfreezes ``encoder``'s weights, keeping its batch normalisation frozen.
+
+    A frozen ``BatchNormalization`` keeps ImageNet's statistics and runs in inference mode
+    (Keras 3), which is Keras's own fine-tuning advice: batches of 8 crops, most of them sea,
+    give noisy statistics, and a trained encoder re-estimating them lost what ImageNet taught
+    it (validation Dice 0.66 after 2 epochs, 0.41-0.48 in the next six; docs/results.md).
+    Keras's ``trainable`` setter reaches every sub-layer, so unfreezing re-freezes them here.
+    """
+    encoder.trainable = trainable
+    for layer in _sublayers(encoder):
+        if isinstance(layer, layers.BatchNormalization):
+            layer.trainable = False
+
+
+def _sublayers(model: keras.Model):
+    """Every layer inside ``model``, nested models included."""
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _sublayers(layer)
 
 
 def check_weights(names: list[str] | tuple[str, ...], weights: str) -> None:
@@ -219,8 +244,8 @@ class FreezeEncoder(keras.callbacks.Callback):
 
     The usual fine-tuning recipe: a decoder that starts from random weights sends large, noisy
     gradients into the pretrained encoder until it has learnt something; freezing the encoder
-    meanwhile keeps what ImageNet taught it. A frozen encoder also runs its batch
-    normalisation in inference mode (Keras 3). Unfreezing starts a fresh optimizer at the
+    meanwhile keeps what ImageNet taught it. The encoder's batch normalisation stays frozen
+    throughout (``set_trainable``). Unfreezing starts a fresh optimizer at the
     current learning rate: Adam's bias correction follows the global step, so moments that
     start at zero 1,000 steps in would move the encoder by up to 5 times the learning rate
     (6.5 times later in training).
@@ -239,15 +264,15 @@ class FreezeEncoder(keras.callbacks.Callback):
             if frozen:
                 if not self.model.optimizer.built:  # before freezing: it must know every weight
                     self.model.optimizer.build(self.model.trainable_variables)
-                encoder.trainable = False
+                set_trainable(encoder, False)
             else:
-                encoder.trainable = True
+                set_trainable(encoder, True)
                 self.model.optimizer = _fresh_optimizer(self.model.optimizer)
                 self.model.optimizer.build(self.model.trainable_variables)
         self.model.make_train_function(force=True)
 
     def on_train_end(self, logs=None):  # noqa: D102
-        self.model.get_layer("encoder").trainable = True
+        set_trainable(self.model.get_layer("encoder"), True)
 
 
 @contextlib.contextmanager
@@ -261,11 +286,11 @@ def unfrozen(model: keras.Model):
     if encoder is None or encoder.trainable:
         yield model
         return
-    encoder.trainable = True
+    set_trainable(encoder, True)
     try:
         yield model
     finally:
-        encoder.trainable = False
+        set_trainable(encoder, False)
 
 
 def _fresh_optimizer(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:

@@ -158,6 +158,22 @@ def test_a_frozen_encoder_keeps_its_weights_for_its_epochs_then_trains_with_a_fr
     assert encoder.trainable
 
 
+def test_the_encoders_batch_normalisation_keeps_imagenet_statistics_while_its_weights_train(
+    tmp_path,
+):
+    model = build("mobilenet_v2", levels=2, frozen_epochs=1)
+    encoder = model.get_layer("encoder")
+    norm = encoder.get_layer("bn_Conv1")
+    start = [w.copy() for w in norm.get_weights()]
+    kernel = encoder.get_layer("Conv1").get_weights()[0].copy()
+    fit_one_step(model, epochs=2, callbacks=[encoders.FreezeEncoder(1)])
+    assert all(np.array_equal(a, b) for a, b in zip(start, norm.get_weights(), strict=True))
+    assert not np.array_equal(encoder.get_layer("Conv1").get_weights()[0], kernel)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras").get_layer("encoder")
+    assert loaded.trainable and not loaded.get_layer("bn_Conv1").trainable
+
+
 def test_a_checkpoint_taken_in_a_frozen_epoch_loads_with_a_trainable_encoder(tmp_path):
     from shipseg.training import AtomicCheckpoint
 
