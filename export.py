@@ -19,13 +19,16 @@ import json
 import sys
 from pathlib import Path
 
-from shipseg import runtime  # noqa: I001  (first: it imports TensorFlow quietly)
+from shipseg import (
+    errors,
+    prediction,
+    runtime,  # noqa: I001  (first: it imports TensorFlow quietly)
+)
 
 runtime.import_tensorflow_quietly()
 
 import numpy as np
 
-import evaluation
 import pipeline
 from shipseg import airbus, cli, export, models, splits
 
@@ -59,11 +62,11 @@ def run_export(args: argparse.Namespace) -> dict:
     """Loads the model, exports it, and prints where and how close the exports are."""
     model_path = models.find_model(Path(args.results_dir), args.model)
     if model_path.suffix != ".keras":
-        raise cli.UserError(f"{model_path}: export takes the .keras model that train.py wrote")
+        raise errors.UserError(f"{model_path}: export takes the .keras model that train.py wrote")
     model = models.load_model(model_path)
-    if args.image_size < 1 or args.image_size % evaluation.SIZE_MULTIPLE:
-        raise cli.UserError(
-            f"--image-size must be a positive multiple of {evaluation.SIZE_MULTIPLE}"
+    if args.image_size < 1 or args.image_size % prediction.SIZE_MULTIPLE:
+        raise errors.UserError(
+            f"--image-size must be a positive multiple of {prediction.SIZE_MULTIPLE}"
         )
     config_path = model_path.parent / "config.json"
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
@@ -93,7 +96,7 @@ def parity_images(paths: list[str] | None, config: dict, size: int) -> np.ndarra
     batch = np.zeros((len(paths), size, size, 3), dtype=np.float32)
     for index, path in enumerate(paths):
         if not Path(path).is_file():
-            raise cli.UserError(f"{path}: parity image not found")
+            raise errors.UserError(f"{path}: parity image not found")
         image = pipeline.decode_image(path).numpy()[:size, :size]
         batch[index, : image.shape[0], : image.shape[1]] = image
     return batch

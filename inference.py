@@ -47,21 +47,24 @@ runtime.import_tensorflow_quietly()
 import numpy as np
 import pandas as pd
 
-import evaluation
 import pipeline
 from shipseg import (
     airbus,
     atomic,
     cli,
     drawing,
+    errors,
     export,
     locks,
     models,
     outlines,
+    prediction,
     records,
+    scoring,
     ships,
     tiling,
 )
+from shipseg.prediction import Prediction, ship_score
 from shipseg.rle import ships_to_label_image
 
 # Post-processing threads (PNG encoding and connected components release the GIL): one per
@@ -180,7 +183,7 @@ def load_settings(model_path: Path, args: argparse.Namespace):
             file=sys.stderr,
         )
     input_config = pipeline.InputConfig(**config["input"]) if "input" in config else None
-    postprocess = evaluation.PostprocessConfig(**config.get("postprocess", {}))
+    postprocess = scoring.PostprocessConfig(**config.get("postprocess", {}))
     overrides = {
         "threshold": args.threshold,
         "image_threshold": args.image_threshold,
@@ -195,7 +198,7 @@ def load_settings(model_path: Path, args: argparse.Namespace):
     for name in ("threshold", "image_threshold", "ship_threshold"):
         # Only flags are checked: a tuned threshold may sit just above 1 ("no image opens").
         if overrides[name] is not None and not 0 <= overrides[name] <= 1:
-            raise cli.UserError(f"--{name.replace('_', '-')} must be in [0, 1]")
+            raise errors.UserError(f"--{name.replace('_', '-')} must be in [0, 1]")
     return input_config, postprocess
 
 
@@ -227,7 +230,7 @@ def process_prediction(
     Returns:
         The label image of the predicted ships.
     """
-    labels = evaluation.probabilities_to_ships(probabilities, postprocess, ship_probability)
+    labels = scoring.probabilities_to_ships(probabilities, postprocess, ship_probability)
     has_ships = bool(labels.any())
     drawing.save_png(
         out_dir / "masks" / f"{path.stem}.png",
@@ -273,7 +276,7 @@ def load_labels(path: str | None) -> pd.Series | None:
     if path is None:
         return None
     if not Path(path).is_file():
-        raise cli.UserError(f"{path}: labels file not found")
+        raise errors.UserError(f"{path}: labels file not found")
     # Images of any size may be scored: each RLE is checked against its image when scored.
     return airbus.read_ship_csv(path, max_pixels=2**40)
 
@@ -297,7 +300,7 @@ def run_inference(args: argparse.Namespace) -> dict:
     identity = records.run_identity(model_path, _settings_record(input_config, postprocess, args))
     model = models.load_model(model_path)
     if records.run_identity(model_path, identity["settings"]) != identity:
-        raise cli.UserError(f"{model_path}: replaced while it was being loaded; run again")
+        raise errors.UserError(f"{model_path}: replaced while it was being loaded; run again")
     out_dir = Path(args.out) if args.out else default_output_dir(model_path)
     with locks.hold(out_dir, "--out"):
         done = records.open_run(out_dir, identity, args.overwrite)
@@ -361,7 +364,7 @@ def predict_images(model, paths, scenes, input_config, postprocess, scorer, args
     start = time.perf_counter()
     images = [position for position in range(len(paths)) if position not in scenes]
     table = pd.DataFrame({"path": [str(paths[position]) for position in images]})
-    predictions = evaluation.predict_table(
+    predictions = prediction.predict_table(
         model, table, input_config, args.batch_size, postprocess.flip_tta, with_images=True
     )
     in_paths = (p._replace(position=images[p.position]) for p in predictions)
@@ -381,9 +384,9 @@ def predict_images(model, paths, scenes, input_config, postprocess, scorer, args
 
 
 def finish_image(
-    prediction: evaluation.Prediction,
+    prediction: Prediction,
     paths: list[Path],
-    postprocess: evaluation.PostprocessConfig,
+    postprocess: scoring.PostprocessConfig,
     out_dir: Path,
     overlays: bool,
     scorer: LabelScorer,
@@ -407,7 +410,7 @@ def finish_image(
             path.name, labels, prediction.probabilities, prediction.ship_probability, pixel_size
         ),
         "shape": list(labels.shape),
-        "ship_score": evaluation.ship_score(prediction),
+        "ship_score": ship_score(prediction),
     }
     records.write_record(out_dir, path.name, record)
     scorer.add(path.name, labels, record["ship_score"])
@@ -444,18 +447,18 @@ def input_images(args: argparse.Namespace) -> list[Path]:
     """The image files to predict, checked: found, uniquely named; batch and tiles valid."""
     try:
         paths = airbus.list_images(args.images)
-    except airbus.DataError as error:
-        raise cli.UserError(str(error)) from None
+    except errors.DataError as error:
+        raise errors.UserError(str(error)) from None
     if args.batch_size < 1:
-        raise cli.UserError("--batch-size must be at least 1")
+        raise errors.UserError("--batch-size must be at least 1")
     if args.tile < 1 or args.tile_above < 1 or not 0 <= args.overlap < args.tile:
-        raise cli.UserError(
+        raise errors.UserError(
             "--tile and --tile-above must be at least 1, and --overlap in [0, --tile)"
         )
     stems = [path.stem for path in paths]
     if len(set(stems)) != len(stems):
         duplicate = next(stem for stem in stems if stems.count(stem) > 1)
-        raise cli.UserError(
+        raise errors.UserError(
             f"several input images are named {duplicate}.*: masks and overlays are named by the "
             "image name, so each must be unique"
         )
@@ -497,7 +500,7 @@ class LabelScorer:
 
     def __init__(self, truth: pd.Series | None):
         self.truth = truth
-        self.scoreboard = evaluation.Scoreboard()
+        self.scoreboard = scoring.Scoreboard()
         self.unlabelled: list[str] = []
         self.unscorable: list[str] = []
         self._lock = threading.Lock()
@@ -550,7 +553,7 @@ def default_output_dir(model_path: Path) -> Path:
     return models.project_folder(model_path) / "predictions"
 
 
-def report_scores(scoreboard: evaluation.Scoreboard, unlabelled: list[str], out_dir: Path) -> dict:
+def report_scores(scoreboard: scoring.Scoreboard, unlabelled: list[str], out_dir: Path) -> dict:
     """Prints and writes (``scores.json``) the scores of the labelled predictions."""
     scores = {**scoreboard.results(), "images_without_labels": len(unlabelled)}
     if unlabelled:

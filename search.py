@@ -48,6 +48,7 @@ from shipseg import (
     budget,
     cli,
     encoders,
+    errors,
     isolation,
     locks,
     overlaps,
@@ -256,7 +257,7 @@ def tuner_role() -> str:
     id containing "chief" as the chief.
 
     Raises:
-        cli.UserError: When the variables are only half set (a process that would silently run a
+        errors.UserError: When the variables are only half set (a process that would silently run a
             search of its own in the shared folder).
     """
     tuner_id = os.environ.get("KERASTUNER_TUNER_ID")
@@ -264,7 +265,7 @@ def tuner_role() -> str:
     if not tuner_id and not any(address):
         return "single"
     if not tuner_id or not all(address):
-        raise cli.UserError(
+        raise errors.UserError(
             "distributed search needs KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP and "
             "KERASTUNER_ORACLE_PORT all set (see the README)"
         )
@@ -315,7 +316,7 @@ def resolve_settings(args: argparse.Namespace) -> dict:
 def _check_counts(args: argparse.Namespace) -> None:
     """One-line errors for counts below their minimum and a time budget that does not parse."""
     if args.initial_trials is not None and args.tuner != "bayesian":
-        raise cli.UserError("--initial-trials is for --tuner bayesian only")
+        raise errors.UserError("--initial-trials is for --tuner bayesian only")
     for name in (
         "max_epochs",
         "factor",
@@ -325,17 +326,17 @@ def _check_counts(args: argparse.Namespace) -> None:
         "images_per_epoch",
     ):
         if getattr(args, name) < 1:
-            raise cli.UserError(f"--{name.replace('_', '-')} must be at least 1")
+            raise errors.UserError(f"--{name.replace('_', '-')} must be at least 1")
     for name in ("val_images", "initial_trials"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise cli.UserError(f"--{name.replace('_', '-')} must be at least 1")
+            raise errors.UserError(f"--{name.replace('_', '-')} must be at least 1")
     if args.factor < 2:
-        raise cli.UserError("--factor must be at least 2")
+        raise errors.UserError("--factor must be at least 2")
     if args.time_budget is not None:
         try:
             budget.parse_duration(args.time_budget)
         except ValueError as error:
-            raise cli.UserError(f"--time-budget: {error}") from None
+            raise errors.UserError(f"--time-budget: {error}") from None
 
 
 def _space_and_input(args: argparse.Namespace) -> tuple:
@@ -349,13 +350,13 @@ def _space_and_input(args: argparse.Namespace) -> tuple:
             empty_image_fraction=args.empty_fraction,
         )
     except ValueError as error:
-        raise cli.UserError(str(error)) from None
+        raise errors.UserError(str(error)) from None
     # Ranges are (low, high) and choices a tuple: either way the deepest is the largest value.
     deepest = max(next(d for d in space if d.name == "levels").values)
     try:
         hypermodel.check_input_size(args.input_size, int(deepest))
     except ValueError as error:
-        raise cli.UserError(f"--input-size: {error}") from None
+        raise errors.UserError(f"--input-size: {error}") from None
     runtime.hide_gpus()  # checking the weights builds the encoders: not on the trials' GPU
     encoders.check_weights(
         next(d for d in space if d.name == "encoder").values, args.encoder_weights
@@ -373,14 +374,14 @@ def run_search(args: argparse.Namespace) -> dict:
         ``{"project_dir": Path, "trials": DataFrame, "best": dict or None}``.
 
     Raises:
-        cli.UserError, airbus.DataError: For bad settings or data (one-line messages).
+        errors.UserError, errors.DataError: For bad settings or data (one-line messages).
     """
     settings = resolve_settings(args)
     role = tuner_role()
     if role != "chief":
         isolation.process_context()  # The fork server imports TensorFlow while the data is read.
     if role == "worker" and args.overwrite:
-        raise cli.UserError(
+        raise errors.UserError(
             "--overwrite is for the chief only: a worker would delete the others' trials"
         )
     data_dir = search_data_dir(settings, args.results_dir)
@@ -414,7 +415,7 @@ def search_project(
             overlaps.cache_path(args.results_dir, data_dir),
         )
     except ValueError as error:
-        raise cli.UserError(str(error)) from None
+        raise errors.UserError(str(error)) from None
     print(overlaps.group_summary(overlaps.describe_groups(split.group)))
     settings.update(
         split_file=str((project_dir / "split.csv").resolve()),
@@ -445,7 +446,7 @@ def report_command(args: argparse.Namespace) -> None:
     project_dir = Path(args.results_dir) / project
     trials_path = project_dir / "trials.csv"
     if not trials_path.is_file():
-        raise cli.UserError(f"{trials_path}: no trials to report on (run the search first)")
+        raise errors.UserError(f"{trials_path}: no trials to report on (run the search first)")
     objective = json.loads((project_dir / "search_config.json").read_text())["objective"]
     trials = pd.read_csv(trials_path, dtype={"trial_id": str})
     names = [dimension.name for dimension in hypermodel.DEFAULT_SPACE]
@@ -478,7 +479,7 @@ def check_resumable(project_dir: Path, settings: dict) -> bool:
     ]
     changed = [key for key in keys if previous.get(key) != settings.get(key)]
     if changed:
-        raise cli.UserError(
+        raise errors.UserError(
             f"{config_path}: this project was searched with other settings "
             f"({', '.join(changed)}); "
             "rerun with --overwrite to start afresh, or choose another --project"
@@ -495,7 +496,7 @@ def search_tables(
         splits.select_split(table, split, "val"), args.val_images, args.seed
     )
     if train_table.empty or val_table.empty or not (val_table.ship_count > 0).any():
-        raise cli.UserError(
+        raise errors.UserError(
             f"{settings['split_file']}: the split needs training images and validation images "
             f"with ships (has {len(train_table)} train, {len(val_table)} val, "
             f"{int((val_table.ship_count > 0).sum())} val with ships); use more data or a larger "
@@ -524,7 +525,7 @@ def search_budget(args: argparse.Namespace, project_dir: Path) -> budget.SearchB
             project_dir / "budget.json", budget.parse_duration(args.time_budget)
         )
     except ValueError as error:
-        raise cli.UserError(str(error)) from None
+        raise errors.UserError(str(error)) from None
     spent, total = (
         budget.format_duration(s) for s in (project_budget.spent(), project_budget.seconds)
     )
@@ -573,13 +574,13 @@ def make_tuner(
     except keras_tuner.errors.FailedTrialError as error:
         # Keras Tuner builds one model while it is constructed; a space whose smallest model
         # is already too big fails there, before any trial could record it.
-        raise cli.UserError(f"--max-parameters: {error}") from None
+        raise errors.UserError(f"--max-parameters: {error}") from None
     except (ValueError, KeyError, RuntimeError) as error:  # json.JSONDecodeError is a ValueError
         # Resuming reads Keras Tuner's saved state; written atomically since 2026-12-01, it
         # can still be damaged by older versions or by hand.
         if args.overwrite or not (project_dir / "tuner").is_dir():
             raise
-        raise cli.UserError(
+        raise errors.UserError(
             f"{project_dir / 'tuner'}: Keras Tuner's saved state cannot be read "
             f"({type(error).__name__}: {error}); rerun with --overwrite to start afresh"
         ) from None

@@ -23,14 +23,17 @@ import sys
 import time
 from pathlib import Path
 
-from shipseg import runtime  # noqa: I001  (first: it imports TensorFlow quietly)
+from shipseg import (
+    errors,
+    prediction,
+    runtime,  # noqa: I001  (first: it imports TensorFlow quietly)
+)
 
 runtime.import_tensorflow_quietly()
 
 import keras
 import pandas as pd
 
-import evaluation
 import hypermodel
 import pipeline
 from shipseg import (
@@ -153,13 +156,15 @@ def find_project(results_dir: Path, project: str | None) -> Path:
     if project:
         project_dir = results_dir / project
         if not (project_dir / "search_config.json").is_file():
-            raise cli.UserError(f"{project_dir}: no search here (search_config.json is missing)")
+            raise errors.UserError(f"{project_dir}: no search here (search_config.json is missing)")
         return project_dir
     searches = sorted(
         results_dir.glob("*/best_hparams.json"), key=lambda path: path.stat().st_mtime
     )
     if not searches:
-        raise cli.UserError(f"{results_dir}: no finished search found; run python search.py first")
+        raise errors.UserError(
+            f"{results_dir}: no finished search found; run python search.py first"
+        )
     return searches[-1].parent
 
 
@@ -168,18 +173,20 @@ def load_hyperparameters(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise cli.UserError(f"{path}: file not found") from None
+        raise errors.UserError(f"{path}: file not found") from None
     except json.JSONDecodeError as error:
-        raise cli.UserError(f"{path}: not valid JSON ({error.msg}, line {error.lineno})") from None
+        raise errors.UserError(
+            f"{path}: not valid JSON ({error.msg}, line {error.lineno})"
+        ) from None
     values = data.get("hyperparameters", data) if isinstance(data, dict) else None
     if not isinstance(values, dict):
-        raise cli.UserError(f"{path}: expected a JSON object of hyperparameters")
+        raise errors.UserError(f"{path}: expected a JSON object of hyperparameters")
     names = [dimension.name for dimension in hypermodel.DEFAULT_SPACE]
     values = {**hypermodel.ADDED_LATER, **values}
     missing = [name for name in names if name not in values]
     unknown = [name for name in values if name not in names]
     if missing or unknown:
-        raise cli.UserError(
+        raise errors.UserError(
             f"{path}: "
             + "; ".join(
                 part
@@ -193,7 +200,7 @@ def load_hyperparameters(path: Path) -> dict:
     try:
         hypermodel.search_space([f"{name}={values[name]}" for name in names])
     except ValueError as error:
-        raise cli.UserError(f"{path}: {error}") from None
+        raise errors.UserError(f"{path}: {error}") from None
     return {name: values[name] for name in names}
 
 
@@ -216,21 +223,21 @@ def load_run(args: argparse.Namespace) -> Run:
     search_config = json.loads((project_dir / "search_config.json").read_text())
     hparams_path = Path(args.hparams) if args.hparams else project_dir / "best_hparams.json"
     if not hparams_path.is_file():
-        raise cli.UserError(
+        raise errors.UserError(
             f"{hparams_path}: file not found"
             + ("" if args.hparams else " (the search has no completed trial yet)")
         )
     values = load_hyperparameters(hparams_path)
     if args.epochs < 1:
-        raise cli.UserError("--epochs must be at least 1")
+        raise errors.UserError("--epochs must be at least 1")
     try:
         hypermodel.check_input_size(search_config["input"]["size"], values["levels"])
     except ValueError as error:
-        raise cli.UserError(f"{hparams_path}: {error} (the search's input size)") from None
+        raise errors.UserError(f"{hparams_path}: {error} (the search's input size)") from None
     try:
         seconds = budget.parse_duration(args.time_budget) if args.time_budget else None
     except ValueError as error:
-        raise cli.UserError(f"--time-budget: {error}") from None
+        raise errors.UserError(f"--time-budget: {error}") from None
     weights = encoders.resolve_weights(
         args.encoder_weights or search_config.get("encoder_weights", "none")
     )
@@ -341,10 +348,10 @@ def evaluate_trained(
     tuned = tune_postprocess(model, tables["val"], input_config, flip_tta)
     postprocess = tuned["config"]
     print(f"Evaluating on {len(tables['test'])} whole test images ...")
-    test = evaluation.evaluate_model(
+    test = prediction.evaluate_model(
         model, tables["test"], input_config, postprocess, intervals=True
     )
-    validation = evaluation.evaluate_model(model, tables["val"], input_config, postprocess)
+    validation = prediction.evaluate_model(model, tables["val"], input_config, postprocess)
     drawing.plot_examples(
         model, tables["test"], input_config, postprocess, out_dir / "test_examples.png"
     )
@@ -378,7 +385,7 @@ def run_training(args: argparse.Namespace) -> dict:
         "test": splits.select_split(run.table, run.split, "test"),
     }
     if tables["test"].empty:
-        raise cli.UserError(f"{run.search_config['split_file']}: the split has no test image")
+        raise errors.UserError(f"{run.search_config['split_file']}: the split has no test image")
     out_dir = run.project_dir / "final"
     config = run_config(
         run,
@@ -438,7 +445,7 @@ def run_folds(args: argparse.Namespace) -> dict:
         The content of ``summary.json``.
     """
     if args.folds < 3:
-        raise cli.UserError(
+        raise errors.UserError(
             "--folds must be at least 3 (a test fold, a validation fold, one to train on)"
         )
     run = load_run(args)
@@ -447,7 +454,7 @@ def run_folds(args: argparse.Namespace) -> dict:
         groups = pool.ImageId.map(run.split.set_index("ImageId").group).to_numpy()
         assignment = splits.make_folds(pool, args.folds, run.settings.seed, groups)
     except ValueError as error:
-        raise cli.UserError(f"--folds: {error}") from None
+        raise errors.UserError(f"--folds: {error}") from None
     with atomic.staged_folder(run.project_dir / "folds") as staging:  # All folds, or none.
         return _run_folds_into(run, args, pool, assignment, staging)
 

@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO_ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pipeline
-from shipseg import airbus, splits, synthetic
+from shipseg import airbus, errors, splits, synthetic
 
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "airbus-sample"
 
@@ -198,7 +198,7 @@ def throughput_rows(args) -> list[tuple[str, str]]:
     print(f"(a) throughput on {args.data_dir} ...", flush=True)
     try:
         result = measure_throughput(args)
-    except airbus.DataError as error:
+    except errors.DataError as error:
         print(f"  skipped: {error}")
         return [("(a) throughput", f"skipped (no sample: {error})")]
     return [

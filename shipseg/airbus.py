@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from shipseg.errors import DataError
 from shipseg.rle import AIRBUS_IMAGE_SIZE, parse_rle, rle_pixel_count
 
 CSV_NAME = "train_ship_segmentations_v2.csv"
@@ -33,10 +34,6 @@ TEST_DIR_NAMES = ("test_v2", "test_images")
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-
-
-class DataError(Exception):
-    """A problem with the user's data: the message names the file and what is wrong."""
 
 
 @dataclasses.dataclass(frozen=True)

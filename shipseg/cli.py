@@ -1,4 +1,4 @@
-"""What the command-line scripts share: one kind of user error, and ``main()`` around a run.
+"""What the command-line scripts share: ``main()`` around a run, printing the toolkit's errors.
 
 A user's mistake (a missing folder, a bad option, a broken CSV) is one line on stderr naming
 the file or option and the problem, and exit status 2; never a traceback. Everything else is a
@@ -11,11 +11,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from shipseg.airbus import DataError
-
-
-class UserError(Exception):
-    """A problem with what the user asked for: the message names the file or option."""
+from shipseg.errors import ShipsegError
 
 
 def main(
@@ -41,7 +37,7 @@ def main(
     try:
         status = run(args)
         return status if isinstance(status, int) else 0
-    except (UserError, DataError) as error:
+    except ShipsegError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

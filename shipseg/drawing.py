@@ -16,9 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-import evaluation
-import pipeline
-from shipseg import atomic
+from shipseg import atomic, inputs, prediction, scoring
 
 
 def mask_overlay(
@@ -208,15 +206,15 @@ def plot_examples(
     for axis in axes.ravel():
         axis.axis("off")
     for scored, axis in zip(
-        evaluation.score_table(model, chosen, input_config, postprocess), axes.ravel(), strict=False
+        prediction.score_table(model, chosen, input_config, postprocess), axes.ravel(), strict=False
     ):
         row = chosen.iloc[scored.prediction.position]
         truth, predicted = scored.truth, scored.predicted
-        image = pipeline.decode_image(row.path).numpy()
+        image = inputs.decode_image(row.path).numpy()
         axis.imshow(mask_overlay(image, truth > 0, predicted > 0, max_side=512))
         axis.set_title(
             f"{row.ImageId}: {row.ship_count} true, {predicted.max()} predicted\n"
-            f"F2 {evaluation.image_f2(truth, predicted):.2f}",
+            f"F2 {scoring.image_f2(truth, predicted):.2f}",
             fontsize=9,
         )
     figure.suptitle("Test images: true ships green, predicted red, overlap yellow")

@@ -2,7 +2,7 @@
 
 Every strong entry of the Airbus competition put an ImageNet-pretrained encoder under its
 U-Net. ``build_encoder`` turns MobileNetV2, EfficientNetB0 or ResNet50 into the encoder half of
-``hypermodel.build_unet``: a sub-model named ``"encoder"`` from RGB images in 0-255 to the
+``unet.build_unet``: a sub-model named ``"encoder"`` from RGB images in 0-255 to the
 features at strides 2, 4, ... (the skip connections) and the deepest one used (the
 bottleneck). ``levels`` picks how deep: 5 uses the whole backbone (stride 32), 3 stops at
 stride 8 and leaves the rest out, which is most of the compute.
@@ -29,9 +29,9 @@ from pathlib import Path
 import keras
 from keras import layers
 
-from shipseg.cli import UserError
+from shipseg.errors import UserError
 
-PLAIN = "unet"  # the U-Net's own encoder, trained from scratch (hypermodel._encoder)
+PLAIN = "unet"  # the U-Net's own encoder, trained from scratch (unet._encoder)
 
 
 @dataclasses.dataclass(frozen=True)

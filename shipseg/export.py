@@ -4,7 +4,7 @@ Keras writes both (``Model.export`` as ``tf_saved_model`` and as ``litert``) for
 with the batch left free. The size is fixed because the bilinear up-sampling of
 ``upsampling="resize"`` cannot be traced with an unknown height and width (Keras 3.15 raises
 ``OperatorNotAllowedInGraphError``), and a static shape lets TFLite plan its buffers once.
-Smaller images are padded at the bottom and right (reflected, as ``evaluation.pad_to_multiple``
+Smaller images are padded at the bottom and right (reflected, as ``prediction.pad_to_multiple``
 pads to a multiple of the U-Net's stride) and the prediction cropped back.
 
 ``export.json`` beside them records what a server must repeat: the input (RGB float32 in 0-255,
@@ -22,8 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-import hypermodel
-from shipseg import atomic, runtime
+from shipseg import atomic, runtime, unet
 
 EXPORT_JSON = "export.json"
 SAVED_MODEL = "saved_model"
@@ -64,7 +63,7 @@ def export_model(
 
 def _record(model, model_path: Path, image_size: int, config: dict) -> dict:
     outputs = {"ship_probability": "(n, height, width, 1) probability that a pixel is a ship"}
-    if hypermodel.has_ship_head(model):
+    if unet.has_ship_head(model):
         outputs["has_ship"] = "(n, 1) the ship head's probability that the image holds a ship"
     training = {key: config[key] for key in ("input", "postprocess", "status") if key in config}
     return {
@@ -142,7 +141,7 @@ class TFLiteModel:
                 f"{self.width} x {self.height}: export with a larger --image-size"
             )
         pad_h, pad_w = self.height - height, self.width - width
-        # Reflected at the bottom and right as evaluation.pad_to_multiple does, where it can be.
+        # Reflected at the bottom and right as prediction.pad_to_multiple does, where it can be.
         mode = "reflect" if pad_h < height and pad_w < width else "constant"
         padded = np.pad(images, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode=mode)
         outputs = self.runner(**{self.input_name: padded})

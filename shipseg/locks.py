@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from shipseg.cli import UserError
+from shipseg.errors import UserError
 
 LOCK_NAME = ".lock"
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shipseg import export
-from shipseg.cli import UserError
+from shipseg import export, unet
+from shipseg.errors import UserError
 
 
 def find_model(results_dir: Path, model: str | None) -> Path:
@@ -45,8 +45,6 @@ def load_model(path: Path):
             raise UserError(f"{path}: cannot load the TFLite model ({error})") from None
     import keras
 
-    import hypermodel  # registers the custom losses and metrics
-
     try:
         model = keras.saving.load_model(path)
     except Exception as error:  # Keras raises many types for a bad or foreign file.
@@ -55,9 +53,7 @@ def load_model(path: Path):
             f"{str(error).splitlines()[0][:200]})"
         ) from None
     # A model with a ship head returns {"ship_probability": mask, "has_ship": probability}.
-    output = (
-        model.output["ship_probability"] if hypermodel.has_ship_head(model) else model.outputs[0]
-    )
+    output = model.output["ship_probability"] if unet.has_ship_head(model) else model.outputs[0]
     if (
         len(model.inputs) != 1
         or model.inputs[0].shape[-1] != 3

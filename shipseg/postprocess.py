@@ -13,9 +13,8 @@ import itertools
 import numpy as np
 import pandas as pd
 
-import evaluation
-import pipeline
-from shipseg import cli, outlines
+from shipseg import errors, inputs, outlines, scoring
+from shipseg.prediction import labelled_predictions, ship_score
 
 # The post-processing grid tried on validation images (the image-level threshold is found
 # exactly for each setting); the best F2 becomes inference's default.
@@ -28,7 +27,7 @@ SHAPES = tuple(sorted(outlines.SHIP_SHAPES, key=lambda shape: shape == "mask"))
 
 
 def tune_postprocess(
-    model, table: pd.DataFrame, input_config: pipeline.InputConfig, flip_tta: bool = False
+    model, table: pd.DataFrame, input_config: inputs.InputConfig, flip_tta: bool = False
 ) -> dict:
     """Chooses the pixel threshold, minimum size, ship outline and image gate on ``table``.
 
@@ -37,7 +36,7 @@ def tune_postprocess(
     one IoU matrix (a size filter only removes predicted columns; a ship whose box lost every
     pixel to larger ones is gone as in inference). The image-level threshold, on the ship head's
     probability or (without a head) on the top pixel probability, is then found exactly for
-    each setting by ``evaluation.best_gate``, not from a grid. Memory grows by a few numbers
+    each setting by ``scoring.best_gate``, not from a grid. Memory grows by a few numbers
     per image. Ties keep the stricter setting (fewer false ships). With ``flip_tta`` the
     probabilities are averaged over flips, and the chosen setting keeps doing so.
 
@@ -47,30 +46,30 @@ def tune_postprocess(
     grid = list(itertools.product(THRESHOLDS, MIN_SHIP_PIXELS, SHAPES))
     f2_open = [[] for _ in grid]
     scores, f2_closed, head = [], [], False
-    for prediction, truth in evaluation.labelled_predictions(model, table, input_config, flip_tta):
-        probabilities = prediction.probabilities
-        head = prediction.ship_probability is not None
-        scores.append(evaluation.ship_score(prediction))
+    for predicted, truth in labelled_predictions(model, table, input_config, flip_tta):
+        probabilities = predicted.probabilities
+        head = predicted.ship_probability is not None
+        scores.append(ship_score(predicted))
         f2_closed.append(0.0 if truth.any() else 1.0)
         for threshold in THRESHOLDS:
-            components = evaluation.split_ships(probabilities > threshold)
+            components = scoring.split_ships(probabilities > threshold)
             areas = np.bincount(components.ravel())[1:]
             for shape in SHAPES:
                 shaped = outlines.outline_ships(components, shape)  # label k: component k
-                ious = evaluation.iou_matrix(truth, shaped)
+                ious = scoring.iou_matrix(truth, shaped)
                 ious = np.pad(ious, ((0, 0), (0, len(areas) - ious.shape[1])))
                 drawn = np.bincount(shaped.ravel(), minlength=len(areas) + 1)[1:] > 0
                 for index, setting in enumerate(grid):
                     if setting[0] == threshold and setting[2] == shape:
                         kept = drawn & (areas >= max(setting[1], 1))
-                        f2_open[index].append(evaluation.f2_from_ious(ious[:, kept]))
+                        f2_open[index].append(scoring.f2_from_ious(ious[:, kept]))
     if not scores:
-        raise cli.UserError("no validation image could be read to tune the post-processing")
-    gates = [evaluation.best_gate(scores, opened, f2_closed) for opened in f2_open]
+        raise errors.UserError("no validation image could be read to tune the post-processing")
+    gates = [scoring.best_gate(scores, opened, f2_closed) for opened in f2_open]
     # The grid runs from loose to strict: >= lets a stricter setting win a tie.
     best = max(range(len(grid)), key=lambda index: (gates[index][1], index))
     (threshold, min_size, shape), (gate, f2) = grid[best], gates[best]
-    config = evaluation.PostprocessConfig(
+    config = scoring.PostprocessConfig(
         threshold=threshold,
         image_threshold=threshold if head else max(gate, threshold),
         min_ship_pixels=min_size,

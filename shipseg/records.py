@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-import evaluation
 from shipseg import airbus, atomic, ships
-from shipseg.cli import UserError
+from shipseg.errors import UserError
+from shipseg.prediction import Prediction
 from shipseg.rle import rle_encode_pixels
 
 RECORDS = "records"
@@ -126,7 +126,7 @@ def ship_rows(image_id: str, labels: np.ndarray) -> list[tuple[str, str]]:
 IMAGE_COLUMNS = ("ImageId", "ship_probability", "top_pixel_probability", "ships")
 
 
-def image_row(image_id: str, prediction: evaluation.Prediction, labels: np.ndarray) -> tuple:
+def image_row(image_id: str, prediction: Prediction, labels: np.ndarray) -> tuple:
     """One row of ``images.csv``: the image's ship evidence and how many ships were kept.
 
     ``ship_probability`` is the ship head's (empty for a model without a head): the learnt

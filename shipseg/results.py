@@ -14,8 +14,7 @@ import keras_tuner
 import numpy as np
 import pandas as pd
 
-import hypermodel
-from shipseg import atomic, report
+from shipseg import atomic, report, space
 
 OBJECTIVES = ("val_dice", "val_f2", "val_f2_tuned")
 
@@ -86,7 +85,7 @@ def export_results(
     best = None
     if len(completed):
         winner = completed.iloc[0]
-        names = [d.name for d in hypermodel.DEFAULT_SPACE]
+        names = [d.name for d in space.DEFAULT_SPACE]
         best = {
             "trial_id": winner.trial_id,
             "objective": objective,
@@ -160,7 +159,7 @@ def print_summary(trials: pd.DataFrame, project_dir: Path, objective: str, top: 
     columns = [
         "trial_id",
         objective,
-        *[d.name for d in hypermodel.DEFAULT_SPACE],
+        *[d.name for d in space.DEFAULT_SPACE],
         "epochs",
         "status",
         "duration_s",

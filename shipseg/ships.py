@@ -1,6 +1,6 @@
 """Ship lists: one record per predicted ship (where, how long, which way, how sure).
 
-From a label image (one label per ship, as ``evaluation.probabilities_to_ships`` makes it) and
+From a label image (one label per ship, as ``scoring.probabilities_to_ships`` makes it) and
 the pixel probabilities. The oriented box comes from the ship's pixels: its axis is the main
 axis of their second moments, its length the pixels' extent along that axis (plus one pixel:
 extents run from pixel centre to pixel centre), its width the ship's area over that length

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from shipseg import airbus, atomic, overlaps
+from shipseg import atomic, errors, overlaps
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -244,17 +244,17 @@ def load_split(path: str | os.PathLike, table: pd.DataFrame | None = None) -> pd
         image its own group), sorted by ``ImageId``.
 
     Raises:
-        airbus.DataError: If the file is missing or malformed.
+        errors.DataError: If the file is missing or malformed.
     """
     path = Path(path)
     if not path.is_file():
-        raise airbus.DataError(f"{path}: split file is missing")
+        raise errors.DataError(f"{path}: split file is missing")
     try:
         split = pd.read_csv(path, dtype=str)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise airbus.DataError(f"{path}: not a readable split file ({error})") from None
+        raise errors.DataError(f"{path}: not a readable split file ({error})") from None
     if list(split.columns)[:2] != ["ImageId", "split"] or not split.split.isin(SPLIT_NAMES).all():
-        raise airbus.DataError(
+        raise errors.DataError(
             f"{path}: not a split file (expected columns ImageId,split with train/val/test)"
         )
     if "group" not in split:
@@ -266,13 +266,13 @@ def load_split(path: str | os.PathLike, table: pd.DataFrame | None = None) -> pd
         split["group"] = np.arange(len(split))
     groups = pd.to_numeric(split.group, errors="coerce")
     if groups.isna().any() or (groups % 1 != 0).any():
-        raise airbus.DataError(f"{path}: the group column must hold whole numbers")
+        raise errors.DataError(f"{path}: the group column must hold whole numbers")
     split["group"] = groups.astype(np.int64)
     if table is not None:
         split = split[split.ImageId.isin(table.ImageId)]
         for name in ("train", "val"):
             if not (split.split == name).any():
-                raise airbus.DataError(f"{path}: no {name} image of this split is in the dataset")
+                raise errors.DataError(f"{path}: no {name} image of this split is in the dataset")
     return split.sort_values("ImageId").reset_index(drop=True)
 
 

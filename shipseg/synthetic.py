@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from shipseg import airbus
+from shipseg import airbus, errors
 from shipseg.rle import rle_encode
 
 DEFAULT_SYNTHETIC_DIR = Path("results") / "synthetic-data"
@@ -195,7 +195,7 @@ def ensure_synthetic_dataset(
         return out_dir
     if out_dir.exists():
         if not marker.is_file():
-            raise airbus.DataError(
+            raise errors.DataError(
                 f"{out_dir}: exists but is not a synthetic dataset; refusing to replace it"
             )
         shutil.rmtree(out_dir)

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from shipseg import prediction
+
 DEFAULT_TILE = 768
 DEFAULT_OVERLAP = 128
 # Images with a side above this are tiled (Airbus images, 768, are not).
@@ -99,7 +101,7 @@ def predict_scene(
 
     Args:
         predict: ``(n, h, w, 3)`` float32 tiles -> ``(n, h, w)`` probabilities and ``(n,)``
-            ship probabilities or None (``evaluation.predict_batch`` with its model).
+            ship probabilities or None (``prediction.predict_batch`` with its model).
         scene: ``(H, W, 3)`` uint8 RGB.
         tile: Tile side in pixels.
         overlap: Pixels shared by neighbouring tiles.
@@ -159,21 +161,19 @@ def predict_scene_file(
 ):
     """One large scene, predicted in overlapping tiles, with a progress bar of its tiles.
 
-    ``postprocess`` (an ``evaluation.PostprocessConfig``) gives the flip TTA and each tile's
+    ``postprocess`` (an ``scoring.PostprocessConfig``) gives the flip TTA and each tile's
     gate (its ``ship_threshold``, for a model with a ship head).
 
     Returns:
-        An ``evaluation.Prediction`` of the whole scene (its image included, as uint8).
+        An ``prediction.Prediction`` of the whole scene (its image included, as uint8).
     """
     from tqdm import tqdm
-
-    import evaluation
 
     scene = read_scene(path)
     count = len(tiles(*scene.shape[:2], tile, overlap))
     with tqdm(total=count, unit="tile", desc=path.name) as progress:
         probabilities, ship = predict_scene(
-            lambda images: evaluation.predict_batch(model, images, postprocess.flip_tta),
+            lambda images: prediction.predict_batch(model, images, postprocess.flip_tta),
             scene,
             tile,
             overlap,
@@ -181,7 +181,7 @@ def predict_scene_file(
             progress.update,
             postprocess.ship_threshold,
         )
-    return evaluation.Prediction(position, probabilities, ship, scene)
+    return prediction.Prediction(position, probabilities, ship, scene)
 
 
 def read_scene(path: Path) -> np.ndarray:

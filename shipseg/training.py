@@ -16,9 +16,7 @@ import keras_tuner
 import numpy as np
 import pandas as pd
 
-import hypermodel
-import pipeline
-from shipseg import atomic, budget, cli, encoders
+from shipseg import atomic, budget, encoders, errors, inputs, space
 from shipseg.validation import WholeImageValidation
 
 
@@ -61,7 +59,7 @@ class TrainSettings:
         encoder_weights: A pretrained encoder's initial weights (``imagenet``, ``none``, a file).
     """
 
-    input_config: pipeline.InputConfig
+    input_config: inputs.InputConfig
     monitor: str
     epochs: int
     images_per_epoch: int
@@ -114,7 +112,7 @@ def train_model(
     """Trains one configuration with checkpointing, early stopping, a time budget and logs.
 
     Args:
-        values: Hyperparameters (see ``hypermodel.DEFAULT_SPACE``).
+        values: Hyperparameters (see ``space.DEFAULT_SPACE``).
         train_table: Training images.
         validation_table: Whole-image validation images, or None (then the last epoch is kept
             and there is no early stopping).
@@ -128,15 +126,15 @@ def train_model(
     validation = None
     if validation_table is not None:
         validation = WholeImageValidation(validation_table, settings.input_config)
-    space = hypermodel.search_space([f"{name}={value}" for name, value in values.items()])
-    model_builder = hypermodel.ShipUNetHyperModel(
-        space,
+    dimensions = space.search_space([f"{name}={value}" for name, value in values.items()])
+    model_builder = space.ShipUNetHyperModel(
+        dimensions,
         validation,
         settings.images_per_epoch,
         settings.seed,
         encoder_weights=settings.encoder_weights,
     )
-    hp = hypermodel.fixed_hyperparameters(values)
+    hp = space.fixed_hyperparameters(values)
     model = model_builder.build(hp)
     checkpoint, callbacks = training_callbacks(settings, out_dir, validation is not None)
     start = time.perf_counter()
@@ -144,7 +142,7 @@ def train_model(
         model_builder.fit(
             hp,
             model,
-            pipeline.training_dataset(train_table, settings.input_config, settings.seed),
+            inputs.training_dataset(train_table, settings.input_config, settings.seed),
             epochs=settings.epochs,
             callbacks=callbacks,
             verbose=settings.verbose,
@@ -155,7 +153,7 @@ def train_model(
             if checkpoint.best_epoch is not None
             else ""
         )
-        raise cli.UserError(f"training stopped: {error}{kept}") from None
+        raise errors.UserError(f"training stopped: {error}{kept}") from None
     seconds = time.perf_counter() - start
     history = _finish_history(out_dir)
     return {

@@ -27,9 +27,7 @@ import keras_tuner
 import pandas as pd
 from keras_tuner import oracles
 
-import hypermodel
-import pipeline
-from shipseg import atomic, budget, isolation, kt_private
+from shipseg import atomic, budget, inputs, isolation, kt_private, space
 
 
 @dataclasses.dataclass
@@ -37,7 +35,7 @@ class TrainingData:
     """What a trial's process needs to rebuild the training stream (tf.data cannot be pickled)."""
 
     table: pd.DataFrame
-    input_config: pipeline.InputConfig
+    input_config: inputs.InputConfig
     seed: int
 
 
@@ -48,7 +46,7 @@ class TrialExecution:
     trial_id: str
     hyperparameters: keras_tuner.HyperParameters
     build_index: int
-    builder: hypermodel.ShipUNetHyperModel
+    builder: space.ShipUNetHyperModel
     callbacks: list
     fit_kwargs: dict
     warm_start_weights: str | None
@@ -68,7 +66,7 @@ def training_stream(data: TrainingData):
     # A GPU may be shared with other workers' trials: take its memory as needed, not all of it.
     for gpu in tf.config.list_physical_devices("GPU"):
         tf.config.experimental.set_memory_growth(gpu, True)
-    return pipeline.training_dataset(data.table, data.input_config, data.seed)
+    return inputs.training_dataset(data.table, data.input_config, data.seed)
 
 
 def _hparams_callback(execution: TrialExecution, callbacks: list) -> list:
@@ -228,7 +226,7 @@ class IsolatedTuner(keras_tuner.Tuner):
 
     def __init__(
         self,
-        unet_hypermodel: hypermodel.ShipUNetHyperModel,
+        unet_hypermodel: space.ShipUNetHyperModel,
         training_data: TrainingData,
         multi_gpu: bool = False,
         search_budget: budget.SearchBudget | None = None,

@@ -10,8 +10,7 @@ from __future__ import annotations
 import keras
 import pandas as pd
 
-import evaluation
-import pipeline
+from shipseg import inputs, prediction, scoring
 from shipseg.drawing import mask_overlay
 
 # Scoreboard results that are counts, not scores: kept out of the epoch's logs.
@@ -28,7 +27,7 @@ COUNTS = (
 class WholeImageValidation(keras.callbacks.Callback):
     """After each epoch, predicts whole validation images and adds ``val_*`` scores to the logs.
 
-    Scores (see ``evaluation.Scoreboard``): ``val_dice``, ``val_dice_ship_images``,
+    Scores (see ``scoring.Scoreboard``): ``val_dice``, ``val_dice_ship_images``,
     ``val_iou``, ``val_f2``, ``val_f2_ship_images`` (the F2 over ship images alone),
     ``val_ship_accuracy``, ``val_ship_auc`` (how well the image-level
     evidence, the ship head or the top pixel, ranks ship images above empty ones) and
@@ -52,8 +51,8 @@ class WholeImageValidation(keras.callbacks.Callback):
     def __init__(
         self,
         table: pd.DataFrame,
-        input_config: pipeline.InputConfig | None = None,
-        postprocess: evaluation.PostprocessConfig = evaluation.DEFAULT_POSTPROCESS,
+        input_config: inputs.InputConfig | None = None,
+        postprocess: scoring.PostprocessConfig = scoring.DEFAULT_POSTPROCESS,
         batch_size: int = 4,
         image_log_dir: str | None = None,
         images_to_log: int = 4,
@@ -73,15 +72,15 @@ class WholeImageValidation(keras.callbacks.Callback):
         self.last_results: dict[str, float] = {}
 
     def on_epoch_end(self, epoch, logs=None):  # noqa: D102
-        scoreboard = evaluation.Scoreboard()
+        scoreboard = scoring.Scoreboard()
         drawn, gate = [], {"scores": [], "open": [], "closed": []}
-        for scored in evaluation.score_table(
+        for scored in prediction.score_table(
             self.model, self.table, self.input_config, self.postprocess, self.batch_size
         ):
-            evidence = evaluation.ship_score(scored.prediction)
+            evidence = prediction.ship_score(scored.prediction)
             scoreboard.add(scored.truth, scored.predicted, evidence)
             gate["scores"].append(evidence)
-            gate["open"].append(evaluation.image_f2(scored.truth, scored.ungated))
+            gate["open"].append(scoring.image_f2(scored.truth, scored.ungated))
             gate["closed"].append(0.0 if scored.truth.any() else 1.0)
             position = scored.prediction.position
             if position in self.logged_positions and self.image_log_dir:
@@ -90,7 +89,7 @@ class WholeImageValidation(keras.callbacks.Callback):
         if self.last_results["images"]:
             # What the model scores once train.py tunes its image-level threshold: the metric
             # that sees a better ship / no-ship decision, which a fixed 0.5 gate hides.
-            self.last_results["f2_tuned"] = evaluation.best_gate(
+            self.last_results["f2_tuned"] = scoring.best_gate(
                 gate["scores"], gate["open"], gate["closed"]
             )[1]
         if logs is not None:
@@ -104,7 +103,7 @@ class WholeImageValidation(keras.callbacks.Callback):
         import tensorflow as tf
 
         pictures = [
-            mask_overlay(pipeline.decode_image(path).numpy(), truth, predicted, max_side=256)
+            mask_overlay(inputs.decode_image(path).numpy(), truth, predicted, max_side=256)
             for path, truth, predicted in drawn
         ]
         writer = tf.summary.create_file_writer(f"{self.image_log_dir}/masks")

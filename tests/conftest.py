@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from shipseg import airbus, synthetic
+from shipseg import airbus, errors, synthetic
 from shipseg.rle import rle_decode
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +38,7 @@ def airbus_sample() -> Path:
     path = Path(os.environ.get("AIRBUS_SAMPLE_DIR", DEFAULT_AIRBUS_SAMPLE))
     try:
         airbus.find_layout(path)
-    except airbus.DataError as error:
+    except errors.DataError as error:
         pytest.skip(f"real Airbus sample not found at {path}: {error} (set AIRBUS_SAMPLE_DIR)")
     return path
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 from conftest import csv_rows, union_mask
 from shipseg import airbus
-from shipseg.airbus import DataError
+from shipseg.errors import DataError
 
 
 def write_csv(dataset: Path, rows: pd.DataFrame) -> None:

@@ -14,7 +14,7 @@ import pytest
 import hypermodel
 from conftest import ROOT, inference_command, run, search_command, train_command
 from shipseg import encoders
-from shipseg.cli import UserError
+from shipseg.errors import UserError
 
 PRETRAINED = list(encoders.BACKBONES)
 MODULES = {

@@ -10,10 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import evaluation
 import pipeline
 from conftest import ROOT, inference_command, run
-from shipseg import export, models
+from shipseg import export, models, prediction
 
 # Inference with thresholds that keep whatever the barely trained tiny model sees.
 LOOSE = ["--threshold", "0.005", "--image-threshold", "0", "--ship-threshold", "0"]
@@ -67,7 +66,7 @@ def test_exported_models_predict_what_the_keras_model_predicts(exported, synthet
 def test_the_tflite_model_pads_smaller_images_and_refuses_larger_ones(exported):
     _, out, _ = exported
     model = export.TFLiteModel(out / export.TFLITE)
-    probabilities, _ = evaluation.predict_batch(model, np.full((2, 40, 50, 3), 90, np.float32))
+    probabilities, _ = prediction.predict_batch(model, np.full((2, 40, 50, 3), 90, np.float32))
     assert probabilities.shape == (2, 40, 50)
     assert np.isfinite(probabilities).all()
     with pytest.raises(ValueError, match="larger than the exported model's 64 x 64"):

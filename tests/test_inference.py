@@ -14,10 +14,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-import evaluation
 import inference
 from conftest import inference_command, run, second_run_while_the_first_holds_its_lock
-from shipseg import airbus, drawing, records
+from shipseg import airbus, drawing, records, scoring
 from shipseg.rle import rle_decode
 
 
@@ -25,7 +24,7 @@ def test_masks_and_overlays_of_images_with_and_without_ships(tmp_path):
     image = np.random.default_rng(0).integers(0, 256, (24, 20, 3)).astype(np.float32)
     sure_ship = np.zeros((24, 20), np.float32)
     sure_ship[3:9, 4:12] = 0.99
-    settings = inference.evaluation.PostprocessConfig(threshold=0.5, image_threshold=0.9)
+    settings = inference.scoring.PostprocessConfig(threshold=0.5, image_threshold=0.9)
     for name, probabilities in (("sea", np.zeros((24, 20), np.float32)), ("ship", sure_ship)):
         labels = inference.process_prediction(
             tmp_path / f"{name}.jpg", probabilities, settings, tmp_path, True, image
@@ -167,7 +166,7 @@ def test_submission_rows_decode_to_exactly_the_predicted_ships(tmp_path):
     probabilities[2:6, 3:20] = 0.9
     probabilities[10:30, 40:44] = 0.8
     probabilities[35:37, 1:3] = 0.95  # 4 pixels: dropped by min_ship_pixels
-    config = evaluation.PostprocessConfig(threshold=0.5, image_threshold=0.5, min_ship_pixels=5)
+    config = scoring.PostprocessConfig(threshold=0.5, image_threshold=0.5, min_ship_pixels=5)
     image = tmp_path / "sea.png"
     Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(image)
     labels = inference.process_prediction(image, probabilities, config, tmp_path, overlays=True)

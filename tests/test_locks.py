@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from conftest import ROOT, inference_command, run, search_command, train_command
-from shipseg import cli, locks
+from shipseg import errors, locks
 
 
 @pytest.fixture()
@@ -43,7 +43,7 @@ def holder():
 
 def test_a_second_holder_is_refused_with_the_first_ones_process_and_command(holder, tmp_path):
     first = holder(tmp_path / "project")
-    with pytest.raises(cli.UserError) as refused:
+    with pytest.raises(errors.UserError) as refused:
         with locks.hold(tmp_path / "project", "--project"):
             pass
     message = str(refused.value)

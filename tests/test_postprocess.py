@@ -5,8 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-import evaluation
-from shipseg import outlines, postprocess
+from shipseg import outlines, postprocess, prediction, scoring
 
 
 class BrightnessModel:
@@ -38,14 +37,14 @@ def test_tuned_post_processing_is_the_best_of_the_grid(synthetic_table):
         postprocess.MIN_SHIP_PIXELS,
         outlines.SHIP_SHAPES,
     ):
-        config = evaluation.PostprocessConfig(
+        config = scoring.PostprocessConfig(
             threshold, max(image_threshold, threshold), min_size, ship_shape=shape
         )
-        score = evaluation.evaluate_model(BrightnessModel(), table, None, config)["f2"]
+        score = prediction.evaluate_model(BrightnessModel(), table, None, config)["f2"]
         best_brute_force = max(best_brute_force, score)
     # The exact sweep finds every threshold a grid can, and those between its points.
     assert tuned["f2"] >= best_brute_force - 1e-9
-    chosen = evaluation.evaluate_model(BrightnessModel(), table, None, tuned["config"])["f2"]
+    chosen = prediction.evaluate_model(BrightnessModel(), table, None, tuned["config"])["f2"]
     assert chosen == pytest.approx(tuned["f2"])
 
 
@@ -53,7 +52,7 @@ class RingModel:
     """Predicts a ring with a speck in its hole on every image: a box swallows the speck."""
 
     def predict_on_batch(self, images):
-        from test_evaluation import ring_with_a_speck
+        from test_scoring import ring_with_a_speck
 
         ring = ring_with_a_speck(images.shape[1]).astype(np.float32)[None, :, :, None]
         return np.repeat(ring * 0.9, len(images), axis=0)
@@ -62,15 +61,15 @@ class RingModel:
 def test_tuning_scores_a_ship_swallowed_by_a_larger_box_as_inference_does(synthetic_table):
     table = synthetic_table.head(6)
     tuned = postprocess.tune_postprocess(RingModel(), table, None)
-    chosen = evaluation.evaluate_model(RingModel(), table, None, tuned["config"])["f2"]
+    chosen = prediction.evaluate_model(RingModel(), table, None, tuned["config"])["f2"]
     assert chosen == pytest.approx(tuned["f2"])
     for shape in outlines.SHIP_SHAPES:
-        config = evaluation.PostprocessConfig(0.5, 0.5, 0, ship_shape=shape)
-        labels = evaluation.probabilities_to_ships(ring_with_a_speck_probabilities(), config)
+        config = scoring.PostprocessConfig(0.5, 0.5, 0, ship_shape=shape)
+        labels = scoring.probabilities_to_ships(ring_with_a_speck_probabilities(), config)
         assert labels.max() == len(np.unique(labels)) - 1  # every label is a ship
 
 
 def ring_with_a_speck_probabilities():
-    from test_evaluation import ring_with_a_speck
+    from test_scoring import ring_with_a_speck
 
     return ring_with_a_speck().astype(np.float32) * 0.9

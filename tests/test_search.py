@@ -19,7 +19,7 @@ import pytest
 import hypermodel
 import search
 from conftest import ROOT, run, search_command, second_run_while_the_first_holds_its_lock
-from shipseg import cli
+from shipseg import errors
 
 
 def event_tags(folder: Path) -> set[str]:
@@ -254,7 +254,7 @@ def test_tuner_role_follows_keras_tuner(monkeypatch, variables, role):
 def test_half_configured_distribution_is_refused(monkeypatch):
     monkeypatch.setenv("KERASTUNER_TUNER_ID", "tuner0")
     monkeypatch.delenv("KERASTUNER_ORACLE_IP", raising=False)
-    with pytest.raises(cli.UserError, match="KERASTUNER_ORACLE_IP"):
+    with pytest.raises(errors.UserError, match="KERASTUNER_ORACLE_IP"):
         search.tuner_role()
 
 
@@ -403,5 +403,5 @@ def test_bayesian_search_hands_over_to_its_gaussian_process_after_a_third_of_its
     assert initial_points("--max-trials", "4") == 2
     assert initial_points("--max-trials", "30", "--initial-trials", "5") == 5
     assert "num_initial_points" not in search.oracle_settings(search.build_parser().parse_args([]))
-    with pytest.raises(cli.UserError, match="--initial-trials is for --tuner bayesian only"):
+    with pytest.raises(errors.UserError, match="--initial-trials is for --tuner bayesian only"):
         search._check_counts(search.build_parser().parse_args(["--initial-trials", "3"]))

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import evaluation
 import hypermodel
 import pipeline
 from conftest import ROOT, run
+from shipseg import prediction, scoring
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +29,10 @@ def test_a_ship_head_model_predicts_each_images_ship_probability_after_reloading
     model = keras.saving.load_model(headed_model / "model.keras")
     assert hypermodel.has_ship_head(model)
     images = np.random.default_rng(0).uniform(0, 255, (3, 40, 56, 3)).astype(np.float32)
-    probabilities, ship = evaluation.predict_batch(model, images)
+    probabilities, ship = prediction.predict_batch(model, images)
     assert probabilities.shape == (3, 40, 56) and ship.shape == (3,)
     assert ((ship > 0) & (ship < 1)).all()
-    direct = model.predict_on_batch(evaluation.pad_to_multiple(images))["has_ship"][:, 0]
+    direct = model.predict_on_batch(prediction.pad_to_multiple(images))["has_ship"][:, 0]
     np.testing.assert_allclose(ship, direct, rtol=1e-5)
 
 
@@ -57,11 +57,11 @@ def test_the_head_learns_whether_the_crop_holds_a_ship_pixel():
 def test_the_ship_gate_empties_an_image_the_head_doubts():
     probabilities = np.zeros((20, 20), np.float32)
     probabilities[5:9, 5:12] = 0.9
-    config = evaluation.PostprocessConfig(0.5, 0.5, 0, ship_threshold=0.7)
-    assert evaluation.probabilities_to_ships(probabilities, config, 0.69).max() == 0
-    assert evaluation.probabilities_to_ships(probabilities, config, 0.7).max() == 1
+    config = scoring.PostprocessConfig(0.5, 0.5, 0, ship_threshold=0.7)
+    assert scoring.probabilities_to_ships(probabilities, config, 0.69).max() == 0
+    assert scoring.probabilities_to_ships(probabilities, config, 0.7).max() == 1
     # A model without a head: only the pixel gate decides.
-    assert evaluation.probabilities_to_ships(probabilities, config, None).max() == 1
+    assert scoring.probabilities_to_ships(probabilities, config, None).max() == 1
 
 
 def inference(folder, images, out, *flags):
@@ -77,7 +77,7 @@ def test_inference_obeys_the_tuned_ship_gate_and_writes_each_images_probability(
     expected = {}
     for path in images:
         image = pipeline.decode_image(str(path)).numpy()[None]
-        expected[path.name] = float(evaluation.predict_batch(model, image)[1][0])
+        expected[path.name] = float(prediction.predict_batch(model, image)[1][0])
     # Every pixel is a ship at threshold 0: only the gate can leave an image empty.
     middle = float(np.median(list(expected.values())))
     config = {"status": "complete", "input": {"mode": "crop", "size": 32}}

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from shipseg import splits
-from shipseg.airbus import DataError
+from shipseg.errors import DataError
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from skimage.measure import label
 
 from conftest import csv_rows, pil_image
 from shipseg import airbus, synthetic
-from shipseg.airbus import DataError
+from shipseg.errors import DataError
 from shipseg.rle import rle_decode
 
 

@@ -11,9 +11,8 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-import evaluation
 from conftest import inference_command, run
-from shipseg import ships, tiling
+from shipseg import scoring, ships, tiling
 
 
 def local_model(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -65,8 +64,8 @@ def test_a_ship_cut_by_tile_borders_comes_out_as_one_ship():
     scene = np.zeros((120, 200, 3), dtype=np.uint8)
     scene[50:58, 20:180, 0] = 255  # 160 x 8 pixels: crosses several 64-pixel tiles
     probabilities, _ = tiling.predict_scene(local_model, scene, tile=64, overlap=16)
-    config = evaluation.PostprocessConfig(threshold=0.5, image_threshold=0, min_ship_pixels=0)
-    labels = evaluation.probabilities_to_ships(probabilities, config)
+    config = scoring.PostprocessConfig(threshold=0.5, image_threshold=0, min_ship_pixels=0)
+    labels = scoring.probabilities_to_ships(probabilities, config)
     records = ships.ship_records("scene.png", labels, probabilities)
     assert len(records) == 1
     assert records[0]["length_px"] == pytest.approx(160, abs=2)
@@ -89,8 +88,8 @@ def test_tiles_the_ship_head_doubts_add_nothing_and_ships_seen_by_open_tiles_sta
     ungated, _ = tiling.predict_scene(doubting_model, scene, tile=64, overlap=16)
     assert ungated[20:40, 155:170].min() > 0.9 and gated[:, 100:].max() == 0
     np.testing.assert_array_equal(gated[:, :90], ungated[:, :90])
-    config = evaluation.PostprocessConfig(threshold=0.5, image_threshold=0, min_ship_pixels=0)
-    labels = evaluation.probabilities_to_ships(gated, config, ship)
+    config = scoring.PostprocessConfig(threshold=0.5, image_threshold=0, min_ship_pixels=0)
+    labels = scoring.probabilities_to_ships(gated, config, ship)
     records = ships.ship_records("scene.png", labels, gated)
     assert len(records) == 1 and records[0]["length_px"] == pytest.approx(50, abs=2)
 

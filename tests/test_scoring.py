@@ -1,4 +1,4 @@
-"""The competition metric, scoring, the image-level gate and bootstrap intervals (evaluation.py)."""
+"""The competition metric, scoring, the image-level gate and bootstrap intervals (shipseg/scoring.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import evaluation
-from evaluation import PostprocessConfig, Scoreboard, image_f2, iou_matrix
-from shipseg import outlines
+from shipseg import outlines, prediction, scoring
+from shipseg.scoring import PostprocessConfig, Scoreboard, image_f2, iou_matrix
 
 # Probabilities for property tests of the image-level gate.
 probabilities = st.floats(0, 1, allow_nan=False)
@@ -90,21 +89,21 @@ def test_split_ships_separates_components_and_drops_small_ones():
     mask[1:4, 1:4] = True  # 9 pixels
     mask[10:12, 10:18] = True  # 16 pixels
     mask[18, 18] = True  # 1 pixel
-    labels = evaluation.split_ships(mask, min_ship_pixels=5)
+    labels = scoring.split_ships(mask, min_ship_pixels=5)
     assert labels.max() == 2
     assert (labels == 1).sum() == 16  # numbered by decreasing area
     assert labels[18, 18] == 0
     # A thin diagonal ship touches itself only at corners: it stays one ship.
-    assert evaluation.split_ships(np.eye(6, dtype=bool)).max() == 1
+    assert scoring.split_ships(np.eye(6, dtype=bool)).max() == 1
 
 
 def test_image_level_decision_suppresses_weak_images():
     probabilities = np.full((16, 16), 0.1, np.float32)
     probabilities[4:8, 4:8] = 0.7
     config = PostprocessConfig(threshold=0.5, image_threshold=0.8, min_ship_pixels=0)
-    assert evaluation.probabilities_to_ships(probabilities, config).max() == 0
+    assert scoring.probabilities_to_ships(probabilities, config).max() == 0
     config = PostprocessConfig(threshold=0.5, image_threshold=0.6, min_ship_pixels=0)
-    assert evaluation.probabilities_to_ships(probabilities, config).max() == 1
+    assert scoring.probabilities_to_ships(probabilities, config).max() == 1
 
 
 def test_scoreboard_pixel_scores_and_baseline():
@@ -133,12 +132,12 @@ def test_pad_to_multiple_and_predict_batch_keep_size():
             return images[..., :1] / 255.0
 
     images = np.random.default_rng(0).uniform(0, 255, (2, 50, 70, 3)).astype(np.float32)
-    probabilities, ship = evaluation.predict_batch(Echo(), images)
+    probabilities, ship = prediction.predict_batch(Echo(), images)
     assert probabilities.shape == (2, 50, 70) and ship is None
     np.testing.assert_allclose(probabilities, images[..., 0] / 255.0, rtol=1e-6)
     # Flip TTA of a flip-equivariant model changes nothing.
     np.testing.assert_allclose(
-        evaluation.predict_batch(Echo(), images, flip_tta=True)[0], probabilities, rtol=1e-5
+        prediction.predict_batch(Echo(), images, flip_tta=True)[0], probabilities, rtol=1e-5
     )
 
 
@@ -148,7 +147,7 @@ def test_best_gate_matches_every_threshold_tried_by_brute_force(images):
     scores = np.array([score for score, _, _ in images])
     f2_open = np.array([f2 for _, f2, _ in images])
     f2_closed = np.array([1.0 if empty else 0.0 for _, _, empty in images])
-    threshold, best = evaluation.best_gate(scores, f2_open, f2_closed)
+    threshold, best = scoring.best_gate(scores, f2_open, f2_closed)
 
     def mean_f2(t):
         return np.where(scores >= t, f2_open, f2_closed).mean()
@@ -161,7 +160,7 @@ def test_best_gate_matches_every_threshold_tried_by_brute_force(images):
 
 def test_best_gate_keeps_the_stricter_threshold_on_a_tie():
     # Opening the only image gains nothing: the gate stays shut.
-    threshold, best = evaluation.best_gate([0.9], [1.0], [1.0])
+    threshold, best = scoring.best_gate([0.9], [1.0], [1.0])
     assert threshold > 0.9 and best == 1.0
 
 
@@ -169,7 +168,7 @@ def test_best_gate_opens_only_the_images_whose_ships_pay():
     scores = [0.95, 0.9, 0.3, 0.2]
     f2_open = [0.8, 0.6, 0.0, 0.0]  # two ship images found, two empty images with false ships
     f2_closed = [0.0, 0.0, 1.0, 1.0]
-    threshold, best = evaluation.best_gate(scores, f2_open, f2_closed)
+    threshold, best = scoring.best_gate(scores, f2_open, f2_closed)
     assert 0.3 < threshold <= 0.9
     assert best == pytest.approx((0.8 + 0.6 + 1 + 1) / 4)
 
@@ -180,7 +179,7 @@ def test_bootstrap_intervals_contain_the_estimates_and_narrow_with_more_images()
     for images in (50, 800):
         baseline = (rng.uniform(size=images) < 0.75).astype(float)
         f2 = np.where(baseline == 1, (rng.uniform(size=images) < 0.95), rng.uniform(size=images))
-        intervals = evaluation.bootstrap_intervals(f2, baseline, resamples=2000)
+        intervals = scoring.bootstrap_intervals(f2, baseline, resamples=2000)
         for name, values in (
             ("f2", f2),
             ("f2_no_ship_baseline", baseline),
@@ -194,9 +193,9 @@ def test_bootstrap_intervals_contain_the_estimates_and_narrow_with_more_images()
 
 def test_bootstrap_of_a_model_equal_to_the_baseline_has_a_zero_gain_interval():
     baseline = np.array([1.0, 0.0, 1.0, 1.0])
-    intervals = evaluation.bootstrap_intervals(baseline, baseline)
+    intervals = scoring.bootstrap_intervals(baseline, baseline)
     assert intervals["gain"] == [0.0, 0.0]
-    assert intervals == evaluation.bootstrap_intervals(baseline, baseline)
+    assert intervals == scoring.bootstrap_intervals(baseline, baseline)
 
 
 def ellipse(shape, centre, half_length, half_width, angle_degrees, label=1, into=None):
@@ -229,7 +228,7 @@ def test_box_shaping_lifts_the_iou_of_a_rounded_mask_with_its_true_rectangle():
 
 
 def test_box_shaping_keeps_labels_and_never_overlaps_ships():
-    labels = evaluation.split_ships(
+    labels = scoring.split_ships(
         (ellipse((64, 64), (30, 30), 20, 4, 45) + ellipse((64, 64), (36, 24), 6, 3, 135)) > 0
     )
     shaped = outlines.shape_ships(labels, "box")
@@ -240,7 +239,7 @@ def test_box_shaping_keeps_labels_and_never_overlaps_ships():
 
 
 def test_mask_shape_leaves_ships_as_predicted():
-    labels = evaluation.split_ships(ellipse((64, 64), (30, 30), 20, 4, 45))
+    labels = scoring.split_ships(ellipse((64, 64), (30, 30), 20, 4, 45))
     assert (outlines.shape_ships(labels, "mask") == labels).all()
 
 
@@ -276,7 +275,7 @@ def ring_with_a_speck(size: int = 64) -> np.ndarray:
 
 
 def test_a_ship_inside_a_larger_box_disappears_and_the_rest_are_numbered_1_to_n():
-    labels = evaluation.split_ships(ring_with_a_speck())
+    labels = scoring.split_ships(ring_with_a_speck())
     assert labels.max() == 2
     kept = outlines.outline_ships(labels, "box")
     assert set(np.unique(kept)) == {0, 1}  # the speck lost every pixel to the ring's box

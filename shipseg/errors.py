@@ -1,0 +1,20 @@
+"""The toolkit's errors: what a command prints as one line, and what stays a bug.
+
+The library raises these; ``shipseg.cli.main`` prints their message (which names the file or
+option and the problem) on one line and exits with status 2. Any other exception is a bug
+and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class ShipsegError(Exception):
+    """Base of the errors a command turns into one line of its own."""
+
+
+class UserError(ShipsegError):
+    """A problem with what the user asked for (an option, a folder, a project, a model)."""
+
+
+class DataError(UserError):
+    """A problem with the user's data: a missing or unreadable image, CSV or RLE string."""
