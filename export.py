@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The command-line interface of ``export.py``."""
     parser = argparse.ArgumentParser(
         description="Export the trained U-Net as a TensorFlow SavedModel and a TFLite file.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=cli.HelpFormatter,
     )
     parser.add_argument(
         "--model", help="a .keras model (default: the latest results/*/final/model.keras)"

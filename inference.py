@@ -32,12 +32,10 @@ import collections
 import concurrent.futures
 import dataclasses
 import functools
-import json
 import os
 import sys
 import threading
 import time
-import zlib
 from pathlib import Path
 
 from shipseg import runtime  # noqa: I001  (first: it imports TensorFlow quietly)
@@ -47,24 +45,22 @@ runtime.import_tensorflow_quietly()
 import numpy as np
 import pandas as pd
 
-import pipeline
 from shipseg import (
     airbus,
     atomic,
     cli,
+    detection,
     drawing,
     errors,
-    export,
     locks,
     models,
-    outlines,
     prediction,
     records,
     scoring,
     ships,
     tiling,
 )
-from shipseg.prediction import Prediction, ship_score
+from shipseg.prediction import Prediction
 from shipseg.rle import ships_to_label_image
 
 # Post-processing threads (PNG encoding and connected components release the GIL): one per
@@ -80,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The command-line interface of ``inference.py``."""
     parser = argparse.ArgumentParser(
         description="Predict ship masks, overlays and a Kaggle submission for images.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=cli.HelpFormatter,
     )
     parser.add_argument("images", nargs="+", help="image files, folders or glob patterns")
     parser.add_argument(
@@ -89,34 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--results-dir", default="results")
     parser.add_argument("--out", help="output folder (default: results/<project>/predictions)")
     parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument(
-        "--threshold", type=float, help="pixel probability threshold (default: tuned)"
-    )
-    parser.add_argument(
-        "--image-threshold",
-        type=float,
-        help="an image has ships only if its top probability reaches this (default: tuned)",
-    )
-    parser.add_argument(
-        "--ship-threshold",
-        type=float,
-        help="for a model with a ship head: an image has ships only if the head's probability "
-        "reaches this (default: tuned)",
-    )
-    parser.add_argument("--min-ship-pixels", type=int, help="drop smaller ships (default: tuned)")
-    parser.add_argument(
-        "--ship-shape",
-        choices=outlines.SHIP_SHAPES,
-        help="outline ships as predicted (mask) or as their filled oriented box (default: tuned)",
-    )
-    parser.add_argument(
-        "--tta",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="average predictions over flips (3x slower)",
-    )
+    cli.add_postprocess_options(parser.add_argument_group("post-processing"))
     _output_options(parser)
-    _scene_options(parser.add_argument_group("large scenes"))
+    cli.add_scene_options(parser.add_argument_group("large scenes"))
     return parser
 
 
@@ -140,66 +111,14 @@ def _output_options(parser) -> None:
     )
 
 
-def _scene_options(group) -> None:
-    """When and how images are cut into overlapping tiles (``shipseg.tiling``)."""
-    group.add_argument(
-        "--tile-above",
-        type=int,
-        default=tiling.DEFAULT_LIMIT,
-        help="images with a side longer than this are predicted in overlapping tiles",
-    )
-    group.add_argument("--tile", type=int, default=tiling.DEFAULT_TILE, help="tile side")
-    group.add_argument(
-        "--overlap", type=int, default=tiling.DEFAULT_OVERLAP, help="pixels shared by tiles"
-    )
-
-
 # ---------------------------------------------------------------------------------------------
 # Model and settings
 # ---------------------------------------------------------------------------------------------
 
 
 def load_settings(model_path: Path, args: argparse.Namespace):
-    """Input handling and post-processing: the model's ``config.json``, then the flags.
-
-    An exported model's are in the ``export.json`` beside it (a copy of the training's).
-
-    Returns:
-        ``(InputConfig or None, PostprocessConfig)``.
-    """
-    exported = model_path.suffix == ".tflite"
-    config_path = model_path.parent / (export.EXPORT_JSON if exported else "config.json")
-    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-    if not config:
-        print(
-            f"warning: {config_path} not found: predicting at full resolution with default "
-            "post-processing unless flags say otherwise",
-            file=sys.stderr,
-        )
-    elif config.get("status") != "complete" or "postprocess" not in config:
-        print(
-            f"warning: {config_path} says training is not complete: its post-processing was not "
-            "tuned yet, using defaults unless flags say otherwise",
-            file=sys.stderr,
-        )
-    input_config = pipeline.InputConfig(**config["input"]) if "input" in config else None
-    postprocess = scoring.PostprocessConfig(**config.get("postprocess", {}))
-    overrides = {
-        "threshold": args.threshold,
-        "image_threshold": args.image_threshold,
-        "ship_threshold": args.ship_threshold,
-        "min_ship_pixels": args.min_ship_pixels,
-        "ship_shape": args.ship_shape,
-        "flip_tta": args.tta,
-    }
-    postprocess = dataclasses.replace(
-        postprocess, **{k: v for k, v in overrides.items() if v is not None}
-    )
-    for name in ("threshold", "image_threshold", "ship_threshold"):
-        # Only flags are checked: a tuned threshold may sit just above 1 ("no image opens").
-        if overrides[name] is not None and not 0 <= overrides[name] <= 1:
-            raise errors.UserError(f"--{name.replace('_', '-')} must be in [0, 1]")
-    return input_config, postprocess
+    """Input handling and post-processing: the model's tuned settings, then the flags."""
+    return detection.load_settings(model_path, cli.postprocess_overrides(args))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,20 +150,20 @@ def process_prediction(
         The label image of the predicted ships.
     """
     labels = scoring.probabilities_to_ships(probabilities, postprocess, ship_probability)
-    has_ships = bool(labels.any())
-    drawing.save_png(
-        out_dir / "masks" / f"{path.stem}.png",
-        drawing.label_png(labels) if has_ships else drawing.empty_mask_png(*labels.shape),
-    )
+    write_pictures(path, labels, out_dir, overlays, image)
+    return labels
+
+
+def write_pictures(
+    path: Path, labels: np.ndarray, out_dir: Path, overlays: bool, image: np.ndarray | None
+) -> None:
+    """Writes an image's mask PNG, and its overlay (reading the image if ``image`` is None)."""
+    drawing.save_png(out_dir / "masks" / f"{path.stem}.png", detection.mask_png(labels))
     if overlays:
         image = np.asarray(_read_rgb(path)) if image is None else image
         drawing.save_png(
-            out_dir / "overlays" / f"{path.stem}.png",
-            drawing.overlay_indices(image, labels > 0 if has_ships else None),
-            drawing.OVERLAY_PALETTE,
-            zlib.Z_HUFFMAN_ONLY,
+            out_dir / "overlays" / f"{path.stem}.png", detection.overlay_png(image, labels)
         )
-    return labels
 
 
 def _read_rgb(path: Path):
@@ -308,11 +227,7 @@ def run_inference(args: argparse.Namespace) -> dict:
         readable = list(sizes)
         for problem in skipped:
             print(f"skipped {problem}", file=sys.stderr)
-        todo = records.to_redo(readable, done, args.batch_size)
-        if len(todo) < len(readable):
-            print(
-                f"Resuming: {len(readable) - len(todo)} of {len(readable)} images are done already"
-            )
+        todo = _resume(readable, done, args.batch_size)
         print(
             f"Predicting {len(todo)} images with {model_path} ({postprocess}); writing to {out_dir}"
         )
@@ -322,10 +237,7 @@ def run_inference(args: argparse.Namespace) -> dict:
         new, seconds = predict_images(
             model, todo, scenes, input_config, postprocess, scorer, args, out_dir
         )
-        for position, path in enumerate(todo):
-            if position not in new:
-                skipped.append(f"{path}: could not be decoded")
-                print(f"skipped {path}: could not be decoded", file=sys.stderr)
+        skipped += _undecoded(todo, new)
         outputs = gather_records(
             readable, {todo[i].name: rec for i, rec in new.items()}, done, out_dir, scorer
         )
@@ -345,6 +257,24 @@ def run_inference(args: argparse.Namespace) -> dict:
         "scores": scores,
         "seconds": seconds,
     }
+
+
+def _resume(readable: list[Path], done: dict, batch_size: int) -> list[Path]:
+    """The images still to predict, saying how many an earlier run finished."""
+    todo = records.to_redo(readable, done, batch_size)
+    if len(todo) < len(readable):
+        print(f"Resuming: {len(readable) - len(todo)} of {len(readable)} images are done already")
+    return todo
+
+
+def _undecoded(todo: list[Path], predicted: dict) -> list[str]:
+    """Reports, and returns, the images the pipeline could not decode (each one skipped)."""
+    problems = [
+        f"{path}: could not be decoded" for i, path in enumerate(todo) if i not in predicted
+    ]
+    for problem in problems:
+        print(f"skipped {problem}", file=sys.stderr)
+    return problems
 
 
 def predict_images(model, paths, scenes, input_config, postprocess, scorer, args, out_dir: Path):
@@ -394,24 +324,8 @@ def finish_image(
 ) -> dict:
     """Post-processes, writes and scores one image; returns its record (``shipseg.records``)."""
     path = paths[prediction.position]
-    labels = process_prediction(
-        path,
-        prediction.probabilities,
-        postprocess,
-        out_dir,
-        overlays,
-        prediction.image,
-        prediction.ship_probability,
-    )
-    record = {
-        "rows": records.ship_rows(path.name, labels),
-        "image_row": records.image_row(path.name, prediction, labels),
-        "ships": ships.ship_records(
-            path.name, labels, prediction.probabilities, prediction.ship_probability, pixel_size
-        ),
-        "shape": list(labels.shape),
-        "ship_score": ship_score(prediction),
-    }
+    labels, record = detection.describe(path.name, prediction, postprocess, pixel_size)
+    write_pictures(path, labels, out_dir, overlays, prediction.image)
     records.write_record(out_dir, path.name, record)
     scorer.add(path.name, labels, record["ship_score"])
     return record

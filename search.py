@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import os
 import sys
@@ -54,10 +53,12 @@ from shipseg import (
     overlaps,
     report,
     results,
+    search_settings,
     splits,
     synthetic,
     tuning,
 )
+from shipseg.search_settings import SearchSettings
 from shipseg.validation import WholeImageValidation
 
 # On the synthetic default, a budget that ends in a few minutes on two CPU cores.
@@ -67,26 +68,24 @@ SYNTHETIC_SPACE = ["levels=2:4", "base_filters=8,16"]
 # On real data, whole-image validation is capped: 1,000 images at about 3 images/s is already
 # 5 minutes per epoch on a CPU (the share of empty images is kept).
 REAL_DEFAULTS = {"input_size": 256, "max_epochs": 10, "images_per_epoch": 512, "val_images": 1000}
-# Settings that must match to resume a project (others, like the verbosity, may change).
-RESUME_KEYS = (
-    "iterations",
-    "val_fraction",
-    "test_fraction",
-    "data_dir",
-    "input",
+# The options that become settings as they are (the others get the data's defaults).
+PASSED_THROUGH = (
     "objective",
     "tuner",
-    "max_epochs",
     "factor",
-    "seed",
-    "space",
-    "images_per_epoch",
-    "val_images",
+    "max_trials",
+    "initial_trials",
+    "iterations",
     "executions_per_trial",
-    "encoder_weights",
+    "val_fraction",
+    "test_fraction",
+    "max_parameters",
+    "seed",
+    "multi_gpu",
+    "time_budget",
+    "overwrite",
+    "verbose",
 )
-# ... of which these only matter to Hyperband (--max-trials may grow on resume, as the budget).
-HYPERBAND_KEYS = ("factor", "iterations")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Hyperparameter search (Hyperband by default) over U-Nets for ship "
         "segmentation.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=cli.HelpFormatter,
     )
     _data_options(parser.add_argument_group("data"))
     _budget_options(parser.add_argument_group("search budget"))
@@ -272,103 +271,46 @@ def tuner_role() -> str:
     return "chief" if "chief" in tuner_id else "worker"
 
 
-def resolve_settings(args: argparse.Namespace) -> dict:
-    """Fills in defaults, checks the settings, and returns the run's configuration record."""
+def resolve_settings(args: argparse.Namespace) -> SearchSettings:
+    """The search's settings: the command line with the defaults of its data filled in."""
     on_synthetic = args.data_dir is None
-    for name, value in (SYNTHETIC_DEFAULTS if on_synthetic else REAL_DEFAULTS).items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    _check_counts(args)
-    if on_synthetic:
-        args.hp = [*SYNTHETIC_SPACE, *args.hp]
-    space, input_config = _space_and_input(args)
-    data_dir = str(Path(args.data_dir).resolve()) if args.data_dir else None
-    project = args.project or (Path(args.data_dir).resolve().name if args.data_dir else "synthetic")
-    return {
-        "data_dir": data_dir,
-        "synthetic": dataclasses.asdict(synthetic.SyntheticConfig()) if on_synthetic else None,
-        "project": project,
-        "input": dataclasses.asdict(input_config),
-        "objective": args.objective,
-        "tuner": args.tuner,
-        "max_epochs": args.max_epochs,
-        "factor": args.factor,
-        "max_trials": args.max_trials,
-        "initial_trials": initial_trials(args) if args.tuner == "bayesian" else None,
-        "iterations": args.iterations,
-        "executions_per_trial": args.executions_per_trial,
-        "images_per_epoch": args.images_per_epoch,
-        "val_images": args.val_images,
-        "val_fraction": args.val_fraction,
-        "test_fraction": args.test_fraction,
-        "max_parameters": args.max_parameters,
-        "encoder_weights": encoders.resolve_weights(args.encoder_weights),
-        "seed": args.seed,
-        "space": {d.name: d.describe() for d in space},
-        "hp_overrides": list(args.hp),
-        "multi_gpu": args.multi_gpu,
-        "time_budget": args.time_budget,
-        "versions": runtime.library_versions(),
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-    }
-
-
-def _check_counts(args: argparse.Namespace) -> None:
-    """One-line errors for counts below their minimum and a time budget that does not parse."""
-    if args.initial_trials is not None and args.tuner != "bayesian":
-        raise errors.UserError("--initial-trials is for --tuner bayesian only")
-    for name in (
-        "max_epochs",
-        "factor",
-        "max_trials",
-        "iterations",
-        "executions_per_trial",
-        "images_per_epoch",
-    ):
-        if getattr(args, name) < 1:
-            raise errors.UserError(f"--{name.replace('_', '-')} must be at least 1")
-    for name in ("val_images", "initial_trials"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise errors.UserError(f"--{name.replace('_', '-')} must be at least 1")
-    if args.factor < 2:
-        raise errors.UserError("--factor must be at least 2")
-    if args.time_budget is not None:
-        try:
-            budget.parse_duration(args.time_budget)
-        except ValueError as error:
-            raise errors.UserError(f"--time-budget: {error}") from None
-
-
-def _space_and_input(args: argparse.Namespace) -> tuple:
-    """The search space and the input settings, checked against each other."""
+    defaults = SYNTHETIC_DEFAULTS if on_synthetic else REAL_DEFAULTS
+    given = {name: getattr(args, name) for name in defaults}
+    chosen = {name: defaults[name] if value is None else value for name, value in given.items()}
     try:
-        space = hypermodel.search_space(args.hp)
         input_config = pipeline.InputConfig(
             mode=args.mode,
-            size=args.input_size,
+            size=chosen["input_size"],
             ship_crop_probability=args.ship_crop_probability,
             empty_image_fraction=args.empty_fraction,
         )
     except ValueError as error:
         raise errors.UserError(str(error)) from None
-    # Ranges are (low, high) and choices a tuple: either way the deepest is the largest value.
-    deepest = max(next(d for d in space if d.name == "levels").values)
-    try:
-        hypermodel.check_input_size(args.input_size, int(deepest))
-    except ValueError as error:
-        raise errors.UserError(f"--input-size: {error}") from None
-    runtime.hide_gpus()  # checking the weights builds the encoders: not on the trials' GPU
-    encoders.check_weights(
-        next(d for d in space if d.name == "encoder").values, args.encoder_weights
+    settings = SearchSettings(
+        data_dir=str(Path(args.data_dir).resolve()) if args.data_dir else None,
+        project=project_name(args),
+        results_dir=args.results_dir,
+        input_config=input_config,
+        hp=(*(SYNTHETIC_SPACE if on_synthetic else ()), *args.hp),
+        max_epochs=chosen["max_epochs"],
+        images_per_epoch=chosen["images_per_epoch"],
+        val_images=chosen.get("val_images", args.val_images),
+        encoder_weights=encoders.resolve_weights(args.encoder_weights),
+        **{name: getattr(args, name) for name in PASSED_THROUGH},
     )
-    return space, input_config
+    search_settings.check_space(settings)
+    return settings
 
 
-def run_search(args: argparse.Namespace) -> dict:
+def project_name(args: argparse.Namespace) -> str:
+    """``--project``, or the data folder's name, or ``synthetic``."""
+    if args.project:
+        return args.project
+    return Path(args.data_dir).resolve().name if args.data_dir else "synthetic"
+
+
+def run_search(settings: SearchSettings) -> dict:
     """Runs (or resumes) a search and writes every result file.
-
-    Args:
-        args: Parsed command line (see ``build_parser``).
 
     Returns:
         ``{"project_dir": Path, "trials": DataFrame, "best": dict or None}``.
@@ -376,48 +318,43 @@ def run_search(args: argparse.Namespace) -> dict:
     Raises:
         errors.UserError, errors.DataError: For bad settings or data (one-line messages).
     """
-    settings = resolve_settings(args)
     role = tuner_role()
     if role != "chief":
         isolation.process_context()  # The fork server imports TensorFlow while the data is read.
-    if role == "worker" and args.overwrite:
+    if role == "worker" and settings.overwrite:
         raise errors.UserError(
             "--overwrite is for the chief only: a worker would delete the others' trials"
         )
-    data_dir = search_data_dir(settings, args.results_dir)
+    data_dir = search_data_dir(settings)
     table = airbus.read_dataset(data_dir)
-    project_dir = Path(args.results_dir) / settings["project"]
     # The chief (or a lone search) owns the project; workers write through the chief's oracle.
+    project_dir = settings.project_dir
     owner = locks.hold(project_dir, "--project") if role != "worker" else contextlib.nullcontext()
     with owner:
-        return search_project(args, settings, role, table, data_dir, project_dir)
+        return search_project(settings, role, table, data_dir)
 
 
 def search_project(
-    args: argparse.Namespace,
-    settings: dict,
-    role: str,
-    table: pd.DataFrame,
-    data_dir: Path,
-    project_dir: Path,
+    settings: SearchSettings, role: str, table: pd.DataFrame, data_dir: Path
 ) -> dict:
     """The search proper, in a project this process may write to (see ``run_search``)."""
-    fresh = args.overwrite or not check_resumable(project_dir, settings)
+    project_dir, record = settings.project_dir, settings.record()
+    fresh = settings.overwrite or not search_settings.check_resumable(project_dir, record)
     if fresh and role != "worker":
         results.remove_previous_results(project_dir)
     try:
         split = splits.prepare_split(
             table,
             project_dir,
-            (settings["val_fraction"], settings["test_fraction"]),
-            settings["seed"],
+            (settings.val_fraction, settings.test_fraction),
+            settings.seed,
             fresh,
-            overlaps.cache_path(args.results_dir, data_dir),
+            overlaps.cache_path(settings.results_dir, data_dir),
         )
     except ValueError as error:
         raise errors.UserError(str(error)) from None
     print(overlaps.group_summary(overlaps.describe_groups(split.group)))
-    settings.update(
+    record.update(
         split_file=str((project_dir / "split.csv").resolve()),
         resolved_data_dir=str(Path(data_dir).resolve()),
         started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -426,24 +363,23 @@ def search_project(
         overlap_groups=overlaps.describe_groups(split.group),
     )
     if role != "worker":
-        atomic.write_json_atomically(project_dir / "search_config.json", settings)
-    keras.utils.set_random_seed(args.seed)
-    tuner = make_tuner(args, project_dir, settings, *search_tables(table, split, args, settings))
+        atomic.write_json_atomically(project_dir / "search_config.json", record)
+    keras.utils.set_random_seed(settings.seed)
+    tuner = make_tuner(settings, *search_tables(table, split, settings))
     start = time.perf_counter()
-    tuner.search(callbacks=[_tensorboard(project_dir)], verbose=args.verbose)
+    tuner.search(callbacks=[_tensorboard(project_dir)], verbose=settings.verbose)
     wall_seconds = time.perf_counter() - start
     if role == "worker":
         print(f"Worker {os.environ['KERASTUNER_TUNER_ID']} finished; the chief writes the results.")
         return {"project_dir": project_dir, "trials": None, "best": None}
-    trials, best = results.export_results(tuner, project_dir, settings, wall_seconds)
-    results.print_summary(trials, project_dir, args.objective)
+    trials, best = results.export_results(tuner, project_dir, record, wall_seconds)
+    results.print_summary(trials, project_dir, settings.objective)
     return {"project_dir": project_dir, "trials": trials, "best": best}
 
 
 def report_command(args: argparse.Namespace) -> None:
     """``--report``: writes an existing project's ``report.md`` from its ``trials.csv``."""
-    project = args.project or (Path(args.data_dir).resolve().name if args.data_dir else "synthetic")
-    project_dir = Path(args.results_dir) / project
+    project_dir = Path(args.results_dir) / project_name(args)
     trials_path = project_dir / "trials.csv"
     if not trials_path.is_file():
         raise errors.UserError(f"{trials_path}: no trials to report on (run the search first)")
@@ -454,11 +390,11 @@ def report_command(args: argparse.Namespace) -> None:
         print(f"Wrote {report.write_report(trials, objective, names, project_dir)}")
 
 
-def search_data_dir(settings: dict, results_dir: str) -> Path:
+def search_data_dir(settings: SearchSettings) -> Path:
     """The ``--data-dir``, or the synthetic dataset (made on first use) without one."""
-    if settings["data_dir"] is not None:
-        return Path(settings["data_dir"])
-    data_dir = synthetic.ensure_synthetic_dataset(Path(results_dir) / "synthetic-data")
+    if settings.data_dir is not None:
+        return Path(settings.data_dir)
+    data_dir = synthetic.ensure_synthetic_dataset(Path(settings.results_dir) / "synthetic-data")
     print(
         f"No --data-dir given: searching on the synthetic dataset in {data_dir} with a small "
         f"budget. For real data: python search.py --data-dir PATH (a folder with train_v2/ "
@@ -467,45 +403,26 @@ def search_data_dir(settings: dict, results_dir: str) -> Path:
     return data_dir
 
 
-def check_resumable(project_dir: Path, settings: dict) -> bool:
-    """Whether the project holds a search to resume; refuses one made with other settings."""
-    config_path = project_dir / "search_config.json"
-    if not config_path.is_file():
-        return False
-    # Projects searched before --tuner existed were all Hyperband searches.
-    previous = {"tuner": "hyperband", **json.loads(config_path.read_text())}
-    keys = [
-        key for key in RESUME_KEYS if settings["tuner"] == "hyperband" or key not in HYPERBAND_KEYS
-    ]
-    changed = [key for key in keys if previous.get(key) != settings.get(key)]
-    if changed:
-        raise errors.UserError(
-            f"{config_path}: this project was searched with other settings "
-            f"({', '.join(changed)}); "
-            "rerun with --overwrite to start afresh, or choose another --project"
-        )
-    return True
-
-
 def search_tables(
-    table: pd.DataFrame, split: pd.DataFrame, args: argparse.Namespace, settings: dict
+    table: pd.DataFrame, split: pd.DataFrame, settings: SearchSettings
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The training images and the (capped) validation images of the search."""
     train_table = splits.select_split(table, split, "train")
     val_table = splits.sample_images(
-        splits.select_split(table, split, "val"), args.val_images, args.seed
+        splits.select_split(table, split, "val"), settings.val_images, settings.seed
     )
+    split_file = settings.project_dir / "split.csv"
     if train_table.empty or val_table.empty or not (val_table.ship_count > 0).any():
         raise errors.UserError(
-            f"{settings['split_file']}: the split needs training images and validation images "
+            f"{split_file}: the split needs training images and validation images "
             f"with ships (has {len(train_table)} train, {len(val_table)} val, "
             f"{int((val_table.ship_count > 0).sum())} val with ships); use more data or a larger "
             "--val-fraction"
         )
     print(
         f"Searching: {len(train_table)} training and {len(val_table)} validation images, "
-        f"{args.mode} {args.input_size} px, objective {args.objective}, "
-        f"results in {Path(settings['split_file']).parent}"
+        f"{settings.input_config.mode} {settings.input_config.size} px, "
+        f"objective {settings.objective}, results in {settings.project_dir}"
     )
     return train_table, val_table
 
@@ -516,13 +433,13 @@ def _tensorboard(project_dir: Path) -> keras.callbacks.TensorBoard:
     )
 
 
-def search_budget(args: argparse.Namespace, project_dir: Path) -> budget.SearchBudget | None:
+def search_budget(settings: SearchSettings) -> budget.SearchBudget | None:
     """The project's time budget (what earlier runs spent counts), or None without one."""
-    if args.time_budget is None:
+    if settings.time_budget is None:
         return None
     try:
         project_budget = budget.SearchBudget(
-            project_dir / "budget.json", budget.parse_duration(args.time_budget)
+            settings.project_dir / "budget.json", budget.parse_duration(settings.time_budget)
         )
     except ValueError as error:
         raise errors.UserError(str(error)) from None
@@ -540,36 +457,32 @@ def search_budget(args: argparse.Namespace, project_dir: Path) -> budget.SearchB
 
 
 def make_tuner(
-    args: argparse.Namespace,
-    project_dir: Path,
-    settings: dict,
-    train_table: pd.DataFrame,
-    val_table: pd.DataFrame,
+    settings: SearchSettings, train_table: pd.DataFrame, val_table: pd.DataFrame
 ) -> tuning.IsolatedTuner:
     """The ``--tuner`` search over the ship U-Net HyperModel, stored under ``project_dir/tuner``."""
-    input_config = pipeline.InputConfig(**settings["input"])
+    project_dir, input_config = settings.project_dir, settings.input_config
     unet = hypermodel.ShipUNetHyperModel(
-        hypermodel.search_space(args.hp),
+        settings.space,
         WholeImageValidation(val_table, input_config),
-        args.images_per_epoch,
-        args.seed,
-        args.max_parameters,
-        settings["encoder_weights"],
+        settings.images_per_epoch,
+        settings.seed,
+        settings.max_parameters,
+        settings.encoder_weights,
     )
     runtime.hide_gpus()
     try:
         tuner = tuning.IsolatedTuner(
             unet,
-            tuning.TrainingData(train_table, input_config, args.seed),
-            multi_gpu=args.multi_gpu,
-            search_budget=search_budget(args, project_dir),
-            algorithm=args.tuner,
-            oracle_settings=oracle_settings(args),
-            trial_epochs=args.max_epochs,
-            executions_per_trial=args.executions_per_trial,
+            tuning.TrainingData(train_table, input_config, settings.seed),
+            multi_gpu=settings.multi_gpu,
+            search_budget=search_budget(settings),
+            algorithm=settings.tuner,
+            oracle_settings=search_settings.oracle_settings(settings),
+            trial_epochs=settings.max_epochs,
+            executions_per_trial=settings.executions_per_trial,
             directory=str(project_dir),
             project_name="tuner",
-            overwrite=args.overwrite,
+            overwrite=settings.overwrite,
         )
     except keras_tuner.errors.FailedTrialError as error:
         # Keras Tuner builds one model while it is constructed; a space whose smallest model
@@ -578,42 +491,16 @@ def make_tuner(
     except (ValueError, KeyError, RuntimeError) as error:  # json.JSONDecodeError is a ValueError
         # Resuming reads Keras Tuner's saved state; written atomically since 2026-12-01, it
         # can still be damaged by older versions or by hand.
-        if args.overwrite or not (project_dir / "tuner").is_dir():
+        if settings.overwrite or not (project_dir / "tuner").is_dir():
             raise
         raise errors.UserError(
             f"{project_dir / 'tuner'}: Keras Tuner's saved state cannot be read "
             f"({type(error).__name__}: {error}); rerun with --overwrite to start afresh"
         ) from None
-    if args.tuner == "bayesian":
+    if settings.tuner == "bayesian":
         # Resuming restores the oracle's saved count of random trials; this run's count wins.
-        tuner.oracle.num_initial_points = initial_trials(args)
+        tuner.oracle.num_initial_points = settings.bayesian_initial_trials
     return tuner
-
-
-def oracle_settings(args: argparse.Namespace) -> dict:
-    """Arguments of the ``--tuner``'s Keras Tuner oracle from the command line."""
-    common = {
-        "objective": keras_tuner.Objective(args.objective, direction="max"),
-        "seed": args.seed,
-        # None: failed trials are recorded and the search goes on, however many fail in a row.
-        "max_consecutive_failed_trials": None,
-    }
-    if args.tuner == "hyperband":
-        hyperband = {"max_epochs": args.max_epochs, "factor": args.factor}
-        return {**common, **hyperband, "hyperband_iterations": args.iterations}
-    if args.tuner == "bayesian":
-        return {**common, "max_trials": args.max_trials, "num_initial_points": initial_trials(args)}
-    return {**common, "max_trials": args.max_trials}
-
-
-def initial_trials(args: argparse.Namespace) -> int:
-    """Random trials before Bayesian optimisation's Gaussian process proposes the others.
-
-    Keras Tuner's default is three per hyperparameter, 36 for this space: a search of fewer
-    trials would be a random search (measured: seed-0 Bayesian and random searches of 6 trials
-    tried the same configurations). A third of ``--max-trials``, at least 2, by default.
-    """
-    return args.initial_trials or max(2, args.max_trials // 3)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -621,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     return cli.main(
         "search.py",
         build_parser(),
-        lambda args: report_command(args) if args.report else run_search(args),
+        lambda args: report_command(args) if args.report else run_search(resolve_settings(args)),
         argv,
         on_interrupt="rerun the same command to resume (completed trials are kept)",
     )

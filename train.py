@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The command-line interface of ``train.py``."""
     parser = argparse.ArgumentParser(
         description="Retrain a searched U-Net configuration and evaluate it on the test split.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=cli.HelpFormatter,
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(

@@ -49,7 +49,8 @@ def main() -> None:
     probe = MemoryProbe()
     probe.install()
     start = time.perf_counter()
-    search.run_search(search.build_parser().parse_args(search_arguments(data_dir, work, options)))
+    args = search.build_parser().parse_args(search_arguments(data_dir, work, options))
+    search.run_search(search.resolve_settings(args))
     total = time.perf_counter() - start
     summary = json.loads((work / "results" / "bench" / "search_summary.json").read_text())
     print_report(probe, summary, total)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import io
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -92,15 +93,31 @@ def inspect_image_file(path: Path) -> tuple[str | None, tuple[int, int] | None]:
         return "missing", None
     except (UnidentifiedImageError, OSError, ValueError):
         return "not a readable JPEG or PNG image", None
+    with open(path, "rb") as handle:
+        handle.seek(max(0, os.path.getsize(path) - 2))
+        return _checked(image_format, (height, width), handle.read(2))
+
+
+def inspect_image_bytes(data: bytes) -> tuple[str | None, tuple[int, int] | None]:
+    """``inspect_image_file`` for an image held in memory (an upload to the service)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image_format, (width, height) = image.format, image.size
+    except (UnidentifiedImageError, OSError, ValueError):
+        return "not a readable JPEG or PNG image", None
+    return _checked(image_format, (height, width), data[-2:])
+
+
+def _checked(image_format: str, size: tuple[int, int], last_bytes: bytes) -> tuple:
+    """``(problem, size)`` of an image of this format and size ending in these bytes."""
     if image_format not in ("JPEG", "PNG"):
         return f"{image_format} is not a JPEG or PNG image", None
-    if image_format == "JPEG":
-        with open(path, "rb") as handle:
-            handle.seek(-2, os.SEEK_END)
-            # A JPEG ends with the EOI marker; a cut-off download does not.
-            if handle.read(2) != b"\xff\xd9":
-                return "truncated JPEG (no end marker)", (height, width)
-    return None, (height, width)
+    # A JPEG ends with the EOI marker; a cut-off download does not.
+    if image_format == "JPEG" and last_bytes != b"\xff\xd9":
+        return "truncated JPEG (no end marker)", size
+    return None, size
 
 
 def _describe_skipped(kind: str, names: Sequence[str], limit: int = 5) -> str:

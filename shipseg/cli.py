@@ -11,7 +11,23 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from shipseg import outlines, tiling
 from shipseg.errors import ShipsegError
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with each option's default once: appended only where the help names none.
+
+    ``argparse.ArgumentDefaultsHelpFormatter`` appends "(default: ...)" to every option, also
+    to those whose help already says what happens without them ("(default: the search's
+    seed) (default: None)").
+    """
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
 
 
 def main(
@@ -45,3 +61,53 @@ def main(
             raise
         print(f"\n{prog}: interrupted; {on_interrupt}", file=sys.stderr)
         return 130
+
+
+def add_postprocess_options(group) -> None:
+    """The flags that override a model's tuned post-processing (``inference.py``, ``serve.py``)."""
+    group.add_argument(
+        "--threshold", type=float, help="pixel probability threshold (default: tuned)"
+    )
+    group.add_argument(
+        "--image-threshold",
+        type=float,
+        help="an image has ships only if its top probability reaches this (default: tuned)",
+    )
+    group.add_argument(
+        "--ship-threshold",
+        type=float,
+        help="for a model with a ship head: an image has ships only if the head's probability "
+        "reaches this (default: tuned)",
+    )
+    group.add_argument("--min-ship-pixels", type=int, help="drop smaller ships (default: tuned)")
+    group.add_argument(
+        "--ship-shape",
+        choices=outlines.SHIP_SHAPES,
+        help="outline ships as predicted (mask) or as their filled oriented box (default: tuned)",
+    )
+    group.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="average predictions over flips, 3x slower (default: as tuned)",
+    )
+
+
+def postprocess_overrides(args: argparse.Namespace) -> dict:
+    """``add_postprocess_options``' flags as ``detection.load_settings`` takes them."""
+    names = ("threshold", "image_threshold", "ship_threshold", "min_ship_pixels", "ship_shape")
+    return {**{name: getattr(args, name) for name in names}, "flip_tta": args.tta}
+
+
+def add_scene_options(group) -> None:
+    """When and how images are cut into overlapping tiles (``shipseg.tiling``)."""
+    group.add_argument(
+        "--tile-above",
+        type=int,
+        default=tiling.DEFAULT_LIMIT,
+        help="images with a side longer than this are predicted in overlapping tiles",
+    )
+    group.add_argument("--tile", type=int, default=tiling.DEFAULT_TILE, help="tile side")
+    group.add_argument(
+        "--overlap", type=int, default=tiling.DEFAULT_OVERLAP, help="pixels shared by tiles"
+    )

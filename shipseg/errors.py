@@ -18,3 +18,15 @@ class UserError(ShipsegError):
 
 class DataError(UserError):
     """A problem with the user's data: a missing or unreadable image, CSV or RLE string."""
+
+
+class RequestError(ShipsegError):
+    """A bad request to the service: answered with ``status`` and the message, nothing else.
+
+    Attributes:
+        status: The HTTP status (4xx) that says what kind of problem it is.
+    """
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status

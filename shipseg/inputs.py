@@ -57,9 +57,28 @@ def _tf():
 
 def decode_image(path):
     """Reads an image file into a float32 RGB tensor (0-255), whatever its format or channels."""
-    tf = _tf()
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-    return tf.cast(image, tf.float32)
+    return decode_image_bytes(_tf().io.read_file(path))
+
+
+def decode_image_bytes(data):
+    """Decodes an encoded image (bytes) as ``decode_image`` decodes a file: the one decoder.
+
+    The service decodes uploads here, so an image sent over HTTP gives the network the same
+    pixels as the same file read by ``inference.py``.
+    """
+    return _tf().cast(decode_rgb(data), "float32")
+
+
+def decode_rgb(data):
+    """``decode_image_bytes`` as uint8 (a third of the memory, for scenes held whole)."""
+    return _tf().io.decode_image(data, channels=3, expand_animations=False)
+
+
+def evaluation_image(image, config: InputConfig | None):
+    """A decoded image as whole-image prediction feeds it: resized as in training in resize mode."""
+    if config is None or config.mode != "resize":
+        return image
+    return _tf().image.resize(image, [config.size, config.size], method="area")
 
 
 def decode_mask(encoded_pixels, height, width):
@@ -259,14 +278,10 @@ def evaluation_dataset(table: pd.DataFrame, config: InputConfig | None = None, b
         int32 [batch, 2] original (height, width))``.
     """
     tf = _tf()
-    resize_to = config.size if config is not None and config.mode == "resize" else None
 
     def load(position, path):
         image = decode_image(path)
-        shape = tf.shape(image)[:2]
-        if resize_to is not None:
-            image = tf.image.resize(image, [resize_to, resize_to], method="area")
-        return position, image, shape
+        return position, evaluation_image(image, config), tf.shape(image)[:2]
 
     positions = tf.data.Dataset.from_tensor_slices(
         (np.arange(len(table), dtype=np.int64), table.path.to_numpy(str))

@@ -1,16 +1,20 @@
 """Keras Tuner's private API, in one place: what the isolated tuner needs that is not public.
 
-Keras Tuner (1.4) keeps these under ``keras_tuner.src`` or as underscore methods of ``Tuner``.
-Everything else imports them from here, and ``tests/test_kt_private.py`` fails loudly, naming
-the missing piece, if an upgrade moves one of them.
+Keras Tuner (1.4) keeps these under ``keras_tuner.src`` or as underscore methods of ``Tuner``,
+``Oracle`` and ``SaveBestEpoch``. Everything else imports them from here (``tests/test_limits.py``
+fails on a private Keras Tuner name anywhere else), and ``tests/test_kt_private.py`` fails
+loudly, naming the missing piece, if an upgrade moves one of them.
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 import keras_tuner
 from keras_tuner.src.engine import tuner_utils
+
+from shipseg import atomic
 
 # The best-epoch checkpoint Keras Tuner's own ``run_trial`` adds to every fit.
 SaveBestEpoch = tuner_utils.SaveBestEpoch
@@ -58,3 +62,31 @@ def tuner_path(tuner: keras_tuner.Tuner) -> str:
 def is_worker(tuner: keras_tuner.Tuner) -> bool:
     """Whether this tuner is a worker of a distributed search (its oracle is the chief's)."""
     return tuner._is_worker()
+
+
+class AtomicSaveBestEpoch(SaveBestEpoch):
+    """Keras Tuner's best-epoch checkpoint, written atomically (its private ``_save_model``).
+
+    A trial killed while saving never leaves a half-written checkpoint for a promoted trial to
+    load, and a reader of the old checkpoint never blocks the writer of the new one.
+    """
+
+    def _save_model(self):
+        atomic.write_atomically(self.filepath, self.model.save_weights, suffix=".weights.h5")
+
+
+class AtomicOracleFiles:
+    """Mixed in before a Keras Tuner oracle: its JSON state files written atomically.
+
+    Keras Tuner writes ``oracle.json`` and each ``trial.json`` in place (the latter in its
+    private ``_save_trial``); a kill during a write would leave a file that the next resume
+    cannot read. Same content, written atomically.
+    """
+
+    def save(self):  # noqa: D102
+        atomic.write_text_atomically(oracle_path(self), json.dumps(self.get_state()))
+
+    def _save_trial(self, trial):
+        atomic.write_text_atomically(
+            trial_path(self, trial.trial_id), json.dumps(trial.get_state())
+        )

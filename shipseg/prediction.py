@@ -121,8 +121,6 @@ def predict_table(
         A ``Prediction`` per image that decodes (images that fail to decode are skipped); its
         ``image`` is None in resize mode or unless ``with_images``.
     """
-    import tensorflow as tf
-
     resized = input_config is not None and input_config.mode == "resize"
     for positions, images, shapes in inputs.evaluation_dataset(table, input_config, batch_size):
         images = images.numpy()
@@ -130,21 +128,52 @@ def predict_table(
         for index, (position, shape) in enumerate(
             zip(positions.numpy(), shapes.numpy(), strict=True)
         ):
-            height, width = int(shape[0]), int(shape[1])
-            probability = probabilities[index]
-            if resized:
-                probability = tf.image.resize(probability[..., None], [height, width]).numpy()[
-                    ..., 0
-                ]
-            else:
-                probability = probability[:height, :width]
+            probability = _at_original_size(probabilities[index], tuple(shape), resized)
+            height, width = probability.shape
             image = images[index, :height, :width] if with_images and not resized else None
             yield Prediction(
-                int(position),
-                probability,
-                None if ship is None else float(ship[index]),
-                image,
+                int(position), probability, None if ship is None else float(ship[index]), image
             )
+
+
+def _at_original_size(probability: np.ndarray, shape: tuple[int, int], resized: bool):
+    """A padded or resized prediction cut or scaled back to the image's ``(height, width)``."""
+    height, width = int(shape[0]), int(shape[1])
+    if not resized:
+        return probability[:height, :width]
+    import tensorflow as tf
+
+    return tf.image.resize(probability[..., None], [height, width]).numpy()[..., 0]
+
+
+def predict_images(
+    model,
+    images: list[np.ndarray],
+    input_config: inputs.InputConfig | None = None,
+    flip_tta: bool = False,
+) -> list[Prediction]:
+    """``predict_table`` for images already decoded (``inputs.decode_image_bytes``), as one batch.
+
+    The service's path: the same resizing, padding and cutting back as ``predict_table``, so an
+    image gives the same probabilities whichever way it arrives. Images of different sizes are
+    zero-padded to the largest at the bottom and right, as ``predict_table``'s batches are.
+    """
+    prepared = [np.asarray(inputs.evaluation_image(image, input_config)) for image in images]
+    height = max(image.shape[0] for image in prepared)
+    width = max(image.shape[1] for image in prepared)
+    batch = np.zeros((len(prepared), height, width, 3), np.float32)
+    for index, image in enumerate(prepared):
+        batch[index, : image.shape[0], : image.shape[1]] = image
+    probabilities, ship = predict_batch(model, batch, flip_tta)
+    resized = input_config is not None and input_config.mode == "resize"
+    return [
+        Prediction(
+            index,
+            _at_original_size(probabilities[index], image.shape[:2], resized),
+            None if ship is None else float(ship[index]),
+        )
+        for index, image in enumerate(images)
+    ]
 
 
 def labelled_predictions(

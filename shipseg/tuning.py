@@ -146,24 +146,13 @@ def execute_trial(stream, execution: TrialExecution) -> dict:
     }
 
 
-class AtomicSaveBestEpoch(kt_private.SaveBestEpoch):
-    """Keras Tuner's best-epoch checkpoint, written atomically.
-
-    A trial killed while saving never leaves a half-written checkpoint for a promoted trial to
-    load, and a reader of the old checkpoint never blocks the writer of the new one.
-    """
-
-    def _save_model(self):
-        atomic.write_atomically(self.filepath, self.model.save_weights, suffix=".weights.h5")
-
-
 def _build_index(trial_id: str, execution: int, executions_per_trial: int) -> int:
     """The trial's position in the seed sequence: the same on resume and in distributed runs."""
     number = int(trial_id) if trial_id.isdigit() else zlib.crc32(trial_id.encode())
     return number * executions_per_trial + execution
 
 
-class BudgetedOracle:
+class BudgetedOracle(kt_private.AtomicOracleFiles):
     """Makes a Keras Tuner oracle hand out no trial once a wall-clock deadline passes.
 
     Mixed in before one of Keras Tuner's oracles (``ORACLES``). The deadline is not part of the
@@ -173,15 +162,6 @@ class BudgetedOracle:
     """
 
     deadline: float | None = None
-
-    # Keras Tuner writes its JSON state in place; a kill during a write would leave a file
-    # that the next resume cannot read. Written atomically instead (same content).
-    def save(self):  # noqa: D102
-        atomic.write_text_atomically(kt_private.oracle_path(self), json.dumps(self.get_state()))
-
-    def _save_trial(self, trial):
-        path = kt_private.trial_path(self, trial.trial_id)
-        atomic.write_text_atomically(path, json.dumps(trial.get_state()))
 
     def populate_space(self, trial_id):  # noqa: D102
         if self.deadline is not None and time.time() >= self.deadline:
@@ -275,7 +255,7 @@ class IsolatedTuner(keras_tuner.Tuner):
             "initial_epoch": values.get("tuner/initial_epoch", 0),
         }
         # One checkpoint for the best epoch over all executions, as Keras Tuner does.
-        checkpoint = AtomicSaveBestEpoch(
+        checkpoint = kt_private.AtomicSaveBestEpoch(
             objective=self.oracle.objective,
             filepath=kt_private.checkpoint_path(self, trial.trial_id),
         )

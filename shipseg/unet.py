@@ -104,8 +104,16 @@ def build_unet(
         if dropout:
             x = layers.SpatialDropout2D(dropout, name="bottleneck_dropout")(x)
     has_ship = _ship_head(x) if ship_head else None
-    x = _decoder(x, skips, base_filters, batch_norm, upsampling)
-    outputs = layers.Conv2D(
+    outputs = _mask_output(_decoder(x, skips, base_filters, batch_norm, upsampling), ship_prior)
+    if has_ship is not None:
+        outputs = {"ship_probability": outputs, "has_ship": has_ship}
+    prefix = "unet" if encoder == encoders.PLAIN else f"unet_{encoder}"
+    return keras.Model(inputs, outputs, name=f"{prefix}_{levels}x{base_filters}")
+
+
+def _mask_output(x, ship_prior: float):
+    """The per-pixel ship probability, its bias starting at the ships' share ``ship_prior``."""
+    return layers.Conv2D(
         1,
         1,
         activation="sigmoid",
@@ -113,10 +121,6 @@ def build_unet(
         name="ship_probability",
         bias_initializer=keras.initializers.Constant(math.log(ship_prior / (1 - ship_prior))),
     )(x)
-    if has_ship is not None:
-        outputs = {"ship_probability": outputs, "has_ship": has_ship}
-    prefix = "unet" if encoder == encoders.PLAIN else f"unet_{encoder}"
-    return keras.Model(inputs, outputs, name=f"{prefix}_{levels}x{base_filters}")
 
 
 def _check_unet_arguments(

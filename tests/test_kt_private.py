@@ -53,3 +53,34 @@ def test_the_adapter_names_the_paths_keras_tuner_uses(tmp_path):
     assert kt_private.build_config_path(tuner, "7").startswith(tuner.get_trial_dir("7"))
     assert "7" in kt_private.tensorboard_dir(tuner, str(tmp_path / "logs"), "7", 0)
     assert kt_private.copy_callbacks(tuner, []) == []
+
+
+def test_the_best_epoch_checkpoint_and_the_trial_files_go_through_the_atomic_writers(
+    tmp_path, monkeypatch
+):
+    import keras
+
+    written = []
+    monkeypatch.setattr(
+        kt_private.atomic,
+        "write_atomically",
+        lambda path, write, suffix=None: written.append(str(path)) or write(str(path)),
+    )
+    monkeypatch.setattr(
+        kt_private.atomic, "write_text_atomically", lambda path, text: written.append(str(path))
+    )
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    path = tmp_path / "checkpoint.weights.h5"
+    checkpoint = kt_private.AtomicSaveBestEpoch(keras_tuner.Objective("loss", "min"), str(path))
+    checkpoint.set_model(model)
+    checkpoint.on_epoch_end(0, {"loss": 1.0})  # Keras Tuner calls its _save_model here
+    assert written == [str(path)] and path.is_file()
+
+    class Oracle(kt_private.AtomicOracleFiles, keras_tuner.oracles.RandomSearchOracle):
+        pass
+
+    oracle = Oracle(objective="loss", max_trials=1)
+    oracle._set_project_dir(str(tmp_path), "project")
+    trial = oracle.create_trial("tuner0")
+    oracle.update_trial(trial.trial_id, {"loss": 1.0})  # Keras Tuner calls its _save_trial
+    assert kt_private.trial_path(oracle, trial.trial_id) in written

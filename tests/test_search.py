@@ -19,7 +19,7 @@ import pytest
 import hypermodel
 import search
 from conftest import ROOT, run, search_command, second_run_while_the_first_holds_its_lock
-from shipseg import errors
+from shipseg import errors, search_settings
 
 
 def event_tags(folder: Path) -> set[str]:
@@ -395,13 +395,14 @@ def test_random_and_bayesian_search_run_resume_and_grow_with_max_trials(
 def test_bayesian_search_hands_over_to_its_gaussian_process_after_a_third_of_its_trials():
     def initial_points(*flags):
         args = search.build_parser().parse_args(["--tuner", "bayesian", *flags])
-        return search.oracle_settings(args)["num_initial_points"]
+        return search_settings.oracle_settings(search.resolve_settings(args))["num_initial_points"]
 
     # Keras Tuner's own default, 3 per hyperparameter (36), would make 10 trials a random search.
     assert initial_points() == 3
     assert initial_points("--max-trials", "30") == 10
     assert initial_points("--max-trials", "4") == 2
     assert initial_points("--max-trials", "30", "--initial-trials", "5") == 5
-    assert "num_initial_points" not in search.oracle_settings(search.build_parser().parse_args([]))
+    hyperband = search.resolve_settings(search.build_parser().parse_args([]))
+    assert "num_initial_points" not in search_settings.oracle_settings(hyperband)
     with pytest.raises(errors.UserError, match="--initial-trials is for --tuner bayesian only"):
-        search._check_counts(search.build_parser().parse_args(["--initial-trials", "3"]))
+        search.resolve_settings(search.build_parser().parse_args(["--initial-trials", "3"]))

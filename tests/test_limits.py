@@ -1,0 +1,155 @@
+"""The codebase's own rules, checked: file and function sizes, import direction, Keras Tuner.
+
+These keep the layout the README describes from drifting: ``shipseg/`` is the floor the
+commands stand on, every file and function stays short enough to read at a glance, and Keras
+Tuner's private API is reached only through ``shipseg/kt_private.py``.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import re
+from pathlib import Path
+
+import keras_tuner
+import pytest
+
+from conftest import ROOT
+
+MAX_FILE_LINES = 600
+MAX_FUNCTION_LINES = 60
+# The top level: the commands and the facades users import; the package never imports them.
+TOP_LEVEL = {path.stem for path in ROOT.glob("*.py")}
+SOURCES = sorted(
+    path for path in [*ROOT.glob("*.py"), *ROOT.glob("shipseg/*.py"), *ROOT.glob("benchmarks/*.py")]
+)
+PACKAGE = sorted(ROOT.glob("shipseg/*.py"))
+
+
+@functools.cache
+def parse(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(), filename=str(path))
+
+
+def relative(path: Path) -> str:
+    return str(path.relative_to(ROOT))
+
+
+def test_no_source_file_passes_600_lines():
+    long = {relative(p): n for p in SOURCES if (n := len(p.read_text().splitlines())) > 600}
+    assert not long, f"over {MAX_FILE_LINES} lines: {long}"
+
+
+def test_no_function_passes_60_lines_docstring_included():
+    long = {}
+    for path in SOURCES:
+        for node in ast.walk(parse(path)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long[f"{relative(path)}:{node.lineno} {node.name}"] = lines
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines: {long}"
+
+
+def imported_modules(tree: ast.Module) -> set[str]:
+    """Every module ``tree`` imports, at any depth (function-level imports included)."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            if node.module == "shipseg":
+                names |= {f"shipseg.{alias.name}" for alias in node.names}
+    return names
+
+
+def test_the_package_never_imports_a_command_or_a_top_level_module():
+    upward = {
+        relative(path): sorted(m for m in imported_modules(parse(path)) if m in TOP_LEVEL)
+        for path in PACKAGE
+    }
+    assert not {path: names for path, names in upward.items() if names}
+
+
+def package_graph() -> dict[str, set[str]]:
+    graph = {}
+    for path in PACKAGE:
+        modules = imported_modules(parse(path))
+        graph[path.stem] = {m.split(".")[1] for m in modules if m.startswith("shipseg.")}
+        graph[path.stem].discard(path.stem)
+    return graph
+
+
+def test_the_package_has_no_import_cycle():
+    graph, done, cycles = package_graph(), set(), []
+
+    def visit(module: str, path: list[str]) -> None:
+        for dependency in sorted(graph.get(module, ())):
+            if dependency in path:
+                cycles.append(" -> ".join([*path[path.index(dependency) :], dependency]))
+            elif dependency not in done:
+                visit(dependency, [*path, dependency])
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, [module])
+    assert not cycles
+
+
+@functools.cache
+def keras_tuner_private_names() -> frozenset[str]:
+    """Underscore names Keras Tuner defines on its classes: methods and ``self._x`` fields."""
+    names = set()
+    for path in Path(keras_tuner.__file__).parent.rglob("*.py"):
+        for node in ast.walk(parse(path)):
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("_"):
+                names.add(node.name)
+            elif isinstance(node, ast.Attribute) and node.attr.startswith("_"):
+                names.add(node.attr)
+    return frozenset(n for n in names if not (n.startswith("__") and n.endswith("__")))
+
+
+def own_names(trees: list[ast.Module]) -> set[str]:
+    """Underscore names this project defines at module level (its own helpers)."""
+    return {
+        node.name
+        for tree in trees
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef | ast.ClassDef) and node.name.startswith("_")
+    }
+
+
+def private_keras_tuner_uses(path: Path, private: set[str]) -> list[str]:
+    """Where ``path`` imports Keras Tuner's internals, reads a private name or overrides one."""
+    found = []
+    for node in ast.walk(parse(path)):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("keras_tuner.src"):
+            found.append(f"{node.lineno}: from {node.module} import")
+        elif isinstance(node, ast.Attribute) and node.attr in private:
+            found.append(f"{node.lineno}: .{node.attr}")
+        elif isinstance(node, ast.ClassDef):
+            found += [
+                f"{item.lineno}: overrides {node.name}.{item.name}"
+                for item in node.body
+                if isinstance(item, ast.FunctionDef) and item.name in private
+            ]
+    return found
+
+
+@pytest.mark.parametrize("path", [p for p in SOURCES if p.name != "kt_private.py"], ids=relative)
+def test_keras_tuners_private_api_is_used_only_through_kt_private(path):
+    private = keras_tuner_private_names() - own_names([parse(p) for p in SOURCES])
+    assert not private_keras_tuner_uses(path, private), "move it into shipseg/kt_private.py"
+
+
+@pytest.mark.parametrize("command", ["search", "train", "inference", "export"])
+def test_each_option_of_each_command_states_its_default_at_most_once(command):
+    import importlib
+
+    text = " ".join(importlib.import_module(command).build_parser().format_help().split())
+    assert "(default: None)" not in text and "(default: False)" not in text
+    twice = re.findall(r"\(default:[^()]*\) \(default:[^()]*\)", text)
+    assert not twice, f"{command}.py --help states a default twice: {twice}"
+    assert "(default: " in text  # the defaults the help does not name are still shown

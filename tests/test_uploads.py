@@ -1,0 +1,84 @@
+"""What a request may send: bounded bodies, JPEG or PNG only, a pixel limit, names as labels."""
+
+import asyncio
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from shipseg import uploads
+from shipseg.errors import RequestError
+
+
+def body_of(chunks, declared=None, limit=100, timeout=1.0, pause=0.0):
+    async def stream():
+        for chunk in chunks:
+            await asyncio.sleep(pause)
+            yield chunk
+
+    return asyncio.run(uploads.read_body(stream(), declared, limit, timeout))
+
+
+def test_a_body_is_read_whole_within_its_limits():
+    assert body_of([b"ab", b"cd"]) == b"abcd"
+
+
+@pytest.mark.parametrize(
+    ("chunks", "declared", "pause", "status"),
+    [
+        ([b"x" * 60, b"x" * 60], None, 0.0, 413),  # over the limit as it arrives
+        ([b"x"], "101", 0.0, 413),  # over the limit as declared, refused before reading
+        ([b"x", b"x"], None, 0.6, 408),  # slower than the timeout
+        ([], None, 0.0, 400),  # empty
+    ],
+)
+def test_a_body_over_its_limits_is_refused_with_the_status_that_names_why(
+    chunks, declared, pause, status
+):
+    with pytest.raises(RequestError) as refused:
+        body_of(chunks, declared, pause=pause)
+    assert refused.value.status == status
+
+
+def png(width=8, height=6) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((height, width, 3), np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_a_multipart_upload_gives_its_file_and_name_and_raw_bodies_pass_as_they_are():
+    form = (
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
+        b"Content-Type: image/png\r\n\r\n" + png() + b"\r\n--b--\r\n"
+    )
+    assert uploads.image_bytes("multipart/form-data; boundary=b", form) == (png(), "a.png")
+    assert uploads.image_bytes("image/jpeg", b"raw") == (b"raw", None)
+    with pytest.raises(RequestError, match="unsupported Content-Type text/plain") as refused:
+        uploads.image_bytes("text/plain", b"raw")
+    assert refused.value.status == 415
+    with pytest.raises(RequestError, match="holds no file"):
+        uploads.image_bytes("multipart/form-data; boundary=b", b"--b--\r\n")
+
+
+def test_an_image_is_checked_by_its_header_before_it_is_decoded():
+    assert uploads.check_image(png(8, 6), max_pixels=48) == (6, 8)
+    with pytest.raises(RequestError, match="8 x 6 pixels, over the limit of 47") as refused:
+        uploads.check_image(png(8, 6), max_pixels=47)
+    assert refused.value.status == 413
+    with pytest.raises(RequestError, match="not a readable JPEG or PNG"):
+        uploads.check_image(b"<html>", max_pixels=100)
+
+
+@pytest.mark.parametrize(
+    ("name", "label"),
+    [
+        ("../../etc/passwd", "passwd"),
+        ("C:\\x\\ship 1.jpg", "ship_1.jpg"),
+        ("", "upload"),
+        (None, "upload"),
+        ("..", "upload"),
+    ],
+)
+def test_an_uploaded_name_becomes_a_plain_label_never_a_path(name, label):
+    assert uploads.safe_name(name) == label
