@@ -15,6 +15,7 @@ Parity is measured at export on real images (the first two of the training's tes
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -58,22 +59,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_export(args: argparse.Namespace) -> dict:
+@dataclasses.dataclass(frozen=True)
+class ExportSettings:
+    """What one export is told (``python export.py --help``), built once from its command line."""
+
+    model: str | None = None
+    results_dir: str = "results"
+    out: str | None = None
+    image_size: int = export.DEFAULT_IMAGE_SIZE
+    parity_images: tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        """Raises ``errors.UserError`` for an image size the exported U-Net cannot take."""
+        if self.image_size < 1 or self.image_size % prediction.SIZE_MULTIPLE:
+            raise errors.UserError(
+                f"--image-size must be a positive multiple of {prediction.SIZE_MULTIPLE}"
+            )
+
+
+def settings_from(args: argparse.Namespace) -> ExportSettings:
+    """The command line as ``ExportSettings``."""
+    images = tuple(args.parity_images) if args.parity_images else None
+    return ExportSettings(args.model, args.results_dir, args.out, args.image_size, images)
+
+
+def run_export(settings: ExportSettings) -> dict:
     """Loads the model, exports it, and prints where and how close the exports are."""
-    model_path = models.find_model(Path(args.results_dir), args.model)
+    model_path = models.find_model(Path(settings.results_dir), settings.model)
     if model_path.suffix != ".keras":
         raise errors.UserError(f"{model_path}: export takes the .keras model that train.py wrote")
     model = models.load_model(model_path)
-    if args.image_size < 1 or args.image_size % prediction.SIZE_MULTIPLE:
-        raise errors.UserError(
-            f"--image-size must be a positive multiple of {prediction.SIZE_MULTIPLE}"
-        )
     config_path = model_path.parent / "config.json"
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-    images = parity_images(args.parity_images, config, args.image_size)
-    out_dir = Path(args.out) if args.out else models.project_folder(model_path) / "export"
-    print(f"Exporting {model_path} at {args.image_size} x {args.image_size} to {out_dir} ...")
-    record = export.export_model(model, model_path, out_dir, args.image_size, config, images)
+    size = settings.image_size
+    images = parity_images(settings.parity_images, config, size)
+    out_dir = Path(settings.out) if settings.out else models.project_folder(model_path) / "export"
+    print(f"Exporting {model_path} at {size} x {size} to {out_dir} ...")
+    record = export.export_model(model, model_path, out_dir, size, config, images)
     differences = record["parity_max_abs_difference"]
     print(
         f"Wrote {out_dir / export.SAVED_MODEL}, {out_dir / export.TFLITE} and "
@@ -84,7 +106,7 @@ def run_export(args: argparse.Namespace) -> dict:
     return record
 
 
-def parity_images(paths: list[str] | None, config: dict, size: int) -> np.ndarray:
+def parity_images(paths: tuple[str, ...] | None, config: dict, size: int) -> np.ndarray:
     """``(n, size, size, 3)`` images: the given ones, two of the test split, or random ones."""
     if not paths and config.get("split_file") and Path(config["split_file"]).is_file():
         layout = airbus.find_layout(config["data_dir"])
@@ -104,7 +126,7 @@ def parity_images(paths: list[str] | None, config: dict, size: int) -> np.ndarra
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the command line; user errors are one line and exit status 2."""
-    return cli.main("export.py", build_parser(), run_export, argv)
+    return cli.main("export.py", build_parser(), lambda args: run_export(settings_from(args)), argv)
 
 
 if __name__ == "__main__":

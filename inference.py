@@ -72,6 +72,57 @@ POSTPROCESS_WORKERS = min(16, max(2, runtime.usable_cores()))
 MAX_IMAGES_IN_FLIGHT = 2 * POSTPROCESS_WORKERS
 
 
+@dataclasses.dataclass(frozen=True)
+class InferenceSettings:
+    """Everything one inference is told, built once from its command line (``--help``).
+
+    ``overrides`` are the post-processing flags over the model's tuned values, as
+    ``(name, value)`` pairs (see ``detection.load_settings``).
+    """
+
+    images: tuple[str, ...]
+    model: str | None = None
+    results_dir: str = "results"
+    out: str | None = None
+    batch_size: int = 2
+    labels: str | None = None
+    overlays: bool = True
+    pixel_size: float = ships.DEFAULT_PIXEL_SIZE
+    overwrite: bool = False
+    tile_above: int = tiling.DEFAULT_LIMIT
+    tile: int = tiling.DEFAULT_TILE
+    overlap: int = tiling.DEFAULT_OVERLAP
+    overrides: tuple[tuple[str, object], ...] = ()
+
+    def __post_init__(self):
+        """Raises ``errors.UserError`` (naming the option) for a setting out of its range."""
+        if self.batch_size < 1:
+            raise errors.UserError("--batch-size must be at least 1")
+        if self.tile < 1 or self.tile_above < 1 or not 0 <= self.overlap < self.tile:
+            raise errors.UserError(
+                "--tile and --tile-above must be at least 1, and --overlap in [0, --tile)"
+            )
+
+
+def settings_from(args: argparse.Namespace) -> InferenceSettings:
+    """The command line as ``InferenceSettings``."""
+    return InferenceSettings(
+        images=tuple(args.images),
+        model=args.model,
+        results_dir=args.results_dir,
+        out=args.out,
+        batch_size=args.batch_size,
+        labels=args.labels,
+        overlays=not args.no_overlays,
+        pixel_size=args.pixel_size,
+        overwrite=args.overwrite,
+        tile_above=args.tile_above,
+        tile=args.tile,
+        overlap=args.overlap,
+        overrides=tuple(cli.postprocess_overrides(args).items()),
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface of ``inference.py``."""
     parser = argparse.ArgumentParser(
@@ -116,9 +167,9 @@ def _output_options(parser) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def load_settings(model_path: Path, args: argparse.Namespace):
+def load_settings(model_path: Path, settings: InferenceSettings):
     """Input handling and post-processing: the model's tuned settings, then the flags."""
-    return detection.load_settings(model_path, cli.postprocess_overrides(args))
+    return detection.load_settings(model_path, dict(settings.overrides))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,7 +251,7 @@ def load_labels(path: str | None) -> pd.Series | None:
     return airbus.read_ship_csv(path, max_pixels=2**40)
 
 
-def run_inference(args: argparse.Namespace) -> dict:
+def run_inference(settings: InferenceSettings) -> dict:
     """Predicts every image, writes masks, overlays and ``submission.csv``; optionally scores.
 
     Memory stays flat however many images there are: post-processing runs in worker
@@ -212,30 +263,32 @@ def run_inference(args: argparse.Namespace) -> dict:
         ``{"processed": int, "skipped": [str], "ships": int, "out_dir": Path,
         "scores": dict or None, "seconds": float}``.
     """
-    paths = input_images(args)
-    model_path = models.find_model(Path(args.results_dir), args.model)
-    input_config, postprocess = load_settings(model_path, args)
-    scorer = LabelScorer(load_labels(args.labels))
-    identity = records.run_identity(model_path, _settings_record(input_config, postprocess, args))
+    paths = input_images(settings)
+    model_path = models.find_model(Path(settings.results_dir), settings.model)
+    input_config, postprocess = load_settings(model_path, settings)
+    scorer = LabelScorer(load_labels(settings.labels))
+    identity = records.run_identity(
+        model_path, _settings_record(input_config, postprocess, settings)
+    )
     model = models.load_model(model_path)
     if records.run_identity(model_path, identity["settings"]) != identity:
         raise errors.UserError(f"{model_path}: replaced while it was being loaded; run again")
-    out_dir = Path(args.out) if args.out else default_output_dir(model_path)
+    out_dir = Path(settings.out) if settings.out else default_output_dir(model_path)
     with locks.hold(out_dir, "--out"):
-        done = records.open_run(out_dir, identity, args.overwrite)
+        done = records.open_run(out_dir, identity, settings.overwrite)
         sizes, skipped = check_files(paths)
         readable = list(sizes)
         for problem in skipped:
             print(f"skipped {problem}", file=sys.stderr)
-        todo = _resume(readable, done, args.batch_size)
+        todo = _resume(readable, done, settings.batch_size)
         print(
             f"Predicting {len(todo)} images with {model_path} ({postprocess}); writing to {out_dir}"
         )
         scenes = tiling.scene_positions(
-            [sizes[path] for path in todo], input_config, args.tile_above
+            [sizes[path] for path in todo], input_config, settings.tile_above
         )
         new, seconds = predict_images(
-            model, todo, scenes, input_config, postprocess, scorer, args, out_dir
+            model, todo, scenes, input_config, postprocess, scorer, settings, out_dir
         )
         skipped += _undecoded(todo, new)
         outputs = gather_records(
@@ -277,7 +330,9 @@ def _undecoded(todo: list[Path], predicted: dict) -> list[str]:
     return problems
 
 
-def predict_images(model, paths, scenes, input_config, postprocess, scorer, args, out_dir: Path):
+def predict_images(
+    model, paths, scenes, input_config, postprocess, scorer, settings, out_dir: Path
+):
     """Predicts, post-processes and writes every image; returns its rows by position and the time.
 
     The images at the positions in ``scenes`` are predicted tile by tile, one at a time.
@@ -287,15 +342,15 @@ def predict_images(model, paths, scenes, input_config, postprocess, scorer, args
         paths=paths,
         postprocess=postprocess,
         out_dir=out_dir,
-        overlays=not args.no_overlays,
+        overlays=settings.overlays,
         scorer=scorer,
-        pixel_size=args.pixel_size,
+        pixel_size=settings.pixel_size,
     )
     start = time.perf_counter()
     images = [position for position in range(len(paths)) if position not in scenes]
     table = pd.DataFrame({"path": [str(paths[position]) for position in images]})
     predictions = prediction.predict_table(
-        model, table, input_config, args.batch_size, postprocess.flip_tta, with_images=True
+        model, table, input_config, settings.batch_size, postprocess.flip_tta, with_images=True
     )
     in_paths = (p._replace(position=images[p.position]) for p in predictions)
     outputs = finish_in_threads(in_paths, finish, len(images))
@@ -305,9 +360,9 @@ def predict_images(model, paths, scenes, input_config, postprocess, scorer, args
             paths[position],
             position,
             postprocess,
-            args.tile,
-            args.overlap,
-            args.batch_size,
+            settings.tile,
+            settings.overlap,
+            settings.batch_size,
         )
         outputs[position] = finish(scene)
     return outputs, time.perf_counter() - start
@@ -345,30 +400,24 @@ def gather_records(
     return outputs
 
 
-def _settings_record(input_config, postprocess, args: argparse.Namespace) -> dict:
+def _settings_record(input_config, postprocess, settings: InferenceSettings) -> dict:
     """The settings that shape an inference's outputs (a resumed run must share them)."""
     return {
         "input": None if input_config is None else dataclasses.asdict(input_config),
         "postprocess": dataclasses.asdict(postprocess),
-        "overlays": not args.no_overlays,
-        "pixel_size": args.pixel_size,
-        "batch_size": args.batch_size,  # Batches shape the last bits of the network's output.
-        "tiles": {"above": args.tile_above, "tile": args.tile, "overlap": args.overlap},
+        "overlays": settings.overlays,
+        "pixel_size": settings.pixel_size,
+        "batch_size": settings.batch_size,  # Batches shape the last bits of the network's output.
+        "tiles": {"above": settings.tile_above, "tile": settings.tile, "overlap": settings.overlap},
     }
 
 
-def input_images(args: argparse.Namespace) -> list[Path]:
-    """The image files to predict, checked: found, uniquely named; batch and tiles valid."""
+def input_images(settings: InferenceSettings) -> list[Path]:
+    """The image files to predict, checked: found and uniquely named."""
     try:
-        paths = airbus.list_images(args.images)
+        paths = airbus.list_images(settings.images)
     except errors.DataError as error:
         raise errors.UserError(str(error)) from None
-    if args.batch_size < 1:
-        raise errors.UserError("--batch-size must be at least 1")
-    if args.tile < 1 or args.tile_above < 1 or not 0 <= args.overlap < args.tile:
-        raise errors.UserError(
-            "--tile and --tile-above must be at least 1, and --overlap in [0, --tile)"
-        )
     stems = [path.stem for path in paths]
     if len(set(stems)) != len(stems):
         duplicate = next(stem for stem in stems if stems.count(stem) > 1)
@@ -492,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_command(args: argparse.Namespace) -> int:
     """``run_inference``; exit status 1 when no image could be processed."""
-    if run_inference(args)["processed"] == 0:
+    if run_inference(settings_from(args))["processed"] == 0:
         print("inference.py: error: no image could be processed", file=sys.stderr)
         return 1
     return 0

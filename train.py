@@ -217,40 +217,73 @@ class Run:
     settings: training.TrainSettings
 
 
-def load_run(args: argparse.Namespace) -> Run:
+@dataclasses.dataclass(frozen=True)
+class TrainOptions:
+    """What one ``train.py`` run is told (see ``--help``), built once from its command line.
+
+    ``training.TrainSettings`` is what the fit itself needs, resolved against the search's
+    project in ``load_run``.
+    """
+
+    best: bool = False
+    hparams: str | None = None
+    project: str | None = None
+    results_dir: str = "results"
+    seed: int | None = None
+    verbose: int = 1
+    epochs: int = 30
+    images_per_epoch: int | None = None
+    patience: int = 6
+    time_budget: str | None = None
+    monitor: str | None = None
+    encoder_weights: str | None = None
+    val_images: int = VAL_IMAGES
+    full: bool = False
+    tta: bool = False
+    folds: int | None = None
+
+    def __post_init__(self):
+        """Raises ``errors.UserError`` (naming the option) for a count out of its range."""
+        if self.epochs < 1:
+            raise errors.UserError("--epochs must be at least 1")
+        if self.folds is not None and self.folds < 3:
+            raise errors.UserError(
+                "--folds must be at least 3 (a test fold, a validation fold, one to train on)"
+            )
+
+
+def load_run(options: TrainOptions) -> Run:
     """Reads the project, the configuration and the data, and checks the settings."""
-    project_dir = find_project(Path(args.results_dir), args.project)
+    project_dir = find_project(Path(options.results_dir), options.project)
     search_config = json.loads((project_dir / "search_config.json").read_text())
-    hparams_path = Path(args.hparams) if args.hparams else project_dir / "best_hparams.json"
+    hparams_path = Path(options.hparams) if options.hparams else project_dir / "best_hparams.json"
     if not hparams_path.is_file():
         raise errors.UserError(
             f"{hparams_path}: file not found"
-            + ("" if args.hparams else " (the search has no completed trial yet)")
+            + ("" if options.hparams else " (the search has no completed trial yet)")
         )
     values = load_hyperparameters(hparams_path)
-    if args.epochs < 1:
-        raise errors.UserError("--epochs must be at least 1")
     try:
         hypermodel.check_input_size(search_config["input"]["size"], values["levels"])
     except ValueError as error:
         raise errors.UserError(f"{hparams_path}: {error} (the search's input size)") from None
     try:
-        seconds = budget.parse_duration(args.time_budget) if args.time_budget else None
+        seconds = budget.parse_duration(options.time_budget) if options.time_budget else None
     except ValueError as error:
         raise errors.UserError(f"--time-budget: {error}") from None
     weights = encoders.resolve_weights(
-        args.encoder_weights or search_config.get("encoder_weights", "none")
+        options.encoder_weights or search_config.get("encoder_weights", "none")
     )
     encoders.check_weights([values["encoder"]], weights)
     table = airbus.read_dataset(search_config["resolved_data_dir"])
     settings = training.TrainSettings(
         input_config=pipeline.InputConfig(**search_config["input"]),
-        monitor=args.monitor or search_config["objective"],
-        epochs=args.epochs,
-        images_per_epoch=args.images_per_epoch or search_config["images_per_epoch"],
-        patience=args.patience,
-        seed=search_config["seed"] if args.seed is None else args.seed,
-        verbose=args.verbose,
+        monitor=options.monitor or search_config["objective"],
+        epochs=options.epochs,
+        images_per_epoch=options.images_per_epoch or search_config["images_per_epoch"],
+        patience=options.patience,
+        seed=search_config["seed"] if options.seed is None else options.seed,
+        verbose=options.verbose,
         deadline=None if seconds is None else time.time() + seconds,
         encoder_weights=weights,
     )
@@ -259,7 +292,7 @@ def load_run(args: argparse.Namespace) -> Run:
     return Run(project_dir, search_config, values, hparams_path, table, split, settings)
 
 
-def run_config(run: Run, args: argparse.Namespace, **extra) -> dict:
+def run_config(run: Run, options: TrainOptions, **extra) -> dict:
     """The ``config.json`` record of a training: everything needed to repeat it."""
     return {
         "project": run.project_dir.name,
@@ -275,8 +308,8 @@ def run_config(run: Run, args: argparse.Namespace, **extra) -> dict:
         "images_per_epoch": run.settings.images_per_epoch,
         "patience": run.settings.patience,
         "encoder_weights": run.settings.encoder_weights,
-        "time_budget": args.time_budget,
-        "flip_tta": args.tta,
+        "time_budget": options.time_budget,
+        "flip_tta": options.tta,
         "seed": run.settings.seed,
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "versions": runtime.library_versions(),
@@ -365,22 +398,22 @@ def evaluate_trained(
     }
 
 
-def run_training(args: argparse.Namespace) -> dict:
+def run_training(options: TrainOptions) -> dict:
     """Retrains, tunes post-processing on val, evaluates on test; writes ``final/``.
 
     Returns:
         The content of ``metrics.json``.
     """
-    run = load_run(args)
+    run = load_run(options)
     # Every validation image up to a few thousand (share-keeping sample beyond): early
     # stopping, the checkpoint and the post-processing all hang on these scores, and on 40
     # images the val Dice of one training swung between 0.06 and 0.50 from epoch to epoch.
     tables = {
         "train": splits.select_split(
-            run.table, run.split, *(("train", "val") if args.full else ("train",))
+            run.table, run.split, *(("train", "val") if options.full else ("train",))
         ),
         "val": splits.sample_images(
-            splits.select_split(run.table, run.split, "val"), args.val_images, run.settings.seed
+            splits.select_split(run.table, run.split, "val"), options.val_images, run.settings.seed
         ),
         "test": splits.select_split(run.table, run.split, "test"),
     }
@@ -389,8 +422,8 @@ def run_training(args: argparse.Namespace) -> dict:
     out_dir = run.project_dir / "final"
     config = run_config(
         run,
-        args,
-        trained_on="train+val" if args.full else "train",
+        options,
+        trained_on="train+val" if options.full else "train",
         val_images=len(tables["val"]),
     )
     metrics = train_and_evaluate(run, tables, out_dir, config)
@@ -434,7 +467,7 @@ def print_metrics(metrics: dict, out_dir: Path) -> None:
     print(f"Saved in {out_dir}: {', '.join(FINAL_FILES)}")
 
 
-def run_folds(args: argparse.Namespace) -> dict:
+def run_folds(options: TrainOptions) -> dict:
     """K-fold cross-validation over train + val (the test split stays untouched).
 
     Each fold trains a model as ``run_training`` does, so the spread across folds says how
@@ -444,32 +477,33 @@ def run_folds(args: argparse.Namespace) -> dict:
     Returns:
         The content of ``summary.json``.
     """
-    if args.folds < 3:
-        raise errors.UserError(
-            "--folds must be at least 3 (a test fold, a validation fold, one to train on)"
-        )
-    run = load_run(args)
+    run = load_run(options)
     pool = splits.select_split(run.table, run.split, "train", "val")
     try:
         groups = pool.ImageId.map(run.split.set_index("ImageId").group).to_numpy()
-        assignment = splits.make_folds(pool, args.folds, run.settings.seed, groups)
+        assignment = splits.make_folds(pool, options.folds, run.settings.seed, groups)
     except ValueError as error:
         raise errors.UserError(f"--folds: {error}") from None
     with atomic.staged_folder(run.project_dir / "folds") as staging:  # All folds, or none.
-        return _run_folds_into(run, args, pool, assignment, staging)
+        return _run_folds_into(run, options, pool, assignment, staging)
 
 
-def _run_folds_into(run: Run, args, pool: pd.DataFrame, assignment: pd.Series, folds_dir: Path):
+def _run_folds_into(
+    run: Run, options: TrainOptions, pool: pd.DataFrame, assignment: pd.Series, folds_dir: Path
+):
     rows = []
-    for fold in range(args.folds):
+    for fold in range(options.folds):
         settings = run.settings
         if settings.deadline is not None:  # What is left, shared by the remaining folds.
-            share = (settings.deadline - time.time()) / (args.folds - fold)
+            share = (settings.deadline - time.time()) / (options.folds - fold)
             settings = dataclasses.replace(settings, deadline=time.time() + max(share, 0))
         tables = kfold.fold_tables(pool, assignment, fold)
         out_dir = folds_dir / f"fold_{fold}"
         config = run_config(
-            run, args, trained_on=f"folds except {fold} and {(fold + 1) % args.folds}", fold=fold
+            run,
+            options,
+            trained_on=f"folds except {fold} and {(fold + 1) % options.folds}",
+            fold=fold,
         )
         metrics = train_and_evaluate(run, tables, out_dir, config, settings)
         rows.append(kfold.fold_row(fold, tables, metrics))
@@ -482,16 +516,18 @@ def _run_folds_into(run: Run, args, pool: pd.DataFrame, assignment: pd.Series, f
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
-    return cli.main("train.py", build_parser(), run_command, argv)
+    return cli.main(
+        "train.py", build_parser(), lambda args: run_command(TrainOptions(**vars(args))), argv
+    )
 
 
-def run_command(args: argparse.Namespace) -> None:
+def run_command(options: TrainOptions) -> None:
     """K-fold cross-validation with ``--folds``, one training otherwise, owning the project.
 
     The project's lock keeps a second training, or a search of the same project, out.
     """
-    with locks.hold(find_project(Path(args.results_dir), args.project), "--project"):
-        run_folds(args) if args.folds is not None else run_training(args)
+    with locks.hold(find_project(Path(options.results_dir), options.project), "--project"):
+        run_folds(options) if options.folds is not None else run_training(options)
 
 
 if __name__ == "__main__":

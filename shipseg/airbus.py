@@ -9,10 +9,12 @@ inference's scoring all come through ``read_ship_csv``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import io
 import os
+import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -73,6 +75,43 @@ def find_layout(data_dir: str | os.PathLike) -> DatasetLayout:
     return DatasetLayout(root, train_dir, csv_path, test_dir)
 
 
+# Pillow refuses images above about 179 megapixels as "decompression bombs"; a satellite
+# scene of 20,000 x 20,000 pixels is an ordinary input here. Callers set their own limits
+# (``tiling`` decodes up to this, the service far less).
+MAX_SCENE_PIXELS = 1_000_000_000
+_PILLOW_LIMIT = threading.Lock()
+
+
+@contextlib.contextmanager
+def pillow_allows_scenes():
+    """Pillow's pixel limit raised to ``MAX_SCENE_PIXELS`` for the block (one thread at a time).
+
+    Pillow checks the limit, a module global, when it opens an image: hold this around
+    ``Image.open`` only. The lock keeps threads from restoring each other's value.
+    """
+    from PIL import Image
+
+    with _PILLOW_LIMIT:
+        previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, MAX_SCENE_PIXELS
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
+
+
+def _header(source) -> tuple[str, tuple[int, int]] | None:
+    """An image's format and ``(height, width)`` from its header, or None if unreadable."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with pillow_allows_scenes():
+            image = Image.open(source)
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        return None
+    with image:
+        return image.format, image.size[::-1]
+
+
 def inspect_image_file(path: Path) -> tuple[str | None, tuple[int, int] | None]:
     """Cheaply checks that an image file looks complete and reads its size, without decoding it.
 
@@ -84,30 +123,22 @@ def inspect_image_file(path: Path) -> tuple[str | None, tuple[int, int] | None]:
         ``(problem, (height, width))``: problem is None when the file looks fine, else a short
         description; the size is None when it could not be read.
     """
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            image_format, (width, height) = image.format, image.size
-    except FileNotFoundError:
+    if not Path(path).is_file():
         return "missing", None
-    except (UnidentifiedImageError, OSError, ValueError):
+    header = _header(path)
+    if header is None:
         return "not a readable JPEG or PNG image", None
     with open(path, "rb") as handle:
         handle.seek(max(0, os.path.getsize(path) - 2))
-        return _checked(image_format, (height, width), handle.read(2))
+        return _checked(*header, handle.read(2))
 
 
 def inspect_image_bytes(data: bytes) -> tuple[str | None, tuple[int, int] | None]:
     """``inspect_image_file`` for an image held in memory (an upload to the service)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image_format, (width, height) = image.format, image.size
-    except (UnidentifiedImageError, OSError, ValueError):
+    header = _header(io.BytesIO(data))
+    if header is None:
         return "not a readable JPEG or PNG image", None
-    return _checked(image_format, (height, width), data[-2:])
+    return _checked(*header, data[-2:])
 
 
 def _checked(image_format: str, size: tuple[int, int], last_bytes: bytes) -> tuple:

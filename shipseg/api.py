@@ -15,6 +15,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from shipseg import uploads
 from shipseg.errors import RequestError
@@ -69,13 +70,15 @@ def create_app(detector: Detector) -> FastAPI:
     _add_error_handlers(app)
 
     @app.get("/health")
-    async def health() -> dict:
+    async def health() -> JSONResponse:
         """Whether the model is loaded and answering, and how busy the service is."""
-        return {
-            "status": "ready",
+        alive = detector.batcher.alive
+        body = {
+            "status": "ready" if alive else "failed: the network thread stopped",
             "requests_in_progress": admission.busy,
             "batches_predicted": detector.batcher.batches,
         }
+        return JSONResponse(body, 200 if alive else 503)
 
     @app.get("/model")
     async def model() -> dict:
@@ -93,7 +96,7 @@ def create_app(detector: Detector) -> FastAPI:
             answer = await _predict(detector, request, overlay, name)
         if GEOJSON in request.headers.get("accept", ""):
             return Response(answer.geojson(), media_type=GEOJSON)
-        return JSONResponse(answer.json())
+        return JSONResponse(await asyncio.to_thread(answer.json))
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
@@ -106,14 +109,17 @@ async def _predict(detector: Detector, request: Request, overlay: bool, name: st
     """Reads, decodes, predicts and describes one uploaded image."""
     start = time.perf_counter()
     settings = detector.settings
-    body = await uploads.read_body(
-        request.stream(),
-        request.headers.get("content-length"),
-        settings.max_upload,
-        settings.read_timeout,
-    )
+    try:
+        body = await uploads.read_body(
+            request.stream(),
+            request.headers.get("content-length"),
+            settings.max_upload,
+            settings.read_timeout,
+        )
+    except ClientDisconnect:
+        raise RequestError(400, "the client disconnected before sending the whole body") from None
     content_type = request.headers.get("content-type")
-    data, filename = uploads.image_bytes(content_type, body)
+    data, filename = await asyncio.to_thread(uploads.image_bytes, content_type, body)
     del body
     image = await asyncio.to_thread(detector.decode, data)
     found = await detector.predict(image)

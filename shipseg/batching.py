@@ -86,14 +86,22 @@ class Batcher:
 
     def _serve(self) -> None:
         while (batch := self._next_batch()) is not None:
-            by_shape = sorted(batch, key=lambda item: item[0].shape)
+            # A request that gave up (its future cancelled) is dropped before the network runs.
+            live = [item for item in batch if item[1].set_running_or_notify_cancel()]
+            by_shape = sorted(live, key=lambda item: item[0].shape)
             for _, group in itertools.groupby(by_shape, key=lambda item: item[0].shape):
                 self._run(list(group))
 
     def _run(self, group: list) -> None:
-        """One call of ``predict`` for images of one shape; errors go to their requests."""
+        """One call of ``predict`` for images of one shape; errors go to their requests.
+
+        Nothing raised here may end the thread: every request of the batch gets its result or
+        the error, and the next batch runs.
+        """
         try:
-            results = self.predict([image for image, _ in group])
+            results = list(self.predict([image for image, _ in group]))
+            if len(results) != len(group):
+                raise RuntimeError(f"{len(results)} results for {len(group)} images")
         except Exception as error:  # The requests report it; the thread serves on.
             for _, future in group:
                 future.set_exception(error)
@@ -101,3 +109,8 @@ class Batcher:
         self.batches += 1
         for (_, future), result in zip(group, results, strict=True):
             future.set_result(result)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the network thread is serving."""
+        return self._thread.is_alive()

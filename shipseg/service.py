@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
-import threading
+import io
 import time
 from pathlib import Path
 
@@ -63,7 +63,9 @@ class ServeSettings:
         for name in ("max_batch", "max_pending", "max_upload", "max_pixels", "tile", "tile_above"):
             if getattr(self, name) < 1:
                 raise errors.UserError(f"--{name.replace('_', '-')} must be at least 1")
-        for name in ("batch_wait_ms", "read_timeout", "pixel_size"):
+        if not self.batch_wait_ms >= 0:
+            raise errors.UserError("--batch-wait must be at least 0")
+        for name in ("read_timeout", "pixel_size"):
             if not getattr(self, name) > 0:
                 raise errors.UserError(f"--{name.replace('_', '-')} must be above 0")
         if not 0 <= self.overlap < self.tile:
@@ -90,7 +92,7 @@ class Detector:
             settings.batch_wait_ms / 1000,
             settings.max_pending * settings.max_batch,
         )
-        self._one_scene = threading.Lock()  # A scene's maps are the largest thing in memory.
+        self._scene_turn = asyncio.Lock()  # One scene at a time: its maps are the largest thing.
         probe = np.zeros((1, 32, 32, 3), np.float32)
         self.has_ship_head = prediction.predict_batch(self.model, probe)[1] is not None
 
@@ -100,23 +102,34 @@ class Detector:
         return prediction.predict_images(self.model, images, self.input_config, flip_tta)
 
     def decode(self, data: bytes) -> np.ndarray:
-        """The checked upload as ``(h, w, 3)`` uint8 RGB, decoded as ``inference.py`` decodes it."""
-        uploads.check_image(data, self.settings.max_pixels)
+        """The checked upload as ``(h, w, 3)`` uint8 RGB, decoded as ``inference.py`` decodes it.
+
+        Whole images go through TensorFlow's decoder (``inputs``), scenes through Pillow's
+        (``tiling.read_scene``), each as ``inference.py`` reads them.
+        """
+        size = uploads.check_image(data, self.settings.max_pixels)
         try:
+            if self.is_scene(size):
+                return tiling.read_scene(io.BytesIO(data))
             return inputs.decode_rgb(data).numpy()
-        except Exception as error:  # TensorFlow's decoders raise InvalidArgumentError and more.
+        except Exception as error:  # The decoders raise InvalidArgumentError, OSError and more.
             message = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
             raise RequestError(400, f"the image does not decode ({message})") from None
 
-    def is_scene(self, image: np.ndarray) -> bool:
-        """Whether ``inference.py`` would tile this image (see ``tiling.scene_positions``)."""
+    def is_scene(self, size: tuple[int, int]) -> bool:
+        """Whether ``inference.py`` would tile an image of this size (``tiling.scene_positions``)."""
         limit = self.settings.tile_above
-        return bool(tiling.scene_positions([image.shape[:2]], self.input_config, limit))
+        return bool(tiling.scene_positions([size], self.input_config, limit))
 
     async def predict(self, image: np.ndarray) -> prediction.Prediction:
-        """The image's prediction: in the next batch, or tile by tile for a scene."""
-        if self.is_scene(image):
-            return await asyncio.to_thread(self._predict_scene, image)
+        """The image's prediction: in the next batch, or tile by tile for a scene.
+
+        Scenes wait their turn here, on the event loop, rather than in a worker thread, so a
+        queue of scenes never takes the threads that decode and post-process other requests.
+        """
+        if self.is_scene(image.shape[:2]):
+            async with self._scene_turn:
+                return await asyncio.to_thread(self._predict_scene, image)
         try:
             future = self.batcher.submit(image)
         except batching.QueueFullError:
@@ -124,15 +137,14 @@ class Detector:
         return await asyncio.wrap_future(future)
 
     def _predict_scene(self, scene: np.ndarray) -> prediction.Prediction:
-        with self._one_scene:
-            probabilities, ship = tiling.predict_scene(
-                self._predict_tiles,
-                scene,
-                self.settings.tile,
-                self.settings.overlap,
-                self.settings.max_batch,
-                gate=self.postprocess.ship_threshold,
-            )
+        probabilities, ship = tiling.predict_scene(
+            self._predict_tiles,
+            scene,
+            self.settings.tile,
+            self.settings.overlap,
+            self.settings.max_batch,
+            gate=self.postprocess.ship_threshold,
+        )
         return prediction.Prediction(0, probabilities, ship)
 
     def _predict_tiles(self, tiles: np.ndarray):

@@ -17,18 +17,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
-from shipseg import prediction
+from shipseg import airbus, prediction
 
 DEFAULT_TILE = 768
 DEFAULT_OVERLAP = 128
 # Images with a side above this are tiled (Airbus images, 768, are not).
 DEFAULT_LIMIT = 1536
-# Pillow refuses images above about 179 megapixels as "decompression bombs"; a satellite
-# scene of 20,000 x 20,000 pixels is an ordinary input here.
-MAX_SCENE_PIXELS = 1_000_000_000
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -184,13 +182,15 @@ def predict_scene_file(
     return prediction.Prediction(position, probabilities, ship, scene)
 
 
-def read_scene(path: Path) -> np.ndarray:
-    """A scene as ``(H, W, 3)`` uint8 RGB (3 bytes a pixel, not the 12 of float32)."""
+def read_scene(source: Path | BinaryIO) -> np.ndarray:
+    """A scene (a file, or an upload's bytes) as ``(H, W, 3)`` uint8 RGB.
+
+    Pillow decodes scenes (3 bytes a pixel, not TensorFlow's 12 of float32): ``inference.py``
+    and the service both read them here, so a scene gives both the same pixels.
+    """
     from PIL import Image
 
-    previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, MAX_SCENE_PIXELS
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous
+    with airbus.pillow_allows_scenes():  # Pillow checks the size when it opens, not later
+        image = Image.open(source)
+    with image:
+        return np.asarray(image.convert("RGB"))

@@ -21,6 +21,7 @@ from shipseg.errors import RequestError
 
 RAW_TYPES = ("image/jpeg", "image/png", "application/octet-stream")
 MULTIPART = "multipart/form-data"
+MAX_PARTS = 8
 CONTENT_TYPE_HELP = (
     "send the image as the body with Content-Type image/jpeg, image/png or "
     "application/octet-stream, or as a multipart/form-data upload (curl -F file=@image.jpg)"
@@ -65,6 +66,12 @@ def image_bytes(content_type: str | None, body: bytes) -> tuple[bytes, str | Non
         return body, None
     if kind != MULTIPART:
         raise RequestError(415, f"unsupported Content-Type {kind or '(none)'}: {CONTENT_TYPE_HELP}")
+    boundary = re.search(r'boundary="?([^";]+)"?', content_type or "")
+    # The parser's memory grows with the number of parts, not only the bytes: one file is asked.
+    if boundary is None or body.count(b"--" + boundary.group(1).encode()) > MAX_PARTS + 1:
+        raise RequestError(
+            400, f"a multipart upload needs a boundary and at most {MAX_PARTS} parts"
+        )
     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
         b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
     )

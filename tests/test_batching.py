@@ -80,3 +80,16 @@ def test_a_full_queue_refuses_at_once():
     release.set()
     assert [f.result(timeout=10) for f in [running, *waiting]] == [0.0] * 3
     batcher.close()
+
+
+def test_a_request_that_gives_up_is_dropped_and_the_network_thread_serves_on():
+    model = RecordingModel(delay=0.3)
+    batcher = Batcher(model, max_batch=2, max_wait=0.0, max_queue=8)
+    busy = batcher.submit(np.zeros((2, 2, 3)))
+    time.sleep(0.05)
+    abandoned = batcher.submit(np.zeros((3, 3, 3)))
+    assert abandoned.cancel()
+    assert busy.result(timeout=10) == 0.0
+    assert batcher.submit(np.ones((2, 2, 3))).result(timeout=10) == 1.0
+    assert batcher.alive and (3, 3, 3) not in [shape for call in model.calls for shape in call]
+    batcher.close()

@@ -144,7 +144,7 @@ def test_keras_tuners_private_api_is_used_only_through_kt_private(path):
     assert not private_keras_tuner_uses(path, private), "move it into shipseg/kt_private.py"
 
 
-@pytest.mark.parametrize("command", ["search", "train", "inference", "export"])
+@pytest.mark.parametrize("command", ["search", "train", "inference", "export", "serve"])
 def test_each_option_of_each_command_states_its_default_at_most_once(command):
     import importlib
 
@@ -153,3 +153,11 @@ def test_each_option_of_each_command_states_its_default_at_most_once(command):
     twice = re.findall(r"\(default:[^()]*\) \(default:[^()]*\)", text)
     assert not twice, f"{command}.py --help states a default twice: {twice}"
     assert "(default: " in text  # the defaults the help does not name are still shown
+
+
+def test_the_readme_stays_a_way_in_and_its_layout_table_names_every_module():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 300, "move measurements and detail to docs/"
+    modules = [*ROOT.glob("*.py"), *(p for p in PACKAGE if p.name != "__init__.py")]
+    missing = [relative(path) for path in modules if f"`{relative(path)}`" not in readme]
+    assert not missing, f"the README's layout table misses {missing}"

@@ -128,8 +128,10 @@ def images(synthetic_dataset, tmp_path_factory) -> list[Path]:
     mosaic = np.concatenate(
         [np.concatenate(tiles[:2], axis=1), np.concatenate(tiles[2:], axis=1)], axis=0
     )
-    Image.fromarray(np.pad(mosaic, ((0, 32), (0, 32), (0, 0)))).save(folder / "mosaic.png")
-    return [*paths, folder / "mosaic.png"]
+    scene = Image.fromarray(np.pad(mosaic, ((0, 32), (0, 32), (0, 0))))
+    scene.save(folder / "mosaic.png")
+    scene.save(folder / "mosaic_jpeg.jpg", quality=95)  # scenes decode with Pillow, both ways
+    return [*paths, folder / "mosaic_jpeg.jpg", folder / "mosaic.png"]
 
 
 def test_the_service_says_it_is_ready_and_serves_the_latest_trained_model(served, low_thresholds):
@@ -169,6 +171,7 @@ def test_each_image_gets_the_ships_inference_writes_for_it(
     assert result.returncode == 0, result.stderr[-2000:]
     submission = pd.read_csv(out / "submission.csv", keep_default_na=False)
     ship_table = pd.read_csv(out / "ships.csv")
+    image_table = pd.read_csv(out / "images.csv", keep_default_na=False).set_index("ImageId")
     assert (submission.EncodedPixels != "").sum() >= 3  # enough ships to compare
     for path in images:
         status, _, body = server.predict(path.read_bytes(), f"?name={path.name}")
@@ -187,8 +190,13 @@ def test_each_image_gets_the_ships_inference_writes_for_it(
             ):
                 assert ship[mine] == pytest.approx(row[theirs], abs=1e-6)
             assert ship["centre"]["row"] == pytest.approx(row["row"], abs=1e-6)
+            assert ship["centre"]["column"] == pytest.approx(row["column"], abs=1e-6)
             np.testing.assert_allclose(ship["box"], json.loads(row.corners), atol=1e-6)
         assert (answer["height"], answer["width"]) == Image.open(path).size[::-1]
+        evidence = image_table.loc[path.name]
+        assert answer["top_pixel_probability"] == pytest.approx(evidence.top_pixel_probability)
+        if answer["ship_probability"] is not None:
+            assert answer["ship_probability"] == pytest.approx(evidence.ship_probability, abs=1e-6)
 
 
 def test_an_upload_a_geojson_answer_and_an_overlay_describe_the_same_ships(served, images):

@@ -82,3 +82,31 @@ def test_an_image_is_checked_by_its_header_before_it_is_decoded():
 )
 def test_an_uploaded_name_becomes_a_plain_label_never_a_path(name, label):
     assert uploads.safe_name(name) == label
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that is only its header: Pillow reads the size without any pixel data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
+def test_a_header_beyond_pillows_own_limit_is_refused_by_size_not_by_a_crash():
+    with pytest.raises(RequestError, match="20000 x 30000 pixels, over the limit") as refused:
+        uploads.check_image(png_header(20_000, 30_000), max_pixels=40_000_000)
+    assert refused.value.status == 413
+
+
+def test_a_multipart_upload_of_many_parts_is_refused_before_it_is_parsed():
+    form = b"".join(
+        b'--b\r\nContent-Disposition: form-data; name="x"\r\n\r\n1\r\n' for _ in range(50)
+    )
+    with pytest.raises(RequestError, match="at most 8 parts"):
+        uploads.image_bytes("multipart/form-data; boundary=b", form + b"--b--\r\n")
