@@ -7,6 +7,7 @@ predictions into ``shipseg.scoring``'s scores.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -54,9 +55,35 @@ class Prediction(NamedTuple):
     image: np.ndarray | None = None
 
 
+# Each Keras model's forward pass as a ``tf.function`` traced once per input shape.
+_FORWARD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _forward_function(model):
+    """``model`` called in inference mode, compiled once per input shape it meets.
+
+    Not ``predict_on_batch``: Keras traces that with ``reduce_retracing``, so after two image
+    sizes it traces one graph for any height and width, which a U-Net with bilinear
+    up-sampling cannot build (``UpSampling2D`` needs its input's size: measured, the second
+    image size of a service or of a folder of mixed sizes failed). A TFLite model predicts
+    with its own ``predict_on_batch``.
+    """
+    import keras
+
+    if not isinstance(model, keras.Model):
+        return model.predict_on_batch
+    if model not in _FORWARD:
+        import tensorflow as tf
+
+        _FORWARD[model] = tf.function(
+            lambda images: model(images, training=False), reduce_retracing=False
+        )
+    return _FORWARD[model]
+
+
 def _forward(model, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """One forward pass: ``(n, h, w)`` probabilities, and ``(n,)`` ship probabilities or None."""
-    output = model.predict_on_batch(images)
+    output = _forward_function(model)(images)
     if isinstance(output, dict):
         return (
             np.asarray(output["ship_probability"])[..., 0],

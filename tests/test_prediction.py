@@ -1,0 +1,15 @@
+"""The network on whole images: any size, one after another, as inference and the service ask."""
+
+import numpy as np
+
+import hypermodel
+from shipseg import prediction
+
+
+def test_a_bilinear_upsampling_unet_predicts_images_of_several_sizes_one_after_another():
+    model = hypermodel.build_unet(2, 4, upsampling="resize", ship_head=True)
+    for height, width in ((32, 32), (64, 96), (40, 72), (64, 96)):
+        images = np.random.default_rng(height).uniform(0, 255, (2, height, width, 3))
+        probabilities, ship = prediction.predict_batch(model, images.astype(np.float32))
+        assert probabilities.shape == (2, height, width) and ship.shape == (2,)
+        assert np.all((probabilities >= 0) & (probabilities <= 1))
