@@ -86,10 +86,10 @@ def _forward(model, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     output = _forward_function(model)(images)
     if isinstance(output, dict):
         return (
-            np.asarray(output["ship_probability"])[..., 0],
-            np.asarray(output["has_ship"])[:, 0],
+            np.array(output["ship_probability"])[..., 0],  # copies: TTA adds to them
+            np.array(output["has_ship"])[:, 0],
         )
-    return np.asarray(output)[..., 0], None
+    return np.array(output)[..., 0], None
 
 
 def predict_batch(

@@ -64,6 +64,7 @@ def build(name: str, levels: int = 3, frozen_epochs: int = 0, weights: str = "no
     return builder.build(hypermodel.fixed_hyperparameters(values))
 
 
+@pytest.mark.slow
 def test_each_encoder_trains_a_step_and_reloads_in_a_fresh_process_with_equal_output(tmp_path):
     expected = {}
     for name in PRETRAINED:
@@ -187,6 +188,7 @@ def test_a_checkpoint_taken_in_a_frozen_epoch_loads_with_a_trainable_encoder(tmp
 
 
 @pytest.mark.parametrize("name", PRETRAINED)
+@pytest.mark.slow
 def test_each_encoder_searches_trains_the_best_and_predicts_from_the_command_line(
     name, synthetic_dataset, tmp_path
 ):
@@ -216,6 +218,7 @@ def test_each_encoder_searches_trains_the_best_and_predicts_from_the_command_lin
     }
 
 
+@pytest.mark.slow
 def test_a_search_asking_for_an_unknown_encoder_is_one_line(synthetic_dataset, tmp_path):
     result = run(search_command(synthetic_dataset, tmp_path, "--hp", "encoder=vgg16"))
     assert result.returncode != 0
@@ -229,6 +232,7 @@ def test_a_search_asking_for_an_unknown_encoder_is_one_line(synthetic_dataset, t
 
 
 @pytest.mark.parametrize("name", PRETRAINED)
+@pytest.mark.slow
 def test_exported_models_repeat_the_encoders_input_scaling(name, tmp_path):
     from shipseg import export
 

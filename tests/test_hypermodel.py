@@ -62,6 +62,7 @@ def test_levels_out_of_range_are_rejected():
         hypermodel.build_unet(6, 4)
 
 
+@pytest.mark.slow
 def test_saved_model_reloads_in_a_fresh_process_without_custom_objects(tmp_path):
     model = hypermodel.build_unet(2, 4)
     hypermodel.compile_unet(model, 1e-3, "focal", 0.25)

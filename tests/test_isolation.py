@@ -70,6 +70,7 @@ def test_what_a_trial_process_prepared_comes_first_in_its_call():
     assert isolation.run_in_fresh_process(add, 2, prepare=add, prepare_arguments=(3, 4)) == 9
 
 
+@pytest.mark.slow
 def test_a_trial_process_ends_when_its_search_is_killed(tmp_path):
     script = tmp_path / "search.py"
     script.write_text(

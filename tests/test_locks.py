@@ -67,6 +67,7 @@ def test_the_lock_is_released_when_the_block_ends_even_by_an_error(tmp_path):
         pass
 
 
+@pytest.mark.slow
 def test_a_second_search_training_or_inference_on_a_busy_folder_stops_with_one_line(
     holder, trained_project, synthetic_dataset, tmp_path
 ):

@@ -98,12 +98,14 @@ def check_outputs(notebook) -> None:
 
 
 @pytest.mark.skipif(not SAMPLE.is_dir(), reason=f"real sample not found at {SAMPLE}")
+@pytest.mark.slow
 def test_notebook_runs_on_real_sample(python3_kernel, monkeypatch, tmp_path):
     notebook = execute_copy(None, python3_kernel, monkeypatch, tmp_path)
     check_outputs(notebook)
     assert "Using real data" in data_used(notebook)
 
 
+@pytest.mark.slow
 def test_notebook_runs_on_tiny_synthetic_data(python3_kernel, monkeypatch, tmp_path):
     data_dir = synthetic.generate_synthetic_dataset(
         tmp_path / "synthetic",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import pytest
 
 import hypermodel
 from shipseg import encoders
@@ -59,6 +60,7 @@ def test_the_taps_are_the_imagenet_networks_stages_at_strides_2_to_16(mobilenet_
         np.testing.assert_allclose(mine, expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_frozen_epoch_trains_the_decoder_and_head_and_not_the_pretrained_encoder(
     mobilenet_weights,
 ):

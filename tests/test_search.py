@@ -86,6 +86,7 @@ def test_tensorboard_gets_scalars_hparams_and_mask_images(finished_search):
     assert any("hparams" in tag for tag in tags)
 
 
+@pytest.mark.slow
 def test_bad_settings_give_one_line_errors(synthetic_dataset, tmp_path):
     cases = [
         (["--data-dir", str(tmp_path / "nowhere")], "data directory does not exist"),
@@ -109,6 +110,7 @@ def test_bad_settings_give_one_line_errors(synthetic_dataset, tmp_path):
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+@pytest.mark.slow
 def test_resuming_with_other_settings_is_refused(finished_search, synthetic_dataset):
     project, _ = finished_search
     result = run(
@@ -118,6 +120,7 @@ def test_resuming_with_other_settings_is_refused(finished_search, synthetic_data
     assert "searched with other settings (max_epochs)" in result.stderr
 
 
+@pytest.mark.slow
 def test_multi_gpu_trains_every_trial_under_a_mirrored_strategy(synthetic_dataset, tmp_path):
     # Without a GPU, MirroredStrategy mirrors over the CPU: one replica, the same code path
     # (model, optimizer and a promoted trial's weights loaded inside the strategy's scope).
@@ -143,6 +146,7 @@ def completed_trials(tuner_dir: Path) -> dict[str, float]:
     return done
 
 
+@pytest.mark.slow
 def test_a_killed_search_resumes_without_losing_completed_trials(synthetic_dataset, tmp_path):
     command = search_command(synthetic_dataset, tmp_path, "--max-epochs", "4", "--factor", "2")
     process = subprocess.Popen(
@@ -183,6 +187,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_distributed_search_with_a_chief_and_two_workers(synthetic_dataset, tmp_path):
     command = search_command(synthetic_dataset, tmp_path, "--max-epochs", "2", "--factor", "2")
     network = {"KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": str(free_port())}
@@ -258,6 +263,7 @@ def test_half_configured_distribution_is_refused(monkeypatch):
         search.tuner_role()
 
 
+@pytest.mark.slow
 def test_a_search_budget_stops_the_search_and_a_rerun_resumes_or_extends_it(
     synthetic_dataset, tmp_path
 ):
@@ -286,12 +292,14 @@ def test_a_search_budget_stops_the_search_and_a_rerun_resumes_or_extends_it(
     assert len(pd.read_csv(project / "trials.csv")) > len(trials)
 
 
+@pytest.mark.slow
 def test_a_bad_search_budget_is_one_line(synthetic_dataset, tmp_path):
     result = run(search_command(synthetic_dataset, tmp_path, "--time-budget", "45"))
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith("search.py: error: --time-budget")
 
 
+@pytest.mark.slow
 def test_a_damaged_keras_tuner_state_is_explained_on_resume(finished_search, tmp_path):
     project, _ = finished_search
     copy = shutil.copytree(project, tmp_path / "tiny")
@@ -304,6 +312,7 @@ def test_a_damaged_keras_tuner_state_is_explained_on_resume(finished_search, tmp
     assert "--overwrite" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_a_search_killed_again_and_again_loses_nothing_and_finishes(synthetic_dataset, tmp_path):
     """Fault injection: kill -9 at random moments and right after Keras Tuner saves its oracle."""
     command = search_command(synthetic_dataset, tmp_path, "--max-epochs", "4", "--factor", "2")
@@ -338,6 +347,7 @@ def test_a_search_killed_again_and_again_loses_nothing_and_finishes(synthetic_da
         json.loads(path.read_text())  # no damaged state file anywhere
 
 
+@pytest.mark.slow
 def test_a_second_search_on_a_running_project_is_refused_and_the_first_finishes(
     synthetic_dataset, tmp_path
 ):
@@ -352,6 +362,7 @@ def test_a_second_search_on_a_running_project_is_refused_and_the_first_finishes(
     assert len(trials) >= 4 and (trials.status == "COMPLETED").all()
 
 
+@pytest.mark.slow
 def test_report_rewrites_a_projects_report_and_explains_a_missing_one(finished_search, tmp_path):
     project, _ = finished_search
     copy = shutil.copytree(project, tmp_path / "tiny")
@@ -364,6 +375,7 @@ def test_report_rewrites_a_projects_report_and_explains_a_missing_one(finished_s
 
 
 @pytest.mark.parametrize("algorithm", ["random", "bayesian"])
+@pytest.mark.slow
 def test_random_and_bayesian_search_run_resume_and_grow_with_max_trials(
     synthetic_dataset, tmp_path, algorithm
 ):
