@@ -73,6 +73,7 @@ def test_the_tflite_model_pads_smaller_images_and_refuses_larger_ones(exported):
         model.predict_on_batch(np.zeros((1, 96, 64, 3), np.float32))
 
 
+@pytest.mark.slow
 def test_inference_from_the_tflite_file_lists_the_same_ships_as_from_keras(
     exported, synthetic_dataset, tmp_path
 ):
@@ -99,6 +100,7 @@ def test_inference_from_the_tflite_file_lists_the_same_ships_as_from_keras(
     pd.testing.assert_frame_equal(keras_ships, tflite_ships, atol=1e-4, check_exact=False)
 
 
+@pytest.mark.slow
 def test_export_mistakes_are_one_line(trained_project, tmp_path):
     project, _ = trained_project
     command = [sys.executable, str(ROOT / "export.py"), "--results-dir", str(project.parent)]

@@ -85,6 +85,7 @@ def test_inference_writes_masks_overlays_and_a_submission_that_decodes_back(
     assert "images/s" in result.stdout
 
 
+@pytest.mark.slow
 def test_inference_scores_against_labels(trained_project, synthetic_dataset, tmp_path):
     project, _ = trained_project
     result = run(
@@ -105,6 +106,7 @@ def test_inference_scores_against_labels(trained_project, synthetic_dataset, tmp
     assert not (tmp_path / "overlays").exists()
 
 
+@pytest.mark.slow
 def test_a_bad_file_is_skipped_and_the_others_are_written(
     trained_project, synthetic_dataset, tmp_path
 ):
@@ -127,6 +129,7 @@ def test_a_bad_file_is_skipped_and_the_others_are_written(
     assert np.array(Image.open(tmp_path / "out" / "masks" / "gray.png")).shape == (50, 70)
 
 
+@pytest.mark.slow
 def test_nothing_processable_exits_non_zero(trained_project, tmp_path):
     project, _ = trained_project
     bad = tmp_path / "bad.jpg"
@@ -137,6 +140,7 @@ def test_nothing_processable_exits_non_zero(trained_project, tmp_path):
     assert not (tmp_path / "out" / "submission.csv").exists()
 
 
+@pytest.mark.slow
 def test_missing_or_incompatible_models_are_explained(trained_project, synthetic_dataset, tmp_path):
     import keras
 
@@ -179,6 +183,7 @@ def test_submission_rows_decode_to_exactly_the_predicted_ships(tmp_path):
     assert records.ship_rows("empty.png", np.zeros((4, 4), np.int32)) == [("empty.png", "")]
 
 
+@pytest.mark.slow
 def test_an_interrupted_inference_resumes_to_the_same_submission_and_scores(
     trained_project, synthetic_dataset, tmp_path
 ):
@@ -216,6 +221,7 @@ def test_an_interrupted_inference_resumes_to_the_same_submission_and_scores(
         assert (resumed / mask).read_bytes() == (whole / mask).read_bytes()
 
 
+@pytest.mark.slow
 def test_an_output_folder_of_another_model_or_settings_is_not_mixed_into(
     trained_project, synthetic_dataset, tmp_path
 ):
@@ -239,6 +245,7 @@ def test_an_output_folder_of_another_model_or_settings_is_not_mixed_into(
     assert result.returncode == 0 and "Resuming" not in result.stdout, result.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_an_inference_killed_midway_resumes_to_the_uninterrupted_submission(
     trained_project, synthetic_dataset, tmp_path
 ):
@@ -267,6 +274,7 @@ def test_an_inference_killed_midway_resumes_to_the_uninterrupted_submission(
         assert (killed / name).read_bytes() == (whole / name).read_bytes(), name
 
 
+@pytest.mark.slow
 def test_a_second_inference_into_a_busy_folder_is_refused_and_the_first_finishes(
     trained_project, synthetic_dataset, tmp_path
 ):
@@ -287,6 +295,7 @@ def test_a_second_inference_into_a_busy_folder_is_refused_and_the_first_finishes
     )
 
 
+@pytest.mark.slow
 def test_inference_lists_every_predicted_ship_with_its_box_in_csv_and_geojson(
     trained_project, synthetic_dataset, tmp_path
 ):

@@ -27,7 +27,6 @@ from PIL import Image
 
 from conftest import ROOT, csv_rows, inference_command, run
 
-pytestmark = pytest.mark.slow
 TILING = ["--tile-above", "96", "--tile", "64", "--overlap", "16"]
 MAX_UPLOAD_MIB = 0.25
 
@@ -158,6 +157,7 @@ def test_the_service_says_it_is_ready_and_serves_the_latest_trained_model(served
     assert "/predict" in json.loads(body)["paths"]
 
 
+@pytest.mark.slow
 def test_each_image_gets_the_ships_inference_writes_for_it(
     served, images, low_thresholds, tmp_path
 ):
@@ -267,6 +267,7 @@ def test_a_bad_request_gets_a_4xx_json_error_naming_the_problem_and_the_service_
     assert server.predict(jpeg_bytes())[0] == 200
 
 
+@pytest.mark.slow
 def test_a_client_that_stops_sending_its_body_is_answered_408_and_dropped(served):
     server, _ = served
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as client:
@@ -302,6 +303,7 @@ def test_sixteen_concurrent_requests_are_all_answered_correctly_in_shared_batche
     assert batches < 16  # requests shared forward passes
 
 
+@pytest.mark.slow
 def test_a_full_service_answers_503_with_retry_after(trained_project):
     project, _ = trained_project
     server = Server(project.parent, "--max-pending", "1", "--read-timeout", "20")

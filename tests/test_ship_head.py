@@ -69,6 +69,7 @@ def inference(folder, images, out, *flags):
     return run([*command, str(folder / "model.keras"), "--out", str(out), *flags])
 
 
+@pytest.mark.slow
 def test_inference_obeys_the_tuned_ship_gate_and_writes_each_images_probability(
     headed_model, synthetic_dataset, tmp_path
 ):

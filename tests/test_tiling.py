@@ -94,6 +94,7 @@ def test_tiles_the_ship_head_doubts_add_nothing_and_ships_seen_by_open_tiles_sta
     assert len(records) == 1 and records[0]["length_px"] == pytest.approx(50, abs=2)
 
 
+@pytest.mark.slow
 def test_inference_tiles_a_scene_above_the_limit_and_writes_it_whole(
     trained_project, synthetic_dataset, tmp_path
 ):
@@ -121,6 +122,7 @@ def test_inference_tiles_a_scene_above_the_limit_and_writes_it_whole(
     )
 
 
+@pytest.mark.slow
 def test_bad_tile_options_are_one_line(trained_project, synthetic_dataset, tmp_path):
     project, _ = trained_project
     image = str(next((Path(synthetic_dataset) / "test_v2").glob("*.jpg")))

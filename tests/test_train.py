@@ -61,6 +61,7 @@ def test_train_best_writes_the_final_model_and_honest_metrics(trained_project):
     assert not list(final.glob(".*partial")) and not list(final.glob(".*.tmp*"))
 
 
+@pytest.mark.slow
 def test_train_errors_are_one_line(finished_search, tmp_path):
     project, _ = finished_search
     bad_json = tmp_path / "bad.json"
@@ -100,6 +101,7 @@ def train(project, *flags):
     return run([*command, "--best", "--project", "tiny", "--verbose", "0", *flags])
 
 
+@pytest.mark.slow
 def test_a_training_budget_stops_early_and_keeps_the_best_epoch(project_copy):
     result = train(project_copy, "--epochs", "200", "--patience", "200", "--time-budget", "12s")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -111,6 +113,7 @@ def test_a_training_budget_stops_early_and_keeps_the_best_epoch(project_copy):
     assert config["time_budget"] == "12s" and config["status"] == "complete"
 
 
+@pytest.mark.slow
 def test_k_fold_training_tests_every_train_and_val_image_once(project_copy):
     result = train(project_copy, "--epochs", "1", "--folds", "3")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -135,6 +138,7 @@ def test_k_fold_training_tests_every_train_and_val_image_once(project_copy):
         assert (project_copy / "folds" / f"fold_{fold}" / "model.keras").is_file()
 
 
+@pytest.mark.slow
 def test_a_training_killed_midway_leaves_the_previous_final_model_and_is_named_next_time(
     project_copy,
 ):
@@ -163,6 +167,7 @@ def test_a_training_killed_midway_leaves_the_previous_final_model_and_is_named_n
     assert not staging.exists()
 
 
+@pytest.mark.slow
 def test_a_second_training_of_a_project_in_training_is_refused_and_the_first_finishes(
     project_copy,
 ):
@@ -177,6 +182,7 @@ def test_a_second_training_of_a_project_in_training_is_refused_and_the_first_fin
     assert json.loads((project_copy / "final" / "config.json").read_text())["status"] == "complete"
 
 
+@pytest.mark.slow
 def test_fewer_than_three_folds_are_refused_in_one_line(project_copy):
     for folds in ("2", "0"):
         result = train(project_copy, "--folds", folds)
