@@ -208,8 +208,9 @@ def _space_options(group) -> None:
         "--encoder-weights",
         default="none",
         metavar=encoders.WEIGHT_CHOICES,
-        help="initial weights of pretrained encoders (--hp encoder=mobilenet_v2,...): "
-        "ImageNet's (from Keras's cache, or downloaded), none (random) or a weights file",
+        help="initial weights of pretrained encoders: ImageNet's (from Keras's cache, or "
+        "downloaded), none (random) or a weights file; with weights the encoder is mobilenet_v2 "
+        "unless --hp encoder=... names others",
     )
     group.add_argument(
         "--objective",

@@ -142,7 +142,16 @@ def _evaluation_options(group) -> None:
         type=int,
         help="K-fold cross-validation over train + val instead of one training: each fold is "
         "tested once, the next fold validates, the rest trains; reports mean and spread of the "
-        "F2 and of its gain over the no-ship baseline (results/<project>/folds/)",
+        "F2 and of its gain over the no-ship baseline (results/<project>/folds/); folds that "
+        "finished with the same configuration are kept, so a stopped run goes on where it was",
+    )
+    group.add_argument(
+        "--only-folds",
+        type=int,
+        nargs="+",
+        metavar="K",
+        help="with --folds: train just these folds (numbered from 0), e.g. one per machine or "
+        "per session; the summary covers every fold finished so far",
     )
 
 
@@ -241,6 +250,7 @@ class TrainOptions:
     full: bool = False
     tta: bool = False
     folds: int | None = None
+    only_folds: tuple[int, ...] | None = None
 
     def __post_init__(self):
         """Raises ``errors.UserError`` (naming the option) for a count out of its range."""
@@ -250,6 +260,14 @@ class TrainOptions:
             raise errors.UserError(
                 "--folds must be at least 3 (a test fold, a validation fold, one to train on)"
             )
+        if self.only_folds is not None:
+            object.__setattr__(self, "only_folds", tuple(sorted(set(self.only_folds))))
+            if self.folds is None:
+                raise errors.UserError("--only-folds needs --folds (how many folds there are)")
+            if not set(self.only_folds) <= set(range(self.folds)):
+                raise errors.UserError(
+                    f"--only-folds: --folds {self.folds} numbers the folds 0 to {self.folds - 1}"
+                )
 
 
 def load_run(options: TrainOptions) -> Run:
@@ -471,8 +489,11 @@ def run_folds(options: TrainOptions) -> dict:
     """K-fold cross-validation over train + val (the test split stays untouched).
 
     Each fold trains a model as ``run_training`` does, so the spread across folds says how
-    much one training's test figure can be trusted. Writes ``folds/fold_<k>/`` and
-    ``folds/summary.json``.
+    much one training's test figure can be trusted. Each fold is written whole or not at all
+    to ``folds/fold_<k>/``, and one that finished earlier with the same configuration is kept
+    (``kfold.finished_fold``): a run stopped by its session goes on where it was, and
+    ``--only-folds`` shares the folds out among machines. ``folds/summary.json`` covers every
+    finished fold and says how many of the K that is.
 
     Returns:
         The content of ``summary.json``.
@@ -484,34 +505,49 @@ def run_folds(options: TrainOptions) -> dict:
         assignment = splits.make_folds(pool, options.folds, run.settings.seed, groups)
     except ValueError as error:
         raise errors.UserError(f"--folds: {error}") from None
-    with atomic.staged_folder(run.project_dir / "folds") as staging:  # All folds, or none.
-        return _run_folds_into(run, options, pool, assignment, staging)
+    folds_dir = run.project_dir / "folds"
+    results = _train_folds(run, options, pool, assignment, folds_dir)
+    rows = [
+        kfold.fold_row(fold, kfold.fold_tables(pool, assignment, fold), metrics)
+        for fold, metrics in sorted(results.items())
+    ]
+    summary = kfold.summarise_folds(pd.DataFrame(rows), options.folds)
+    atomic.write_json_atomically(folds_dir / "summary.json", summary)
+    kfold.print_folds(summary)
+    return summary
 
 
-def _run_folds_into(
+def _train_folds(
     run: Run, options: TrainOptions, pool: pd.DataFrame, assignment: pd.Series, folds_dir: Path
-):
-    rows = []
+) -> dict[int, dict]:
+    """Trains the asked-for folds not finished yet; the metrics of every finished fold."""
+    results, todo = {}, []
     for fold in range(options.folds):
-        settings = run.settings
-        if settings.deadline is not None:  # What is left, shared by the remaining folds.
-            share = (settings.deadline - time.time()) / (options.folds - fold)
-            settings = dataclasses.replace(settings, deadline=time.time() + max(share, 0))
-        tables = kfold.fold_tables(pool, assignment, fold)
-        out_dir = folds_dir / f"fold_{fold}"
         config = run_config(
             run,
             options,
             trained_on=f"folds except {fold} and {(fold + 1) % options.folds}",
+            folds=options.folds,
             fold=fold,
         )
-        metrics = train_and_evaluate(run, tables, out_dir, config, settings)
-        rows.append(kfold.fold_row(fold, tables, metrics))
-        print(f"Fold {fold}: F2 {rows[-1]['f2']:.4f}, baseline {rows[-1]['baseline']:.4f}")
-    summary = kfold.summarise_folds(pd.DataFrame(rows))
-    atomic.write_json_atomically(folds_dir / "summary.json", summary)
-    kfold.print_folds(summary)
-    return summary
+        metrics = kfold.finished_fold(folds_dir / f"fold_{fold}", config)
+        if metrics is not None:
+            results[fold] = metrics
+            print(f"Fold {fold}: finished earlier with this configuration, kept")
+        elif options.only_folds is None or fold in options.only_folds:
+            todo.append((fold, config))
+    for index, (fold, config) in enumerate(todo):
+        settings = run.settings
+        if settings.deadline is not None:  # What is left, shared by the remaining folds.
+            share = (settings.deadline - time.time()) / (len(todo) - index)
+            settings = dataclasses.replace(settings, deadline=time.time() + max(share, 0))
+        tables = kfold.fold_tables(pool, assignment, fold)
+        results[fold] = train_and_evaluate(
+            run, tables, folds_dir / f"fold_{fold}", config, settings
+        )
+        test = results[fold]["test"]
+        print(f"Fold {fold}: F2 {test['f2']:.4f}, baseline {test['f2_no_ship_baseline']:.4f}")
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,30 @@ no-ship baseline across folds.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pandas as pd
+
+# What makes two trainings of a fold the same: its images, the model and how it is trained.
+# The command line, the library versions and the time budget (shared out anew on each run)
+# may differ.
+SAME_FOLD = (
+    "hyperparameters",
+    "input",
+    "data_dir",
+    "split_file",
+    "monitor",
+    "epochs",
+    "images_per_epoch",
+    "patience",
+    "encoder_weights",
+    "flip_tta",
+    "seed",
+    "trained_on",
+    "folds",
+    "fold",
+)
 
 
 def fold_tables(pool: pd.DataFrame, folds: pd.Series, fold: int) -> dict[str, pd.DataFrame]:
@@ -25,6 +48,22 @@ def fold_tables(pool: pd.DataFrame, folds: pd.Series, fold: int) -> dict[str, pd
         "val": pool[fold_of == (fold + 1) % count].reset_index(drop=True),
         "train": pool[~fold_of.isin([fold, (fold + 1) % count])].reset_index(drop=True),
     }
+
+
+def finished_fold(fold_dir: Path, config: dict) -> dict | None:
+    """The metrics of an earlier training of this same fold, or None when it must train.
+
+    A fold counts as finished when its folder holds a complete training (``train.py`` swaps
+    the folder in whole, ``config.json`` saying ``complete``) whose configuration agrees with
+    ``config`` on every key of ``SAME_FOLD``.
+    """
+    try:
+        earlier = json.loads((fold_dir / "config.json").read_text())
+        metrics = json.loads((fold_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    same = all(earlier.get(key) == config.get(key) for key in SAME_FOLD)
+    return metrics if same and earlier.get("status") == "complete" else None
 
 
 def fold_row(fold: int, tables: dict[str, pd.DataFrame], metrics: dict) -> dict:
@@ -46,9 +85,19 @@ def fold_row(fold: int, tables: dict[str, pd.DataFrame], metrics: dict) -> dict:
     }
 
 
-def summarise_folds(folds: pd.DataFrame) -> dict:
-    """Mean and standard deviation across folds of the F2, the baseline and the gain."""
-    summary = {"folds": folds.to_dict(orient="records")}
+def summarise_folds(folds: pd.DataFrame, count: int) -> dict:
+    """Mean and standard deviation across folds of the F2, the baseline and the gain.
+
+    Args:
+        folds: One ``fold_row`` per finished fold.
+        count: How many folds there are (K), finished or not.
+    """
+    summary = {
+        "folds": folds.to_dict(orient="records"),
+        "folds_finished": len(folds),
+        "folds_total": count,
+        "complete": len(folds) == count,
+    }
     for name in ("f2", "baseline", "gain", "dice_ship_images"):
         summary[name] = {
             "mean": float(folds[name].mean()),
@@ -70,3 +119,10 @@ def print_folds(summary: dict) -> None:
     for name in ("f2", "baseline", "gain"):
         print(f"{name:>8}: mean {summary[name]['mean']:+.4f}, std {summary[name]['std']:.4f}")
     print(f"folds above the baseline: {summary['folds_above_baseline']} of {len(summary['folds'])}")
+    if not summary["complete"]:
+        finished = {row["fold"] for row in summary["folds"]}
+        missing = " ".join(str(k) for k in range(summary["folds_total"]) if k not in finished)
+        print(
+            f"{len(finished)} of {summary['folds_total']} folds finished: the figures above "
+            f"cover those; --only-folds {missing} (or --folds alone) trains the rest"
+        )

@@ -112,8 +112,8 @@ class SearchSettings:
 
     @property
     def space(self) -> tuple[Dimension, ...]:
-        """The search space with ``hp`` applied."""
-        return search_space(self.hp)
+        """The search space with ``hp`` applied (a pretrained encoder when weights are given)."""
+        return search_space(self.hp, pretrained=self.encoder_weights != "none")
 
     @property
     def bayesian_initial_trials(self) -> int:

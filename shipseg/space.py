@@ -202,16 +202,25 @@ DEFAULT_SPACE: tuple[Dimension, ...] = (
 ADDED_LATER = {"ship_loss_weight": 0.0, "encoder": encoders.PLAIN, "encoder_frozen_epochs": 0}
 
 
-def search_space(overrides: Sequence[str] = ()) -> tuple[Dimension, ...]:
+# The encoder of a search given pretrained weights and no ``encoder`` override: the one the
+# real-data recipe measured (docs/results.md) and whose ImageNet file ../shared/weights holds.
+PRETRAINED_DEFAULT = "mobilenet_v2"
+
+
+def search_space(overrides: Sequence[str] = (), pretrained: bool = False) -> tuple[Dimension, ...]:
     """The default search space with command-line overrides applied.
 
     Args:
         overrides: ``name=value`` (fix), ``name=a,b`` (choices) or ``name=low:high`` (range).
+        pretrained: Pretrained weights were given: the encoder is ``PRETRAINED_DEFAULT`` unless
+            an override names it (weights for no pretrained encoder would be a silent no-op).
 
     Raises:
         ValueError: For an unknown name, a malformed override or a value out of bounds.
     """
     space = {dimension.name: dimension for dimension in DEFAULT_SPACE}
+    if pretrained:
+        space["encoder"] = space["encoder"].parse(PRETRAINED_DEFAULT)
     for override in overrides:
         name, separator, text = override.partition("=")
         name = name.strip()

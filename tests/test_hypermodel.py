@@ -98,6 +98,17 @@ def test_search_space_overrides_fix_restrict_and_narrow():
     assert 1e-4 <= value <= 1e-3
 
 
+def test_with_pretrained_weights_the_search_uses_the_pretrained_encoder_unless_told_otherwise():
+    def values(**kwargs):
+        return {d.name: d.values for d in hypermodel.search_space(**kwargs)}
+
+    assert values()["encoder"] == ("unet",)
+    assert values(pretrained=True)["encoder"] == ("mobilenet_v2",)
+    assert values(pretrained=True)["encoder_frozen_epochs"] == (0, 2)  # searched with one
+    chosen = values(overrides=["encoder=unet,resnet50"], pretrained=True)
+    assert chosen["encoder"] == ("unet", "resnet50")
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

@@ -12,8 +12,9 @@ import time
 import pandas as pd
 import pytest
 
+import train as train_py
 from conftest import ROOT, run, second_run_while_the_first_holds_its_lock, train_command
-from shipseg import airbus
+from shipseg import airbus, errors
 
 
 def test_train_best_writes_the_final_model_and_honest_metrics(trained_project):
@@ -114,12 +115,20 @@ def test_a_training_budget_stops_early_and_keeps_the_best_epoch(project_copy):
 
 
 @pytest.mark.slow
-def test_k_fold_training_tests_every_train_and_val_image_once(project_copy):
+def test_k_fold_training_tests_every_train_and_val_image_once_and_resumes_finished_folds(
+    project_copy,
+):
+    first = train(project_copy, "--epochs", "1", "--folds", "3", "--only-folds", "1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "1 of 3 folds finished" in first.stdout and "--only-folds 0 2" in first.stdout
+    kept = (project_copy / "folds" / "fold_1" / "model.keras").stat().st_mtime_ns
     result = train(project_copy, "--epochs", "1", "--folds", "3")
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "Fold 1: finished earlier with this configuration, kept" in result.stdout
+    assert (project_copy / "folds" / "fold_1" / "model.keras").stat().st_mtime_ns == kept
     summary = json.loads((project_copy / "folds" / "summary.json").read_text())
     split = pd.read_csv(project_copy / "split.csv")
-    assert len(summary["folds"]) == 3
+    assert len(summary["folds"]) == 3 and summary["complete"]
     assert (
         sum(row["test_images"] for row in summary["folds"])
         == split.split.isin(["train", "val"]).sum()
@@ -188,3 +197,15 @@ def test_fewer_than_three_folds_are_refused_in_one_line(project_copy):
         result = train(project_copy, "--folds", folds)
         assert result.returncode == 2 and "--folds must be at least 3" in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "options, error",
+    [
+        ({"only_folds": [1]}, "--only-folds needs --folds"),
+        ({"folds": 3, "only_folds": [0, 3]}, "numbers the folds 0 to 2"),
+    ],
+)
+def test_only_folds_names_folds_that_exist_among_the_folds_asked_for(options, error):
+    with pytest.raises(errors.UserError, match=error):
+        train_py.TrainOptions(**options)
