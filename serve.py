@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--read-timeout",
         type=float,
         default=defaults.read_timeout,
-        help="seconds a request body may take to arrive",
+        help="seconds a request's headers, and then its body, may take to arrive (408 beyond)",
     )
     cli.add_postprocess_options(parser.add_argument_group("post-processing"))
     cli.add_scene_options(parser.add_argument_group("large scenes (as inference.py tiles them)"))
@@ -104,7 +104,7 @@ def serve(settings: ServeSettings) -> None:
     """Loads the model and serves it until interrupted."""
     import uvicorn
 
-    from shipseg import api
+    from shipseg import api, connections
     from shipseg.service import Detector
 
     detector = Detector(settings)
@@ -117,6 +117,7 @@ def serve(settings: ServeSettings) -> None:
         # Connections beyond these get 503 before their request is read (memory stays bounded).
         limit_concurrency=settings.max_pending * 2 + 8,
         timeout_keep_alive=5,
+        http=connections.with_read_timeout(settings.read_timeout),  # headers, as bodies
     )
 
 

@@ -523,25 +523,29 @@ def _train_folds(
     """Trains the asked-for folds not finished yet; the metrics of every finished fold."""
     results, todo = {}, []
     for fold in range(options.folds):
+        tables = kfold.fold_tables(pool, assignment, fold)
         config = run_config(
             run,
             options,
             trained_on=f"folds except {fold} and {(fold + 1) % options.folds}",
             folds=options.folds,
             fold=fold,
+            fold_images=kfold.fold_images(tables),
         )
         metrics = kfold.finished_fold(folds_dir / f"fold_{fold}", config)
         if metrics is not None:
             results[fold] = metrics
-            print(f"Fold {fold}: finished earlier with this configuration, kept")
+            budget_note = (
+                " (stopped by its time budget)" if metrics.get("stopped_by_budget") else ""
+            )
+            print(f"Fold {fold}: finished earlier with this configuration{budget_note}, kept")
         elif options.only_folds is None or fold in options.only_folds:
-            todo.append((fold, config))
-    for index, (fold, config) in enumerate(todo):
+            todo.append((fold, tables, config))
+    for index, (fold, tables, config) in enumerate(todo):
         settings = run.settings
         if settings.deadline is not None:  # What is left, shared by the remaining folds.
             share = (settings.deadline - time.time()) / (len(todo) - index)
             settings = dataclasses.replace(settings, deadline=time.time() + max(share, 0))
-        tables = kfold.fold_tables(pool, assignment, fold)
         results[fold] = train_and_evaluate(
             run, tables, folds_dir / f"fold_{fold}", config, settings
         )

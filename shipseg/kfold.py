@@ -7,6 +7,7 @@ no-ship baseline across folds.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -30,6 +31,7 @@ SAME_FOLD = (
     "trained_on",
     "folds",
     "fold",
+    "fold_images",
 )
 
 
@@ -48,6 +50,16 @@ def fold_tables(pool: pd.DataFrame, folds: pd.Series, fold: int) -> dict[str, pd
         "val": pool[fold_of == (fold + 1) % count].reset_index(drop=True),
         "train": pool[~fold_of.isin([fold, (fold + 1) % count])].reset_index(drop=True),
     }
+
+
+def fold_images(tables: dict[str, pd.DataFrame]) -> str:
+    """A digest of which images a fold trains, validates and tests on.
+
+    Part of the fold's configuration: the split file's path stays the same when a search is
+    run again with other data or a library draws the folds otherwise, its images do not.
+    """
+    names = "|".join(",".join(sorted(tables[role].ImageId)) for role in ("train", "val", "test"))
+    return hashlib.sha256(names.encode()).hexdigest()
 
 
 def finished_fold(fold_dir: Path, config: dict) -> dict | None:

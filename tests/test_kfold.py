@@ -73,3 +73,17 @@ def test_a_fold_still_training_or_absent_is_trained(tmp_path):
     write_fold(tmp_path / "fold_1", FOLD_CONFIG, status="training")
     assert kfold.finished_fold(tmp_path / "fold_1", FOLD_CONFIG) is None
     assert kfold.finished_fold(tmp_path / "fold_2", FOLD_CONFIG) is None
+
+
+def test_a_folds_images_digest_changes_when_any_image_changes_role(synthetic_table):
+    folds = splits.make_folds(synthetic_table, 3, seed=0)
+    tables = kfold.fold_tables(synthetic_table, folds, 0)
+    assert kfold.fold_images(tables) == kfold.fold_images(
+        kfold.fold_tables(synthetic_table, folds, 0)
+    )
+    moved = {**tables, "val": tables["val"].iloc[1:], "test": tables["test"]}
+    moved["train"] = pd.concat([tables["train"], tables["val"].iloc[:1]])
+    assert kfold.fold_images(moved) != kfold.fold_images(tables)
+    assert kfold.fold_images(kfold.fold_tables(synthetic_table, folds, 1)) != kfold.fold_images(
+        tables
+    )

@@ -283,6 +283,35 @@ def test_a_client_that_stops_sending_its_body_is_answered_408_and_dropped(served
     assert server.request("/health")[0] == 200
 
 
+@pytest.mark.parametrize(
+    "sent", [b"", b"POST /predict HTTP/1.1\r\nHost: x\r\n"], ids=["nothing", "half the headers"]
+)
+def test_a_client_that_stalls_before_its_headers_end_is_answered_408_and_dropped(served, sent):
+    server, _ = served
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as client:
+        client.sendall(sent)
+        answer = b""
+        while chunk := client.recv(4096):  # --read-timeout is 2 s; then the server closes
+            answer += chunk
+    head, _, body = answer.decode().partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 408")
+    assert json.loads(body) == {"error": "the request's headers did not arrive within 2 s"}
+    assert server.request("/health")[0] == 200
+
+
+def test_malformed_http_is_answered_400_json_and_the_service_goes_on(served):
+    server, _ = served
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as client:
+        client.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        answer = b""
+        while chunk := client.recv(4096):
+            answer += chunk
+    head, _, body = answer.decode().partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 400")
+    assert json.loads(body)["error"].startswith("malformed HTTP request")
+    assert server.request("/health")[0] == 200
+
+
 def test_sixteen_concurrent_requests_are_all_answered_correctly_in_shared_batches(served, images):
     server, _ = served
     expected = {
