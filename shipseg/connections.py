@@ -7,13 +7,16 @@ its connection for ever, and enough of them would use up ``limit_concurrency`` s
 other client got 503. Here the headers must arrive within ``read_timeout`` seconds of the
 connection, or of the first byte of the next request on a kept-alive connection; a client
 that misses it gets a 408 JSON error and its connection is closed. Malformed HTTP gets a 400
-JSON error (uvicorn's own answer is plain text).
+JSON error (uvicorn's own answer is plain text), and so does a request beyond
+``limit_concurrency`` (503, with ``Retry-After``), which this protocol enforces in uvicorn's
+place for that reason.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -23,7 +26,16 @@ class HeadDeadlineProtocol(H11Protocol):
     """uvicorn's HTTP/1.1 protocol, closing connections whose headers arrive too late."""
 
     read_timeout = 30.0  # seconds; ``with_read_timeout`` makes a subclass with another
+    retry_after = 1  # seconds a client refused for too many connections should wait
     _head_deadline: asyncio.TimerHandle | None = None
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: D107
+        super().__init__(*args, **kwargs)
+        # uvicorn checks limit_concurrency before each request and answers in plain text; the
+        # check moves into the application this protocol runs, to answer in JSON.
+        self.connection_limit, self.limit_concurrency = self.limit_concurrency, None
+        if self.connection_limit is not None:
+            self.app = self._limited(self.app)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # noqa: D102
         super().connection_made(transport)
@@ -45,6 +57,27 @@ class HeadDeadlineProtocol(H11Protocol):
     def send_400_response(self, msg: str) -> None:
         """Malformed HTTP gets the service's JSON error too, not uvicorn's plain text."""
         self._answer_and_close(400, "Bad Request", f"malformed HTTP request: {msg}")
+
+    def _limited(self, app: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+        """``app`` behind uvicorn's test: connections or requests beyond the limit get 503."""
+
+        async def limited(scope, receive, send) -> None:
+            # As uvicorn counts, but from inside the request's own task (hence ``>``).
+            limit = self.connection_limit
+            if len(self.connections) > limit or len(self.tasks) > limit:
+                error = f"the service has too many connections (at most {limit}): try again shortly"
+                body = json.dumps({"error": error}).encode()
+                headers = [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"retry-after", str(self.retry_after).encode()),
+                ]
+                await send({"type": "http.response.start", "status": 503, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+                return
+            await app(scope, receive, send)
+
+        return limited
 
     def _watch_head(self, started: bool) -> None:
         """Arms the deadline while a started request's headers are incomplete, else cancels."""

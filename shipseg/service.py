@@ -173,18 +173,30 @@ class Detector:
         )
 
     def describe_model(self) -> dict:
-        """``GET /model``: the file, its input, its tuned post-processing and the limits."""
+        """``GET /model``: the file, its input, its tuned post-processing and the limits.
+
+        The file is named relative to the results folder (or by its name alone, when given
+        from elsewhere): the server's own directories are not a client's business.
+        """
         limits = dataclasses.asdict(self.settings)
         for name in ("model", "results_dir", "host", "port", "overrides"):
             limits.pop(name)
         return {
-            "model": str(self.model_path),
+            "model": shown_path(self.model_path, Path(self.settings.results_dir)),
             "format": "tflite" if self.model_path.suffix == ".tflite" else "keras",
             "ship_head": self.has_ship_head,
             "input": None if self.input_config is None else dataclasses.asdict(self.input_config),
             "postprocess": dataclasses.asdict(self.postprocess),
             "settings": limits,
         }
+
+
+def shown_path(model_path: Path, results_dir: Path) -> str:
+    """``model_path`` as a client sees it: relative to ``results_dir``, else its name alone."""
+    try:
+        return model_path.resolve().relative_to(results_dir.resolve()).as_posix()
+    except ValueError:
+        return model_path.name
 
 
 @dataclasses.dataclass(frozen=True)

@@ -140,7 +140,7 @@ def test_the_service_says_it_is_ready_and_serves_the_latest_trained_model(served
     status, _, body = server.request("/model")
     described = json.loads(body)
     tuned = json.loads((project / "final" / "config.json").read_text())["postprocess"]
-    assert described["model"] == str(project / "final" / "model.keras")
+    assert described["model"] == f"{project.name}/final/model.keras"  # not the server's folders
     flags = dict(zip(low_thresholds[::2], low_thresholds[1::2], strict=True))
     assert described["postprocess"] == {
         **tuned,
@@ -332,22 +332,42 @@ def test_sixteen_concurrent_requests_are_all_answered_correctly_in_shared_batche
     assert batches < 16  # requests shared forward passes
 
 
-@pytest.mark.slow
-def test_a_full_service_answers_503_with_retry_after(trained_project):
+@pytest.fixture(scope="module")
+def small_server(trained_project):
+    """A server admitting one request at a time (and so 1 * 2 + 8 = 10 connections)."""
     project, _ = trained_project
     server = Server(project.parent, "--max-pending", "1", "--read-timeout", "20")
+    yield server
+    server.stop()
+
+
+@pytest.mark.slow
+def test_a_full_service_answers_503_with_retry_after(small_server):
+    with socket.create_connection(("127.0.0.1", small_server.port), timeout=30) as holder:
+        holder.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+            b"Content-Length: 5000\r\n\r\n" + jpeg_bytes()[:100]
+        )
+        time.sleep(1)  # the first request is admitted and waits for its body
+        status, headers, body = small_server.predict(jpeg_bytes(), **{"Content-Type": "image/jpeg"})
+    assert status == 503 and headers["Retry-After"] == "1"
+    assert "busy" in json.loads(body)["error"]
+
+
+@pytest.mark.slow
+def test_connections_beyond_the_limit_get_a_503_json_error_and_the_service_goes_on(small_server):
+    idle = [socket.create_connection(("127.0.0.1", small_server.port)) for _ in range(10)]
     try:
-        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as holder:
-            holder.sendall(
-                b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
-                b"Content-Length: 5000\r\n\r\n" + jpeg_bytes()[:100]
-            )
-            time.sleep(1)  # the first request is admitted and waits for its body
-            status, headers, body = server.predict(jpeg_bytes(), **{"Content-Type": "image/jpeg"})
-        assert status == 503 and headers["Retry-After"] == "1"
-        assert "busy" in json.loads(body)["error"]
+        status, headers, body = small_server.request("/health")  # the eleventh connection
     finally:
-        server.stop()
+        for connection in idle:
+            connection.close()
+    assert status == 503 and headers["Retry-After"] == "1"
+    assert json.loads(body) == {
+        "error": "the service has too many connections (at most 10): try again shortly"
+    }
+    time.sleep(0.5)  # the server notices the closed connections
+    assert small_server.request("/health")[0] == 200
 
 
 CHROMIUM_FLAGS = [
