@@ -20,10 +20,12 @@ from shipseg import runtime  # noqa: I001  (first: it imports TensorFlow quietly
 
 runtime.import_tensorflow_quietly()
 
-from shipseg import cli, ships
+from shipseg import cli
 from shipseg.service import ServeSettings
 
 MEGABYTE = 2**20
+# Seconds an idle kept-alive connection stays open (it counts among the connections).
+KEEP_ALIVE_S = 5
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--port", type=int, default=defaults.port)
     parser.add_argument(
-        "--pixel-size", type=float, default=ships.DEFAULT_PIXEL_SIZE, help="metres per pixel"
+        "--pixel-size", type=float, default=defaults.pixel_size, help="metres per pixel"
     )
     batching = parser.add_argument_group("batching and limits")
     batching.add_argument(
@@ -60,10 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-pending",
         type=int,
         default=defaults.max_pending,
-        help="requests served at once; more are answered 503 with Retry-After",
+        help="requests served at once (and 2x + 8 connections); more get 503 with Retry-After",
     )
     batching.add_argument(
-        "--max-upload", type=float, default=32, help="largest request body, in MiB"
+        "--max-upload",
+        type=float,
+        default=defaults.max_upload / MEGABYTE,
+        help="largest request body, in MiB",
     )
     batching.add_argument(
         "--max-pixels", type=int, default=defaults.max_pixels, help="largest image, in pixels"
@@ -114,10 +119,9 @@ def serve(settings: ServeSettings) -> None:
         host=settings.host,
         port=settings.port,
         log_level="warning",
-        # Connections beyond these get 503 before their request is read (memory stays bounded).
-        limit_concurrency=settings.max_pending * 2 + 8,
-        timeout_keep_alive=5,
-        http=connections.with_read_timeout(settings.read_timeout),  # headers, as bodies
+        timeout_keep_alive=KEEP_ALIVE_S,
+        # A deadline on each request's headers and a bound on connections (memory stays bounded).
+        http=connections.protocol(settings.read_timeout, settings.max_connections),
     )
 
 

@@ -18,13 +18,11 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from shipseg import uploads
-from shipseg.errors import RequestError
+from shipseg.errors import RequestError, ServiceBusyError
 from shipseg.service import Detector
 
 PAGE = Path(__file__).with_name("page.html")
 GEOJSON = "application/geo+json"
-# Seconds a client told "busy" (503) should wait before trying again.
-RETRY_AFTER = 1
 # /predict's body, for the OpenAPI page (the route reads the raw stream to bound it).
 UPLOAD_BODY = {
     "requestBody": {
@@ -53,7 +51,7 @@ class Admission:
 
     def __enter__(self):
         if self.busy >= self.limit:
-            raise RequestError(503, "the service is busy: try again shortly")
+            raise ServiceBusyError()
         self.busy += 1  # The event loop's thread alone counts: no lock needed.
 
     def __exit__(self, *exc_info):
@@ -132,7 +130,8 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestError)
     async def bad_request(request: Request, error: RequestError) -> JSONResponse:
-        headers = {"Retry-After": str(RETRY_AFTER)} if error.status == 503 else None
+        busy = isinstance(error, ServiceBusyError)
+        headers = {"Retry-After": str(error.retry_after)} if busy else None
         return JSONResponse({"error": str(error)}, error.status, headers=headers)
 
     @app.exception_handler(HTTPException)

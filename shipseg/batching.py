@@ -58,8 +58,21 @@ class Batcher:
         return future
 
     def predict_all(self, images: Sequence[np.ndarray]) -> list:
-        """Submits several images (a scene's tiles) and waits for all, blocking this thread."""
-        futures = [self.submit(image) for image in images]
+        """Submits several images (a scene's tiles) and waits for all, blocking this thread.
+
+        Raises:
+            QueueFullError: When the queue fills before the last image is in; the images
+                already queued are cancelled (the network skips them), not predicted for a
+                request that has been refused.
+        """
+        futures: list[concurrent.futures.Future] = []
+        try:
+            for image in images:
+                futures.append(self.submit(image))
+        except QueueFullError:
+            for future in futures:
+                future.cancel()
+            raise
         return [future.result() for future in futures]
 
     def close(self) -> None:

@@ -1,15 +1,18 @@
-"""The service's HTTP connections: uvicorn's, with a deadline on each request's headers.
+"""The service's HTTP connections: uvicorn's HTTP/1.1 protocol with the service's own limits.
 
 uvicorn bounds the idle time between requests (``timeout_keep_alive``) and ``uploads.py``
 bounds the time a body takes, but nothing bounds the time a client takes to send a request's
 headers: a client that connects and stalls, or stops halfway through its headers, would hold
-its connection for ever, and enough of them would use up ``limit_concurrency`` so that every
-other client got 503. Here the headers must arrive within ``read_timeout`` seconds of the
-connection, or of the first byte of the next request on a kept-alive connection; a client
-that misses it gets a 408 JSON error and its connection is closed. Malformed HTTP gets a 400
-JSON error (uvicorn's own answer is plain text), and so does a request beyond
-``limit_concurrency`` (503, with ``Retry-After``), which this protocol enforces in uvicorn's
-place for that reason.
+its connection for ever, and enough of them would leave no connection for anyone else. Here:
+
+- the headers must arrive within ``read_timeout`` seconds of the connection, or of the first
+  byte of the next request on a kept-alive connection (408 and the connection closed);
+- a request while more than ``max_connections`` connections are open (or requests in
+  progress) gets 503 with ``Retry-After`` and its connection closed, as uvicorn's
+  ``limit_concurrency`` does, but in JSON (uvicorn's own answer is plain text);
+- malformed HTTP gets 400.
+
+Every answer is the service's ``{"error": "..."}``.
 """
 
 from __future__ import annotations
@@ -21,21 +24,35 @@ from collections.abc import Awaitable, Callable
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from shipseg.errors import ServiceBusyError
 
-class HeadDeadlineProtocol(H11Protocol):
-    """uvicorn's HTTP/1.1 protocol, closing connections whose headers arrive too late."""
+ASGIApp = Callable[..., Awaitable[None]]
 
-    read_timeout = 30.0  # seconds; ``with_read_timeout`` makes a subclass with another
-    retry_after = 1  # seconds a client refused for too many connections should wait
+
+def protocol(read_timeout: float, max_connections: int) -> type[ServiceProtocol]:
+    """The protocol class to pass to ``uvicorn.run(http=...)`` with these limits."""
+    limits = {"read_timeout": read_timeout, "max_connections": max_connections}
+    return type("ServiceProtocol", (ServiceProtocol,), limits)
+
+
+def error_json(message: str) -> bytes:
+    """The service's error body."""
+    return json.dumps({"error": message}).encode()
+
+
+class ServiceProtocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with a deadline on headers and a connection limit.
+
+    Not used itself: ``protocol(...)`` makes the subclass that holds the limits.
+    """
+
+    read_timeout: float  # seconds
+    max_connections: int
     _head_deadline: asyncio.TimerHandle | None = None
 
-    def __init__(self, *args, **kwargs) -> None:  # noqa: D107
+    def __init__(self, *args, **kwargs) -> None:  # noqa: D107 (uvicorn's arguments)
         super().__init__(*args, **kwargs)
-        # uvicorn checks limit_concurrency before each request and answers in plain text; the
-        # check moves into the application this protocol runs, to answer in JSON.
-        self.connection_limit, self.limit_concurrency = self.limit_concurrency, None
-        if self.connection_limit is not None:
-            self.app = self._limited(self.app)
+        self.app = self._limited(self.app)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # noqa: D102
         super().connection_made(transport)
@@ -58,24 +75,24 @@ class HeadDeadlineProtocol(H11Protocol):
         """Malformed HTTP gets the service's JSON error too, not uvicorn's plain text."""
         self._answer_and_close(400, "Bad Request", f"malformed HTTP request: {msg}")
 
-    def _limited(self, app: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
-        """``app`` behind uvicorn's test: connections or requests beyond the limit get 503."""
+    def _limited(self, app: ASGIApp) -> ASGIApp:
+        """``app`` behind the connection limit (checked, as uvicorn does, once per request)."""
 
-        async def limited(scope, receive, send) -> None:
-            # As uvicorn counts, but from inside the request's own task (hence ``>``).
-            limit = self.connection_limit
-            if len(self.connections) > limit or len(self.tasks) > limit:
-                error = f"the service has too many connections (at most {limit}): try again shortly"
-                body = json.dumps({"error": error}).encode()
-                headers = [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"retry-after", str(self.retry_after).encode()),
-                ]
-                await send({"type": "http.response.start", "status": 503, "headers": headers})
-                await send({"type": "http.response.body", "body": body})
-                return
-            await app(scope, receive, send)
+        async def limited(scope: dict, receive: ASGIApp, send: ASGIApp) -> None:
+            # Counted from inside the request's own task, which both counts include.
+            limit = self.max_connections
+            if len(self.connections) <= limit and len(self.tasks) <= limit:
+                return await app(scope, receive, send)
+            refusal = ServiceBusyError(f"the service has too many connections (at most {limit})")
+            body = error_json(str(refusal))
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"retry-after", str(refusal.retry_after).encode()),
+                (b"connection", b"close"),  # its slot is freed at once, not after keep-alive
+            ]
+            await send({"type": "http.response.start", "status": 503, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
 
         return limited
 
@@ -92,6 +109,7 @@ class HeadDeadlineProtocol(H11Protocol):
             self._head_deadline = None
 
     def _head_too_late(self) -> None:
+        """The deadline's callback: answers 408 unless the headers came in the meantime."""
         self._head_deadline = None
         if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
             return
@@ -99,16 +117,14 @@ class HeadDeadlineProtocol(H11Protocol):
         self._answer_and_close(408, "Request Timeout", error)
 
     def _answer_and_close(self, status: int, reason: str, error: str) -> None:
-        # Written by hand: h11 sends no response to a request it has not (validly) received.
-        body = json.dumps({"error": error}).encode()
+        """Writes an error to the socket and closes it.
+
+        Written by hand: h11 sends no response to a request it has not (validly) received.
+        """
+        body = error_json(error)
         head = (
             f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
             f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
         )
         self.transport.write(head.encode() + body)
         self.transport.close()
-
-
-def with_read_timeout(seconds: float) -> type[HeadDeadlineProtocol]:
-    """The protocol class to pass to ``uvicorn.run(http=...)`` for a deadline of ``seconds``."""
-    return type("HeadDeadlineProtocol", (HeadDeadlineProtocol,), {"read_timeout": seconds})

@@ -30,3 +30,16 @@ class RequestError(ShipsegError):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
+
+
+class ServiceBusyError(RequestError):
+    """The service is at one of its limits: 503, and the client may retry after a second.
+
+    Attributes:
+        retry_after: Seconds the client should wait (the ``Retry-After`` header).
+    """
+
+    retry_after = 1
+
+    def __init__(self, limit: str = "the service is busy"):
+        super().__init__(503, f"{limit}: try again shortly")

@@ -36,8 +36,8 @@ from shipseg.errors import RequestError
 class ServeSettings:
     """Everything ``serve.py`` is told (see ``python serve.py --help`` for each).
 
-    Memory stays bounded: at most ``max_pending`` requests are admitted at once (others get
-    503 and ``Retry-After``), each holding at most ``max_upload`` bytes and ``max_pixels``
+    Memory stays bounded: at most ``max_pending`` requests are admitted at once and
+    ``max_connections`` connections held (beyond either: 503 and ``Retry-After``), each holding at most ``max_upload`` bytes and ``max_pixels``
     decoded pixels (3 bytes each), and one scene is tiled at a time.
     """
 
@@ -70,6 +70,11 @@ class ServeSettings:
                 raise errors.UserError(f"--{name.replace('_', '-')} must be above 0")
         if not 0 <= self.overlap < self.tile:
             raise errors.UserError("--overlap must be in [0, --tile)")
+
+    @property
+    def max_connections(self) -> int:
+        """Connections held at once: each admitted request, as many waiting, and a few more."""
+        return 2 * self.max_pending + 8
 
 
 class Detector:
@@ -133,7 +138,7 @@ class Detector:
         try:
             future = self.batcher.submit(image)
         except batching.QueueFullError:
-            raise RequestError(503, "the service is busy: try again shortly") from None
+            raise errors.ServiceBusyError() from None
         return await asyncio.wrap_future(future)
 
     def _predict_scene(self, scene: np.ndarray) -> prediction.Prediction:
@@ -152,7 +157,7 @@ class Detector:
         try:
             done = self.batcher.predict_all(list(tiles))
         except batching.QueueFullError:
-            raise RequestError(503, "the service is busy: try again shortly") from None
+            raise errors.ServiceBusyError() from None
         probabilities = np.stack([tile.probabilities for tile in done])
         head = [tile.ship_probability for tile in done]
         return probabilities, None if head[0] is None else np.asarray(head, np.float32)

@@ -93,3 +93,24 @@ def test_a_request_that_gives_up_is_dropped_and_the_network_thread_serves_on():
     assert batcher.submit(np.ones((2, 2, 3))).result(timeout=10) == 1.0
     assert batcher.alive and (3, 3, 3) not in [shape for call in model.calls for shape in call]
     batcher.close()
+
+
+def test_a_scene_refused_for_a_full_queue_leaves_none_of_its_tiles_to_predict():
+    release = threading.Event()
+    model = RecordingModel()
+
+    def slow(images):
+        release.wait(10)
+        return model(images)
+
+    batcher = Batcher(slow, max_batch=1, max_wait=0.0, max_queue=2)
+    running = batcher.submit(np.zeros((2, 2, 3)))
+    time.sleep(0.1)  # taken by the network thread; two places left in the queue
+    tiles = [np.full((5, 5, 3), value, np.float32) for value in range(3)]
+    with pytest.raises(QueueFullError):
+        batcher.predict_all(tiles)
+    release.set()
+    assert running.result(timeout=10) == 0.0
+    assert batcher.submit(np.ones((2, 2, 3))).result(timeout=10) == 1.0
+    assert (5, 5, 3) not in [shape for call in model.calls for shape in call]
+    batcher.close()
