@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
@@ -31,7 +30,7 @@ runtime.import_tensorflow_quietly()
 import numpy as np
 
 import pipeline
-from shipseg import airbus, cli, export, models, splits
+from shipseg import airbus, atomic, cli, export, models, splits
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,7 +89,7 @@ def run_export(settings: ExportSettings) -> dict:
         raise errors.UserError(f"{model_path}: export takes the .keras model that train.py wrote")
     model = models.load_model(model_path)
     config_path = model_path.parent / "config.json"
-    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    config = atomic.read_json(config_path) if config_path.is_file() else {}
     size = settings.image_size
     images = parity_images(settings.parity_images, config, size)
     out_dir = Path(settings.out) if settings.out else models.project_folder(model_path) / "export"

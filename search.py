@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 import time
@@ -384,7 +383,7 @@ def report_command(args: argparse.Namespace) -> None:
     trials_path = project_dir / "trials.csv"
     if not trials_path.is_file():
         raise errors.UserError(f"{trials_path}: no trials to report on (run the search first)")
-    objective = json.loads((project_dir / "search_config.json").read_text())["objective"]
+    objective = atomic.read_json(project_dir / "search_config.json")["objective"]
     trials = pd.read_csv(trials_path, dtype={"trial_id": str})
     names = [dimension.name for dimension in hypermodel.DEFAULT_SPACE]
     with locks.hold(project_dir, "--project"):

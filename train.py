@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -84,22 +83,26 @@ def build_parser() -> argparse.ArgumentParser:
         "a plain {name: value} object) instead of the best trial",
     )
     parser.add_argument("--project", help="results/<project> of the search (default: the latest)")
-    parser.add_argument("--results-dir", default="results")
+    defaults = TrainOptions()
+    parser.add_argument("--results-dir", default=defaults.results_dir)
     parser.add_argument("--seed", type=int, help="default: the search's seed")
-    parser.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2))
-    _training_options(parser.add_argument_group("training"))
+    parser.add_argument("--verbose", type=int, default=defaults.verbose, choices=(0, 1, 2))
+    _training_options(parser.add_argument_group("training"), defaults)
     _evaluation_options(parser.add_argument_group("evaluation"))
     return parser
 
 
-def _training_options(group) -> None:
+def _training_options(group, defaults: TrainOptions) -> None:
     """How long to train, on what, and which epoch to keep."""
-    group.add_argument("--epochs", type=int, default=30, help="most epochs")
+    group.add_argument("--epochs", type=int, default=defaults.epochs, help="most epochs")
     group.add_argument(
         "--images-per-epoch", type=int, help="training images per epoch (default: as in the search)"
     )
     group.add_argument(
-        "--patience", type=int, default=6, help="epochs without improvement before stopping early"
+        "--patience",
+        type=int,
+        default=defaults.patience,
+        help="epochs without improvement before stopping early",
     )
     group.add_argument(
         "--time-budget",
@@ -119,8 +122,9 @@ def _training_options(group) -> None:
     group.add_argument(
         "--val-images",
         type=int,
-        default=VAL_IMAGES,
-        help="validate on at most this many whole val images (share of empty ones kept)",
+        default=defaults.val_images,
+        help="validate on at most this many whole val images (share of empty ones kept); "
+        "with --folds a fold validates on the whole next fold",
     )
     group.add_argument(
         "--full",
@@ -179,14 +183,7 @@ def find_project(results_dir: Path, project: str | None) -> Path:
 
 def load_hyperparameters(path: Path) -> dict:
     """Reads hyperparameters from ``best_hparams.json`` or a plain JSON object, and checks them."""
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise errors.UserError(f"{path}: file not found") from None
-    except json.JSONDecodeError as error:
-        raise errors.UserError(
-            f"{path}: not valid JSON ({error.msg}, line {error.lineno})"
-        ) from None
+    data = atomic.read_json(path)
     values = data.get("hyperparameters", data) if isinstance(data, dict) else None
     if not isinstance(values, dict):
         raise errors.UserError(f"{path}: expected a JSON object of hyperparameters")
@@ -254,8 +251,15 @@ class TrainOptions:
 
     def __post_init__(self):
         """Raises ``errors.UserError`` (naming the option) for a count out of its range."""
-        if self.epochs < 1:
-            raise errors.UserError("--epochs must be at least 1")
+        counts = ("epochs", 1), ("val_images", 1), ("images_per_epoch", 1), ("patience", 0)
+        for name, least in counts:
+            value = getattr(self, name)
+            if value is not None and value < least:
+                raise errors.UserError(f"--{name.replace('_', '-')} must be at least {least}")
+        if self.full and self.folds is not None:
+            raise errors.UserError(
+                "--full cannot go with --folds (each fold validates on the next fold)"
+            )
         if self.folds is not None and self.folds < 3:
             raise errors.UserError(
                 "--folds must be at least 3 (a test fold, a validation fold, one to train on)"
@@ -273,7 +277,7 @@ class TrainOptions:
 def load_run(options: TrainOptions) -> Run:
     """Reads the project, the configuration and the data, and checks the settings."""
     project_dir = find_project(Path(options.results_dir), options.project)
-    search_config = json.loads((project_dir / "search_config.json").read_text())
+    search_config = atomic.read_json(project_dir / "search_config.json")
     hparams_path = Path(options.hparams) if options.hparams else project_dir / "best_hparams.json"
     if not hparams_path.is_file():
         raise errors.UserError(

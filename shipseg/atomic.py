@@ -1,5 +1,8 @@
 """Atomic file writing: a result file either holds its whole content or does not exist.
 
+(And ``read_json``, for reading such a file back with a one-line error where it is missing
+or was edited into invalid JSON.)
+
 Every result the toolkit writes goes through a temporary file in the same folder, flushed to
 disk, renamed into place, and the folder flushed too: a run killed mid-write, or a power cut,
 never leaves a half-written or empty file under a complete name. The flushes cost about 0.6 ms
@@ -16,6 +19,8 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from shipseg import errors
 
 
 def _read_umask() -> int:
@@ -73,6 +78,22 @@ def write_text_atomically(path: str | os.PathLike, text: str) -> None:
 def write_json_atomically(path: str | os.PathLike, data) -> None:
     """Writes JSON to ``path`` atomically."""
     write_text_atomically(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json(path: str | os.PathLike):
+    """The JSON in ``path``.
+
+    Raises:
+        errors.UserError: Naming the file, when it is missing or not valid JSON.
+    """
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise errors.UserError(f"{path}: file not found") from None
+    except json.JSONDecodeError as error:
+        raise errors.UserError(
+            f"{path}: not valid JSON ({error.msg}, line {error.lineno})"
+        ) from None
 
 
 @contextlib.contextmanager

@@ -8,14 +8,13 @@ same image gives the same ships, run-length rows and geometry whichever way it a
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
-from shipseg import drawing, export, records, scoring, ships
+from shipseg import atomic, drawing, export, records, scoring, ships
 from shipseg.errors import UserError
 from shipseg.inputs import InputConfig
 from shipseg.prediction import Prediction, ship_score
@@ -45,7 +44,7 @@ def load_settings(
     """
     exported = model_path.suffix == ".tflite"
     config_path = model_path.parent / (export.EXPORT_JSON if exported else "config.json")
-    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    config = atomic.read_json(config_path) if config_path.is_file() else {}
     if not config:
         print(
             f"warning: {config_path} not found: predicting at full resolution with default "

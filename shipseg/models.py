@@ -1,6 +1,6 @@
 """Finding and loading a trained model: the ``.keras`` file ``train.py`` wrote, or a TFLite export.
 
-Shared by ``inference.py`` and ``export.py``. A model that cannot be used is a one-line
+Shared by ``inference.py``, ``export.py`` and the service. A model that cannot be used is a one-line
 ``UserError`` naming the file.
 """
 

@@ -138,11 +138,38 @@ def train_model(
     model = model_builder.build(hp)
     checkpoint, callbacks = training_callbacks(settings, out_dir, validation is not None)
     start = time.perf_counter()
+    dataset = inputs.training_dataset(train_table, settings.input_config, settings.seed)
+    fit_keeping_the_best(model_builder, hp, model, dataset, settings, callbacks, checkpoint)
+    seconds = time.perf_counter() - start
+    history = _finish_history(out_dir)
+    return {
+        "history": history,
+        "best_epoch": int(checkpoint.best_epoch) + 1,
+        "seconds": seconds,
+        "stopped_by_budget": any(isinstance(c, budget.TimeBudget) and c.stopped for c in callbacks),
+    }
+
+
+def fit_keeping_the_best(
+    model_builder: space.ShipUNetHyperModel,
+    hp: keras_tuner.HyperParameters,
+    model: keras.Model,
+    dataset,
+    settings: TrainSettings,
+    callbacks: list[keras.callbacks.Callback],
+    checkpoint: AtomicCheckpoint,
+) -> None:
+    """Runs the fit; a training that diverged or kept no epoch is a one-line error.
+
+    Raises:
+        errors.UserError: When training stopped on a non-finite loss (naming the best epoch
+            kept before it, if any), or ended without any epoch to keep.
+    """
     try:
         model_builder.fit(
             hp,
             model,
-            inputs.training_dataset(train_table, settings.input_config, settings.seed),
+            dataset,
             epochs=settings.epochs,
             callbacks=callbacks,
             verbose=settings.verbose,
@@ -154,14 +181,9 @@ def train_model(
             else ""
         )
         raise errors.UserError(f"training stopped: {error}{kept}") from None
-    seconds = time.perf_counter() - start
-    history = _finish_history(out_dir)
-    return {
-        "history": history,
-        "best_epoch": int(checkpoint.best_epoch) + 1,
-        "seconds": seconds,
-        "stopped_by_budget": any(isinstance(c, budget.TimeBudget) and c.stopped for c in callbacks),
-    }
+    if checkpoint.best_epoch is None:
+        watched = f"loss and {checkpoint.monitor}" if checkpoint.monitor else "loss"
+        raise errors.UserError(f"{checkpoint.path}: not written, no epoch had a finite {watched}")
 
 
 def _finish_history(out_dir: Path) -> pd.DataFrame:

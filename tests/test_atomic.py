@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from shipseg import atomic
+from shipseg import atomic, errors
 
 
 def test_atomic_writes_leave_normal_permissions(tmp_path):
@@ -67,3 +67,16 @@ def test_atomic_writes_are_flushed_to_disk_before_and_after_the_rename(tmp_path,
     atomic.write_text_atomically(tmp_path / "metrics.json", "{}")
     assert flushed[0].parent == tmp_path and flushed[0].name.startswith(".metrics.json.")
     assert flushed[-1] == tmp_path
+
+
+def test_a_json_file_read_back_names_the_file_when_it_is_missing_or_not_json(tmp_path):
+    path = tmp_path / "config.json"
+    with pytest.raises(errors.UserError, match=f"^{path}: file not found$"):
+        atomic.read_json(path)
+    path.write_text('{"seed": 1,\n "epochs": }')
+    with pytest.raises(
+        errors.UserError, match=rf"^{path}: not valid JSON \(Expecting value, line 2\)$"
+    ):
+        atomic.read_json(path)
+    atomic.write_json_atomically(path, {"seed": 1})
+    assert atomic.read_json(path) == {"seed": 1}
