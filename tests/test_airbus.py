@@ -35,7 +35,9 @@ def test_read_dataset_on_real_sample(airbus_sample):
     assert all(Path(path).parent.name == "images" for path in table.path)
 
 
-def test_read_dataset_table(synthetic_dataset, synthetic_table):
+def test_the_dataset_table_has_one_row_per_image_with_its_ships_and_their_rles(
+    synthetic_dataset, synthetic_table
+):
     table = synthetic_table
     rows = csv_rows(synthetic_dataset)
     assert list(table.columns) == [
@@ -205,7 +207,7 @@ def image_folder(tmp_path) -> Path:
     return folder
 
 
-def test_list_images_folder(image_folder):
+def test_a_folder_lists_its_images_by_name_whatever_the_suffix_case(image_folder):
     assert airbus.list_images([image_folder]) == [
         image_folder / "a.JPEG",
         image_folder / "b.jpg",

@@ -90,7 +90,8 @@ def test_search_space_overrides_fix_restrict_and_narrow():
     }
     hp = keras_tuner.HyperParameters()
     assert space["levels"].define(hp) == 4
-    assert isinstance(hp._hps["levels"][0], keras_tuner.engine.hyperparameters.Fixed)
+    levels = next(defined for defined in hp.space if defined.name == "levels")
+    assert isinstance(levels, keras_tuner.engine.hyperparameters.Fixed)
     assert space["base_filters"].values == (8, 32)
     assert space["learning_rate"].values == (1e-4, 1e-3) and space["learning_rate"].log
     assert space["batch_norm"].define(hp) is False

@@ -1,11 +1,13 @@
 """Keras Tuner's private API, used only through ``shipseg.kt_private``: still where it was."""
 
 import inspect
+import json
+from pathlib import Path
 
 import keras_tuner
 import pytest
 
-from shipseg import kt_private
+from shipseg import atomic, kt_private, tuning
 
 # The private methods the adapter calls (or the tuner's oracle overrides), with their arguments.
 PRIVATE_METHODS = {
@@ -84,3 +86,23 @@ def test_the_best_epoch_checkpoint_and_the_trial_files_go_through_the_atomic_wri
     trial = oracle.create_trial("tuner0")
     oracle.update_trial(trial.trial_id, {"loss": 1.0})  # Keras Tuner calls its _save_trial
     assert kt_private.trial_path(oracle, trial.trial_id) in written
+
+
+def test_the_searchs_oracle_writes_its_state_and_its_trials_atomically(tmp_path, monkeypatch):
+    written = []
+    real = atomic.write_text_atomically
+
+    def spy(path, text):
+        written.append(Path(path).relative_to(tmp_path))
+        real(path, text)
+
+    monkeypatch.setattr(atomic, "write_text_atomically", spy)
+    oracle = tuning.BudgetedHyperbandOracle(objective="val_dice", max_epochs=2, factor=2)
+    oracle._set_project_dir(str(tmp_path), "project")
+    trial = oracle.create_trial("tuner0")
+    oracle.save()
+    oracle._save_trial(trial)
+    assert Path("project/oracle.json") in written
+    assert Path(f"project/trial_{trial.trial_id}/trial.json") in written
+    reloaded = json.loads((tmp_path / "project" / "oracle.json").read_text())
+    assert reloaded == json.loads(json.dumps(oracle.get_state()))

@@ -25,6 +25,7 @@ SOURCES = sorted(
     path for path in [*ROOT.glob("*.py"), *ROOT.glob("shipseg/*.py"), *ROOT.glob("benchmarks/*.py")]
 )
 PACKAGE = sorted(ROOT.glob("shipseg/*.py"))
+TESTS = sorted(ROOT.glob("tests/*.py"))
 
 
 @functools.cache
@@ -138,7 +139,11 @@ def private_keras_tuner_uses(path: Path, private: set[str]) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("path", [p for p in SOURCES if p.name != "kt_private.py"], ids=relative)
+@pytest.mark.parametrize(
+    "path",
+    [p for p in [*SOURCES, *TESTS] if p.name not in ("kt_private.py", "test_kt_private.py")],
+    ids=relative,
+)
 def test_keras_tuners_private_api_is_used_only_through_kt_private(path):
     private = keras_tuner_private_names() - own_names([parse(p) for p in SOURCES])
     assert not private_keras_tuner_uses(path, private), "move it into shipseg/kt_private.py"

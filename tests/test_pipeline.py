@@ -57,7 +57,7 @@ def crop_config(**changes) -> pipeline.InputConfig:
     return pipeline.InputConfig(**{**settings_, **changes})
 
 
-def test_input_config_validation():
+def test_an_input_configuration_out_of_range_is_refused_naming_the_field():
     with pytest.raises(ValueError, match="'crop' or 'resize'"):
         pipeline.InputConfig(mode="tile")
     with pytest.raises(ValueError, match="at least 8"):
@@ -133,7 +133,7 @@ def test_training_stream_is_reproducible(synthetic_table):
     assert not batched.options().autotune.enabled
 
 
-def test_resize_mode(synthetic_table):
+def test_resize_mode_gives_whole_images_at_the_input_size_with_binary_masks(synthetic_table):
     config = pipeline.InputConfig(mode="resize", size=48, augment=True)
     images, masks = take_batch(pipeline.training_dataset(synthetic_table, config, seed=0), 8)
     assert images.shape == (8, 48, 48, 3) and masks.shape == (8, 48, 48, 1)
@@ -224,7 +224,7 @@ def evaluation_batches(table, config=None, batch_size=4):
     ]
 
 
-def test_evaluation_dataset(synthetic_table):
+def test_evaluation_batches_hold_every_image_once_in_order_decoded_as_pil_does(synthetic_table):
     table = synthetic_table.iloc[:10].reset_index(drop=True)
     batches = evaluation_batches(table, batch_size=4)
     assert [len(positions) for positions, _, _ in batches] == [4, 4, 2]

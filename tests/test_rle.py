@@ -210,7 +210,7 @@ def test_decoder_pixel_counts_on_real_rows(airbus_sample):
         assert rle_encode(mask) == " ".join(rle.split())
 
 
-def test_known_real_rows(airbus_sample):
+def test_real_airbus_rows_decode_to_their_known_pixel_counts_and_places(airbus_sample):
     rows = csv_rows(airbus_sample)
     ship = rows[rows.ImageId == "0002756f7.jpg"].EncodedPixels.tolist()
     assert len(ship) == 2

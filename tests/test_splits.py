@@ -33,7 +33,7 @@ def test_split_parts_are_disjoint_and_cover_every_image(split_table):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_split_is_stratified(split_table, seed):
+def test_each_ship_count_group_is_cut_by_the_split_fractions(split_table, seed):
     split = splits.make_split(split_table, 0.15, 0.2, seed=seed).merge(split_table, on="ImageId")
     whole = (split.ship_count == 0).mean()
     for name, part in split.groupby("split"):
@@ -47,12 +47,12 @@ def test_split_is_stratified(split_table, seed):
             assert abs((members.split == name).sum() - fraction * len(members)) <= 1, stratum
 
 
-def test_ship_count_stratum():
+def test_ship_counts_fall_into_five_strata():
     groups = [splits.ship_count_stratum(n) for n in range(8)]
     assert groups == ["0", "1", "2", "3-4", "3-4", "5+", "5+", "5+"]
 
 
-def test_split_seed(split_table):
+def test_the_same_seed_gives_the_same_split_and_another_a_different_one(split_table):
     first = splits.make_split(split_table, seed=7)
     pd.testing.assert_frame_equal(first, splits.make_split(split_table, seed=7))
     other = splits.make_split(split_table, seed=8)
@@ -102,7 +102,9 @@ def test_load_split_drops_images_the_dataset_no_longer_has(split_table, tmp_path
         ("ImageId,split,group\na.jpg,train,first\n", "group column must hold whole numbers"),
     ],
 )
-def test_load_split_errors(tmp_path, content, message):
+def test_a_bad_split_file_is_a_data_error_naming_the_file_and_the_problem(
+    tmp_path, content, message
+):
     path = tmp_path / "split.csv"
     if isinstance(content, bytes):
         path.write_bytes(content)

@@ -116,7 +116,7 @@ def test_synthetic_ships_are_single_regions_where_the_rle_says(synthetic_table):
     assert len(set(sizes)) >= 5 and max(sizes) >= 3 * min(sizes)
 
 
-def test_ensure_synthetic_dataset(tmp_path):
+def test_the_synthetic_dataset_is_reused_regrown_and_never_written_over_a_foreign_folder(tmp_path):
     small = synthetic.SyntheticConfig(train_images=3, test_images=0, image_size=32, seed=0)
     out = synthetic.ensure_synthetic_dataset(tmp_path / "syn", small)
     csv = out / airbus.CSV_NAME

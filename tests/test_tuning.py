@@ -1,14 +1,11 @@
 """The isolated tuner's pieces that run inside a trial process, called directly."""
 
-import json
-from pathlib import Path
-
 import keras
 import keras_tuner
 import numpy as np
 
 import hypermodel
-from shipseg import atomic, tuning
+from shipseg import tuning
 
 
 def execution(builder, hp, tmp_path, warm_start=None) -> tuning.TrialExecution:
@@ -49,23 +46,3 @@ def test_a_promoted_trial_continues_with_the_weights_and_optimizer_state_it_save
             keras.ops.convert_to_numpy(saved), keras.ops.convert_to_numpy(loaded)
         )
     assert (tmp_path / "build_config.json").is_file()
-
-
-def test_keras_tuner_state_is_written_atomically(tmp_path, monkeypatch):
-    written = []
-    real = atomic.write_text_atomically
-
-    def spy(path, text):
-        written.append(Path(path).relative_to(tmp_path))
-        real(path, text)
-
-    monkeypatch.setattr(atomic, "write_text_atomically", spy)
-    oracle = tuning.BudgetedHyperbandOracle(objective="val_dice", max_epochs=2, factor=2)
-    oracle._set_project_dir(str(tmp_path), "project")
-    trial = oracle.create_trial("tuner0")
-    oracle.save()
-    oracle._save_trial(trial)
-    assert Path("project/oracle.json") in written
-    assert Path(f"project/trial_{trial.trial_id}/trial.json") in written
-    reloaded = json.loads((tmp_path / "project" / "oracle.json").read_text())
-    assert reloaded == json.loads(json.dumps(oracle.get_state()))
