@@ -98,10 +98,7 @@ class InferenceSettings:
         """Raises ``errors.UserError`` (naming the option) for a setting out of its range."""
         if self.batch_size < 1:
             raise errors.UserError("--batch-size must be at least 1")
-        if self.tile < 1 or self.tile_above < 1 or not 0 <= self.overlap < self.tile:
-            raise errors.UserError(
-                "--tile and --tile-above must be at least 1, and --overlap in [0, --tile)"
-            )
+        cli.check_scene_options(self.tile, self.tile_above, self.overlap)
 
 
 def settings_from(args: argparse.Namespace) -> InferenceSettings:

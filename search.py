@@ -394,7 +394,9 @@ def search_data_dir(settings: SearchSettings) -> Path:
     """The ``--data-dir``, or the synthetic dataset (made on first use) without one."""
     if settings.data_dir is not None:
         return Path(settings.data_dir)
-    data_dir = synthetic.ensure_synthetic_dataset(Path(settings.results_dir) / "synthetic-data")
+    data_dir = synthetic.ensure_synthetic_dataset(
+        Path(settings.results_dir) / synthetic.SYNTHETIC_DIR_NAME
+    )
     print(
         f"No --data-dir given: searching on the synthetic dataset in {data_dir} with a small "
         f"budget. For real data: python search.py --data-dir PATH (a folder with train_v2/ "

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from shipseg import outlines, tiling
-from shipseg.errors import ShipsegError
+from shipseg.errors import ShipsegError, UserError
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -111,3 +111,12 @@ def add_scene_options(group) -> None:
     group.add_argument(
         "--overlap", type=int, default=tiling.DEFAULT_OVERLAP, help="pixels shared by tiles"
     )
+
+
+def check_scene_options(tile: int, tile_above: int, overlap: int) -> None:
+    """Raises ``UserError`` naming the option when ``add_scene_options``' values are out of range."""
+    for name, value in (("tile", tile), ("tile-above", tile_above)):
+        if value < 1:
+            raise UserError(f"--{name} must be at least 1")
+    if not 0 <= overlap < tile:
+        raise UserError("--overlap must be in [0, --tile)")

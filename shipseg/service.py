@@ -28,7 +28,18 @@ from pathlib import Path
 
 import numpy as np
 
-from shipseg import batching, detection, errors, inputs, models, prediction, ships, tiling, uploads
+from shipseg import (
+    batching,
+    cli,
+    detection,
+    errors,
+    inputs,
+    models,
+    prediction,
+    ships,
+    tiling,
+    uploads,
+)
 from shipseg.errors import RequestError
 
 
@@ -60,7 +71,7 @@ class ServeSettings:
 
     def __post_init__(self):
         """Raises ``errors.UserError`` (naming the option) for a setting out of its range."""
-        for name in ("max_batch", "max_pending", "max_upload", "max_pixels", "tile", "tile_above"):
+        for name in ("max_batch", "max_pending", "max_upload", "max_pixels"):
             if getattr(self, name) < 1:
                 raise errors.UserError(f"--{name.replace('_', '-')} must be at least 1")
         if not self.batch_wait_ms >= 0:
@@ -68,8 +79,7 @@ class ServeSettings:
         for name in ("read_timeout", "pixel_size"):
             if not getattr(self, name) > 0:
                 raise errors.UserError(f"--{name.replace('_', '-')} must be above 0")
-        if not 0 <= self.overlap < self.tile:
-            raise errors.UserError("--overlap must be in [0, --tile)")
+        cli.check_scene_options(self.tile, self.tile_above, self.overlap)
 
     @property
     def max_connections(self) -> int:

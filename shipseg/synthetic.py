@@ -19,7 +19,9 @@ import pandas as pd
 from shipseg import airbus, errors
 from shipseg.rle import rle_encode
 
-DEFAULT_SYNTHETIC_DIR = Path("results") / "synthetic-data"
+# The synthetic dataset's folder in a results folder (the commands' default without --data-dir).
+SYNTHETIC_DIR_NAME = "synthetic-data"
+DEFAULT_SYNTHETIC_DIR = Path("results") / SYNTHETIC_DIR_NAME
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,6 +3,7 @@ ship cut by a tile border kept as one, and ``inference.py`` on a scene above the
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from PIL import Image
 from scipy import ndimage
 
 from conftest import inference_command, run
-from shipseg import scoring, ships, tiling
+from shipseg import cli, errors, scoring, ships, tiling
 
 
 def local_model(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -128,4 +129,19 @@ def test_bad_tile_options_are_one_line(trained_project, synthetic_dataset, tmp_p
     image = str(next((Path(synthetic_dataset) / "test_v2").glob("*.jpg")))
     result = run([*inference_command(project.parent, image), "--tile", "64", "--overlap", "64"])
     assert result.returncode == 2
-    assert "--overlap in [0, --tile)" in result.stderr and "Traceback" not in result.stderr
+    assert "--overlap must be in [0, --tile)" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "tile, tile_above, overlap, error",
+    [
+        (0, 100, 0, "--tile must be at least 1"),
+        (64, 0, 16, "--tile-above must be at least 1"),
+        (64, 100, 64, "--overlap must be in [0, --tile)"),
+        (64, 100, -1, "--overlap must be in [0, --tile)"),
+    ],
+)
+def test_scene_options_out_of_range_are_refused_naming_the_option(tile, tile_above, overlap, error):
+    with pytest.raises(errors.UserError, match=re.escape(error)):
+        cli.check_scene_options(tile, tile_above, overlap)
+    cli.check_scene_options(64, 100, 63)  # in range: no error
