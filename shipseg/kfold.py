@@ -1,8 +1,8 @@
 """K-fold cross-validation's bookkeeping: which images each fold uses, and the summary.
 
-``train.py --folds K`` trains one model per fold (see ``train.run_folds``); this module says
-which images it trains, validates and tests on, and sums up the F2 and its gain over the
-no-ship baseline across folds.
+``train.py --folds K`` trains one model per fold (``shipseg.retraining.run_folds``); this
+module says which images it trains, validates and tests on, and sums up the F2 and its gain
+over the no-ship baseline across folds.
 """
 
 from __future__ import annotations

@@ -12,9 +12,8 @@ import time
 import pandas as pd
 import pytest
 
-import train as train_py
 from conftest import ROOT, run, second_run_while_the_first_holds_its_lock, train_command
-from shipseg import airbus, errors
+from shipseg import airbus
 
 
 def test_train_best_writes_the_final_model_and_honest_metrics(trained_project):
@@ -197,20 +196,3 @@ def test_fewer_than_three_folds_are_refused_in_one_line(project_copy):
         result = train(project_copy, "--folds", folds)
         assert result.returncode == 2 and "--folds must be at least 3" in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
-
-
-@pytest.mark.parametrize(
-    "options, error",
-    [
-        ({"only_folds": [1]}, "--only-folds needs --folds"),
-        ({"folds": 3, "only_folds": [0, 3]}, "numbers the folds 0 to 2"),
-        ({"folds": 3, "full": True}, "--full cannot go with --folds"),
-        ({"epochs": 0}, "--epochs must be at least 1"),
-        ({"val_images": 0}, "--val-images must be at least 1"),
-        ({"images_per_epoch": 0}, "--images-per-epoch must be at least 1"),
-        ({"patience": -1}, "--patience must be at least 0"),
-    ],
-)
-def test_settings_out_of_their_range_or_together_are_refused_naming_the_option(options, error):
-    with pytest.raises(errors.UserError, match=error):
-        train_py.TrainOptions(**options)
