@@ -256,8 +256,17 @@ def train_and_evaluate(
 
 
 def _train_and_evaluate_into(
-    run: Run, tables: dict[str, pd.DataFrame], out_dir: Path, config: dict, settings
+    run: Run,
+    tables: dict[str, pd.DataFrame],
+    out_dir: Path,
+    config: dict,
+    settings: training.TrainSettings,
 ) -> dict:
+    """``train_and_evaluate``'s work, in the staging folder ``out_dir``.
+
+    ``config.json`` says "training" until the metrics are written, then "complete" with the
+    tuned post-processing: a folder is only ever taken for finished when it is.
+    """
     full = config["trained_on"] == "train+val"
     atomic.write_json_atomically(out_dir / "config.json", {**config, "status": "training"})
     keras.utils.set_random_seed(settings.seed)
@@ -288,7 +297,11 @@ def _train_and_evaluate_into(
 
 
 def evaluate_trained(
-    model, tables: dict[str, pd.DataFrame], input_config, out_dir: Path, flip_tta: bool = False
+    model: keras.Model,
+    tables: dict[str, pd.DataFrame],
+    input_config: inputs.InputConfig,
+    out_dir: Path,
+    flip_tta: bool = False,
 ) -> dict:
     """Tunes the post-processing on the validation images, then scores the test images."""
     print(f"Tuning post-processing on {len(tables['val'])} validation images ...")

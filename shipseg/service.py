@@ -162,7 +162,7 @@ class Detector:
         )
         return prediction.Prediction(0, probabilities, ship)
 
-    def _predict_tiles(self, tiles: np.ndarray):
+    def _predict_tiles(self, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """``tiling.predict_scene``'s ``predict``, through the batcher (tiles share batches)."""
         try:
             done = self.batcher.predict_all(list(tiles))
@@ -172,7 +172,14 @@ class Detector:
         head = [tile.ship_probability for tile in done]
         return probabilities, None if head[0] is None else np.asarray(head, np.float32)
 
-    def answer(self, name: str, image: np.ndarray, found, overlay: bool, start: float) -> Answer:
+    def answer(
+        self,
+        name: str,
+        image: np.ndarray,
+        found: prediction.Prediction,
+        overlay: bool,
+        start: float,
+    ) -> Answer:
         """One image's answer (post-processing included: run it off the event loop)."""
         labels, record = detection.describe(name, found, self.postprocess, self.settings.pixel_size)
         return Answer(
