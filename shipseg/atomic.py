@@ -94,6 +94,10 @@ def read_json(path: str | os.PathLike):
         raise errors.UserError(
             f"{path}: not valid JSON ({error.msg}, line {error.lineno})"
         ) from None
+    except UnicodeDecodeError:
+        raise errors.UserError(f"{path}: not a JSON file (not UTF-8 text)") from None
+    except OSError as error:  # a folder, no permission
+        raise errors.UserError(f"{path}: cannot be read ({error.strerror})") from None
 
 
 @contextlib.contextmanager

@@ -79,11 +79,14 @@ class ServiceProtocol(H11Protocol):
         """``app`` behind the connection limit (checked, as uvicorn does, once per request)."""
 
         async def limited(scope: dict, receive: ASGIApp, send: ASGIApp) -> None:
-            # Counted from inside the request's own task, which both counts include.
+            # This connection and this request's task counted, whenever uvicorn adds them.
             limit = self.max_connections
-            if len(self.connections) <= limit and len(self.tasks) <= limit:
+            connections = len(self.connections | {self})
+            requests = len(self.tasks | {asyncio.current_task()})
+            if connections <= limit and requests <= limit:
                 return await app(scope, receive, send)
             refusal = ServiceBusyError(f"the service has too many connections (at most {limit})")
+            self.logger.warning(str(refusal))
             body = error_json(str(refusal))
             headers = [
                 (b"content-type", b"application/json"),

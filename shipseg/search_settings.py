@@ -8,13 +8,12 @@ the real data filled in, every count checked) and passes them down; ``record`` i
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
 import keras_tuner
 
-from shipseg import budget, encoders, errors, runtime, synthetic
+from shipseg import atomic, budget, encoders, errors, runtime, synthetic
 from shipseg.inputs import InputConfig
 from shipseg.space import Dimension, search_space
 from shipseg.unet import check_input_size
@@ -182,7 +181,7 @@ def check_resumable(project_dir: Path, record: dict) -> bool:
     if not config_path.is_file():
         return False
     # Projects searched before --tuner existed were all Hyperband searches.
-    previous = {"tuner": "hyperband", **json.loads(config_path.read_text())}
+    previous = {"tuner": "hyperband", **atomic.read_json(config_path)}
     hyperband = record["tuner"] == "hyperband"
     keys = [key for key in RESUME_KEYS if hyperband or key not in HYPERBAND_KEYS]
     changed = [key for key in keys if previous.get(key) != record.get(key)]

@@ -203,6 +203,7 @@ class Detector:
         limits = dataclasses.asdict(self.settings)
         for name in ("model", "results_dir", "host", "port", "overrides"):
             limits.pop(name)
+        limits["max_connections"] = self.settings.max_connections
         return {
             "model": shown_path(self.model_path, Path(self.settings.results_dir)),
             "format": "tflite" if self.model_path.suffix == ".tflite" else "keras",

@@ -176,7 +176,8 @@ def fit_keeping_the_best(
         )
     except keras_tuner.errors.FailedTrialError as error:
         kept = (
-            f"; the best epoch before it ({checkpoint.best_epoch + 1}) is in {checkpoint.path}"
+            f"; the best epoch before it ({checkpoint.best_epoch + 1}) is in {checkpoint.path} "
+            "until the next run discards it"
             if checkpoint.best_epoch is not None
             else ""
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -71,12 +72,18 @@ def test_atomic_writes_are_flushed_to_disk_before_and_after_the_rename(tmp_path,
 
 def test_a_json_file_read_back_names_the_file_when_it_is_missing_or_not_json(tmp_path):
     path = tmp_path / "config.json"
-    with pytest.raises(errors.UserError, match=f"^{path}: file not found$"):
+    with pytest.raises(errors.UserError, match=f"^{re.escape(str(path))}: file not found$"):
         atomic.read_json(path)
     path.write_text('{"seed": 1,\n "epochs": }')
     with pytest.raises(
-        errors.UserError, match=rf"^{path}: not valid JSON \(Expecting value, line 2\)$"
+        errors.UserError,
+        match=rf"^{re.escape(str(path))}: not valid JSON \(Expecting value, line 2\)$",
     ):
         atomic.read_json(path)
+    path.write_bytes(b"PK\x03\x04\xff\xfe")  # e.g. a model.keras given for a JSON file
+    with pytest.raises(errors.UserError, match="not a JSON file"):
+        atomic.read_json(path)
+    with pytest.raises(errors.UserError, match="cannot be read"):
+        atomic.read_json(tmp_path)
     atomic.write_json_atomically(path, {"seed": 1})
     assert atomic.read_json(path) == {"seed": 1}

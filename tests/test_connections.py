@@ -26,8 +26,8 @@ async def hello(scope, receive, send) -> None:
     await send({"type": "http.response.body", "body": b"hello"})
 
 
-@pytest.fixture(scope="module")
-def port():
+def start_server(read_timeout: float):
+    """Serves ``hello`` on an ephemeral port in a thread; yields the port, then stops it."""
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
@@ -36,16 +36,30 @@ def port():
             lifespan="off",
             log_level="error",
             timeout_keep_alive=60,  # a connection left open outlasts the client's patience
-            http=connections.protocol(read_timeout=1.0, max_connections=LIMIT),
+            http=connections.protocol(read_timeout=read_timeout, max_connections=LIMIT),
         )
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
         thread.start()
+        deadline = time.monotonic() + 30
         while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
             time.sleep(0.01)
         yield listener.getsockname()[1]
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def port():
+    """A server whose idle connections stay (for the limit's tests)."""
+    yield from start_server(read_timeout=60.0)
+
+
+@pytest.fixture(scope="module")
+def impatient_port():
+    """A server that wants each request's headers within a second."""
+    yield from start_server(read_timeout=1.0)
 
 
 def exchange(port: int, sent: bytes) -> tuple[str, bytes]:
@@ -99,8 +113,10 @@ def test_the_refusal_tells_the_client_when_to_retry(port):
 
 
 @pytest.mark.parametrize("sent", [b"", b"GET / HTTP/1.1\r\nHost: x\r\n"], ids=["nothing", "half"])
-def test_headers_that_do_not_arrive_in_time_get_408_json_and_the_connection_closed(port, sent):
-    status, body = exchange(port, sent)
+def test_headers_that_do_not_arrive_in_time_get_408_json_and_the_connection_closed(
+    impatient_port, sent
+):
+    status, body = exchange(impatient_port, sent)
     assert status == "HTTP/1.1 408 Request Timeout"
     assert json.loads(body) == {"error": "the request's headers did not arrive within 1 s"}
 

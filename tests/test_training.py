@@ -75,5 +75,6 @@ def test_a_diverged_training_names_the_best_epoch_it_kept_before(tmp_path):
         fit(tmp_path, logs, diverged)
     assert str(raised.value) == (
         "training stopped: the loss became NaN at epoch 2; "
-        f"the best epoch before it (1) is in {tmp_path / 'model.keras'}"
+        f"the best epoch before it (1) is in {tmp_path / 'model.keras'} "
+        "until the next run discards it"
     )
