@@ -1,7 +1,7 @@
 """Atomic file writing: a result file either holds its whole content or does not exist.
 
-(And ``read_json``, for reading such a file back with a one-line error where it is missing
-or was edited into invalid JSON.)
+``read_json`` reads such a file back, with a one-line error naming it where it is missing,
+unreadable or was edited into invalid JSON.
 
 Every result the toolkit writes goes through a temporary file in the same folder, flushed to
 disk, renamed into place, and the folder flushed too: a run killed mid-write, or a power cut,
@@ -84,7 +84,8 @@ def read_json(path: str | os.PathLike):
     """The JSON in ``path``.
 
     Raises:
-        errors.UserError: Naming the file, when it is missing or not valid JSON.
+        errors.UserError: Naming the file, when it is missing, unreadable (a folder, no
+            permission), not text or not valid JSON.
     """
     try:
         return json.loads(Path(path).read_text())

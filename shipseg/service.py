@@ -48,8 +48,9 @@ class ServeSettings:
     """Everything ``serve.py`` is told (see ``python serve.py --help`` for each).
 
     Memory stays bounded: at most ``max_pending`` requests are admitted at once and
-    ``max_connections`` connections held (beyond either: 503 and ``Retry-After``), each holding at most ``max_upload`` bytes and ``max_pixels``
-    decoded pixels (3 bytes each), and one scene is tiled at a time.
+    ``max_connections`` connections held (beyond either: 503 and ``Retry-After``), each
+    holding at most ``max_upload`` bytes and ``max_pixels`` decoded pixels (3 bytes each), and
+    one scene is tiled at a time.
     """
 
     model: str | None = None
