@@ -19,18 +19,19 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from shipseg import (
-    errors,
-    prediction,
-    runtime,  # noqa: I001  (first: it imports TensorFlow quietly)
-)
+from shipseg.core import errors, runtime  # noqa: I001  (first: it imports TensorFlow quietly)
+from shipseg.predict import prediction
 
 runtime.import_tensorflow_quietly()
 
 import numpy as np
 
 import pipeline
-from shipseg import airbus, atomic, cli, export, models, splits
+from shipseg import cli
+from shipseg.core import atomic
+from shipseg.data import airbus, splits
+from shipseg.model import exporting as export
+from shipseg.model import loading as models
 
 
 def build_parser() -> argparse.ArgumentParser:

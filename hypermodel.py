@@ -2,12 +2,13 @@
 
 The implementations live in the package, below the commands:
 
-* ``shipseg.unet``: ``build_unet``, a pure factory from plain arguments (plain or pretrained
+* ``shipseg.model.unet``: ``build_unet``, a pure factory from plain arguments (plain or pretrained
   encoder, decoder, optional image-level ship head), and ``compile_unet``. Importing it
   registers the custom losses and metrics, so a saved ``.keras`` model reloads anywhere.
-* ``shipseg.space``: every hyperparameter (``DEFAULT_SPACE``), command-line overrides
-  (``search_space``) and ``ShipUNetHyperModel``, the ``keras_tuner.HyperModel`` the search
-  runs.
+* ``shipseg.model.space``: every hyperparameter (``DEFAULT_SPACE``) and command-line
+  overrides (``search_space``).
+* ``shipseg.train.hypermodel``: ``ShipUNetHyperModel``, the ``keras_tuner.HyperModel`` the
+  search runs and ``train.py`` retrains with.
 
 Example:
     >>> import hypermodel
@@ -16,15 +17,14 @@ Example:
 
 from __future__ import annotations
 
-from shipseg.space import (
+from shipseg.model.space import (
     ADDED_LATER,
     DEFAULT_SPACE,
     Dimension,
-    ShipUNetHyperModel,
     fixed_hyperparameters,
     search_space,
 )
-from shipseg.unet import (
+from shipseg.model.unet import (
     MAX_LEVELS,
     MIN_LEVELS,
     build_unet,
@@ -32,6 +32,7 @@ from shipseg.unet import (
     compile_unet,
     has_ship_head,
 )
+from shipseg.train.hypermodel import ShipUNetHyperModel
 
 __all__ = [
     "ADDED_LATER",

@@ -15,7 +15,7 @@ Writes to ``--out`` (default: ``results/<project>/predictions/``):
     images.csv             one row per image: the ship head's probability (the learnt "is
                            there a ship?"), the top pixel probability, and the ships kept
     ships.csv              one row per ship: centre, length and width (pixels and metres),
-                           heading, area, oriented box, probabilities (``shipseg.ships``)
+                           heading, area, oriented box, probabilities (``shipseg.scoring.ships``)
     ships.geojson          the ships' boxes as polygons in pixel coordinates
     scores.json            with ``--labels``: pixel Dice and instance F2 against a ship CSV
     records/<image>.json   each image's rows, written last: a rerun resumes from them
@@ -38,30 +38,22 @@ import threading
 import time
 from pathlib import Path
 
-from shipseg import runtime  # noqa: I001  (first: it imports TensorFlow quietly)
+from shipseg.core import runtime  # noqa: I001  (first: it imports TensorFlow quietly)
 
 runtime.import_tensorflow_quietly()
 
 import numpy as np
 import pandas as pd
 
-from shipseg import (
-    airbus,
-    atomic,
-    cli,
-    detection,
-    drawing,
-    errors,
-    locks,
-    models,
-    prediction,
-    records,
-    scoring,
-    ships,
-    tiling,
-)
-from shipseg.prediction import Prediction
-from shipseg.rle import ships_to_label_image
+from shipseg import cli
+from shipseg.core import atomic, errors, locks
+from shipseg.data import airbus
+from shipseg.data.rle import ships_to_label_image
+from shipseg.model import loading as models
+from shipseg.predict import detection, drawing, prediction, records, tiling
+from shipseg.predict.prediction import Prediction
+from shipseg.scoring import metrics as scoring
+from shipseg.scoring import ships
 
 # Post-processing threads (PNG encoding and connected components release the GIL): one per
 # core this process may use, at least two, so that a machine with a GPU and many cores is not
@@ -98,7 +90,7 @@ class InferenceSettings:
         """Raises ``errors.UserError`` (naming the option) for a setting out of its range."""
         if self.batch_size < 1:
             raise errors.UserError("--batch-size must be at least 1")
-        cli.check_scene_options(self.tile, self.tile_above, self.overlap)
+        tiling.check_scene_options(self.tile, self.tile_above, self.overlap)
 
 
 def settings_from(args: argparse.Namespace) -> InferenceSettings:
@@ -374,7 +366,7 @@ def finish_image(
     scorer: LabelScorer,
     pixel_size: float = ships.DEFAULT_PIXEL_SIZE,
 ) -> dict:
-    """Post-processes, writes and scores one image; returns its record (``shipseg.records``)."""
+    """Post-processes, writes and scores one image; returns its record (``shipseg.predict.records``)."""
     path = paths[prediction.position]
     labels, record = detection.describe(path.name, prediction, postprocess, pixel_size)
     write_pictures(path, labels, out_dir, overlays, prediction.image)

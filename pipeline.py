@@ -1,9 +1,9 @@
-"""tf.data input: from a table of images (``shipseg.airbus``) to the network's batches.
+"""tf.data input: from a table of images (``shipseg.data.airbus``) to the network's batches.
 
 Training reads random crops at full resolution (most of them holding a ship pixel), flipped
 and turned; evaluation reads whole images, decoded on a few threads. How images become input
 is one ``InputConfig``, recorded with every run so that training, evaluation and inference
-all repeat it. The implementation is ``shipseg.inputs``; these are the names a user calls.
+all repeat it. The implementation is ``shipseg.data.inputs``; these are the names a user calls.
 
 Example:
     >>> import pipeline
@@ -12,7 +12,7 @@ Example:
 
 from __future__ import annotations
 
-from shipseg.inputs import (
+from shipseg.data.inputs import (
     InputConfig,
     decode_image,
     decode_mask,

@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from shipseg import runtime  # noqa: I001  (first: it imports TensorFlow quietly)
+from shipseg.core import runtime  # noqa: I001  (first: it imports TensorFlow quietly)
 
 runtime.import_tensorflow_quietly()
 
@@ -40,25 +40,15 @@ import pandas as pd
 
 import hypermodel
 import pipeline
-from shipseg import (
-    airbus,
-    atomic,
-    budget,
-    cli,
-    encoders,
-    errors,
-    isolation,
-    locks,
-    overlaps,
-    report,
-    results,
-    search_settings,
-    splits,
-    synthetic,
-    tuning,
-)
-from shipseg.search_settings import SearchSettings
-from shipseg.validation import WholeImageValidation
+from shipseg import cli
+from shipseg.core import atomic, budget, errors, locks
+from shipseg.data import airbus, overlaps, splits, synthetic
+from shipseg.model import encoders
+from shipseg.search import isolation, report, tuning
+from shipseg.search import settings as search_settings
+from shipseg.search import trials as results
+from shipseg.search.settings import SearchSettings
+from shipseg.train.validation import WholeImageValidation
 
 # On the synthetic default, a budget that ends in a few minutes on two CPU cores.
 SYNTHETIC_DEFAULTS = {"input_size": 128, "max_epochs": 6, "images_per_epoch": 192}

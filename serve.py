@@ -1,6 +1,6 @@
 """Serve a trained model over HTTP, with a web page: ``python serve.py``.
 
-Endpoints (``shipseg.api``): ``GET /`` a page to drop an image on, ``POST /predict`` one image
+Endpoints (``shipseg.serve.api``): ``GET /`` a page to drop an image on, ``POST /predict`` one image
 in and its ships out (JSON, or GeoJSON with ``Accept: application/geo+json``; ``?overlay=1``
 adds the overlay PNG), ``GET /model``, ``GET /health`` and the OpenAPI pages at ``/docs``.
 The model defaults to the latest ``results/*/final/model.keras``; ``--model`` also takes
@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from shipseg import runtime  # noqa: I001  (first: it imports TensorFlow quietly)
+from shipseg.core import runtime  # noqa: I001  (first: it imports TensorFlow quietly)
 
 runtime.import_tensorflow_quietly()
 
 from shipseg import cli
-from shipseg.service import ServeSettings
+from shipseg.serve.service import ServeSettings
 
 MEGABYTE = 2**20
 # Seconds an idle kept-alive connection stays open (it counts among the connections).
@@ -109,8 +109,8 @@ def serve(settings: ServeSettings) -> None:
     """Loads the model and serves it until interrupted."""
     import uvicorn
 
-    from shipseg import api, connections
-    from shipseg.service import Detector
+    from shipseg.serve import api, connections
+    from shipseg.serve.service import Detector
 
     detector = Detector(settings)
     print(f"Serving {detector.model_path} on http://{settings.host}:{settings.port}/", flush=True)

@@ -14,7 +14,7 @@ on the untouched test split, on whole images. Everything goes to ``results/<proj
     logs/                TensorBoard
 
 With ``--folds K``, one such folder per fold in ``results/<project>/folds/`` and their summary.
-The work itself is ``shipseg.retraining``'s; this script reads the command line.
+The work itself is ``shipseg.train.run``'s; this script reads the command line.
 """
 
 from __future__ import annotations
@@ -23,12 +23,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from shipseg import runtime  # noqa: I001  (first: it imports TensorFlow quietly)
+from shipseg.core import runtime  # noqa: I001  (first: it imports TensorFlow quietly)
 
 runtime.import_tensorflow_quietly()
 
-from shipseg import cli, encoders, locks, results
-from shipseg.retraining import TrainOptions, find_project, run_folds, run_training
+from shipseg import cli
+from shipseg.core import locks
+from shipseg.model import encoders
+from shipseg.search import trials as results
+from shipseg.train.run import TrainOptions, find_project, run_folds, run_training
 
 
 def build_parser() -> argparse.ArgumentParser:

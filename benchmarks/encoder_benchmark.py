@@ -22,14 +22,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from shipseg import runtime  # noqa: I001  (first: it imports TensorFlow quietly)
+from shipseg.core import runtime  # noqa: I001  (first: it imports TensorFlow quietly)
 
 runtime.import_tensorflow_quietly()
 
 import keras
 
 import hypermodel
-from shipseg import encoders
+from shipseg.model import encoders
 
 
 def main() -> None:

@@ -27,14 +27,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from shipseg import runtime  # noqa: I001
+from shipseg.core import runtime  # noqa: I001
 
 runtime.import_tensorflow_quietly()
 
 import keras
 
 import hypermodel  # noqa: F401  (registers the losses a saved model needs)
-from shipseg import synthetic
+from shipseg.data import synthetic
 
 
 def timed(command: list[str]) -> float:

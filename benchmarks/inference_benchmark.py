@@ -22,14 +22,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from shipseg import runtime  # noqa: I001  (first: it imports TensorFlow quietly)
+from shipseg.core import runtime  # noqa: I001  (first: it imports TensorFlow quietly)
 
 runtime.import_tensorflow_quietly()
 
 import hypermodel
 import inference
 import pipeline
-from shipseg import airbus, models
+from shipseg.data import airbus
+from shipseg.model import loading as models
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ from scipy import ndimage
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from shipseg import overlaps  # noqa: E402
+from shipseg.data import overlaps  # noqa: E402
 
 FULL_DATA = 192_556
 SCENE_BLOCKS = 8  # scenes of 2,048 x 2,048 pixels: 36 tiles each on the 256-pixel grid

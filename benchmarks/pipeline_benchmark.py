@@ -29,7 +29,8 @@ sys.path.insert(0, str(REPO_ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pipeline
-from shipseg import airbus, errors, splits, synthetic
+from shipseg.core import errors
+from shipseg.data import airbus, splits, synthetic
 
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "airbus-sample"
 

@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import search
-from shipseg import synthetic, tuning
+from shipseg.data import synthetic
+from shipseg.search import tuning
 
 
 def main() -> None:

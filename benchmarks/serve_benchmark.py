@@ -30,7 +30,8 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from shipseg import airbus, models  # noqa: E402
+from shipseg.data import airbus  # noqa: E402
+from shipseg.model import loading as models
 
 
 def main() -> None:

@@ -11,8 +11,9 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from shipseg import outlines, tiling
-from shipseg.errors import ShipsegError, UserError
+from shipseg.core.errors import ShipsegError
+from shipseg.predict import tiling
+from shipseg.scoring import outlines
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -100,7 +101,7 @@ def postprocess_overrides(args: argparse.Namespace) -> dict:
 
 
 def add_scene_options(group) -> None:
-    """When and how images are cut into overlapping tiles (``shipseg.tiling``)."""
+    """When and how images are cut into overlapping tiles (``shipseg.predict.tiling``)."""
     group.add_argument(
         "--tile-above",
         type=int,
@@ -111,12 +112,3 @@ def add_scene_options(group) -> None:
     group.add_argument(
         "--overlap", type=int, default=tiling.DEFAULT_OVERLAP, help="pixels shared by tiles"
     )
-
-
-def check_scene_options(tile: int, tile_above: int, overlap: int) -> None:
-    """Raises ``UserError`` naming the option when ``add_scene_options``' values are out of range."""
-    for name, value in (("tile", tile), ("tile-above", tile_above)):
-        if value < 1:
-            raise UserError(f"--{name} must be at least 1")
-    if not 0 <= overlap < tile:
-        raise UserError("--overlap must be in [0, --tile)")

@@ -15,8 +15,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from shipseg import airbus, errors, synthetic
-from shipseg.rle import rle_decode
+from shipseg.core import errors
+from shipseg.data import airbus, synthetic
+from shipseg.data.rle import rle_decode
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_AIRBUS_SAMPLE = REPO_ROOT.parent / "shared" / "data" / "airbus-sample"

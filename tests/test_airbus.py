@@ -1,4 +1,4 @@
-"""Reading a dataset in the Kaggle layout (shipseg.airbus): the table, its errors, skipped images,
+"""Reading a dataset in the Kaggle layout (shipseg.data.airbus): the table, its errors, skipped images,
 the image list of inference, and the real sample (skipped without it).
 """
 
@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from conftest import csv_rows, union_mask
-from shipseg import airbus
-from shipseg.errors import DataError
+from shipseg.core.errors import DataError
+from shipseg.data import airbus
 
 
 def write_csv(dataset: Path, rows: pd.DataFrame) -> None:

@@ -1,4 +1,4 @@
-"""Atomic files (shipseg.atomic): complete or absent, with normal permissions."""
+"""Atomic files (shipseg.core.atomic): complete or absent, with normal permissions."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from shipseg import atomic, errors
+from shipseg.core import atomic, errors
 
 
 def test_atomic_writes_leave_normal_permissions(tmp_path):

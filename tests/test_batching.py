@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from shipseg.batching import Batcher, QueueFullError
+from shipseg.serve.batching import Batcher, QueueFullError
 
 
 class RecordingModel:

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from shipseg import atomic, budget
+from shipseg.core import atomic, budget
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ import time
 import pytest
 import uvicorn
 
-from shipseg import connections
+from shipseg.serve import connections
 
 LIMIT = 4
 REQUEST = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"

@@ -1,4 +1,4 @@
-"""Pictures (shipseg.drawing): PNG encoding, inference overlays, the training figures' overlay."""
+"""Pictures (shipseg.predict.drawing): PNG encoding, inference overlays, the training figures' overlay."""
 
 import io
 import zlib
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shipseg import drawing
+from shipseg.predict import drawing
 
 
 def decode(data: bytes) -> np.ndarray:

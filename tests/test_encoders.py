@@ -13,8 +13,8 @@ import pytest
 
 import hypermodel
 from conftest import ROOT, inference_command, run, search_command, train_command
-from shipseg import encoders
-from shipseg.errors import UserError
+from shipseg.core.errors import UserError
+from shipseg.model import encoders
 
 PRETRAINED = list(encoders.BACKBONES)
 MODULES = {
@@ -176,7 +176,7 @@ def test_the_encoders_batch_normalisation_keeps_imagenet_statistics_while_its_we
 
 
 def test_a_checkpoint_taken_in_a_frozen_epoch_loads_with_a_trainable_encoder(tmp_path):
-    from shipseg.training import AtomicCheckpoint
+    from shipseg.train.fitting import AtomicCheckpoint
 
     model = build("mobilenet_v2", levels=2, frozen_epochs=2)
     checkpoint = AtomicCheckpoint(tmp_path / "model.keras", None)
@@ -234,7 +234,7 @@ def test_a_search_asking_for_an_unknown_encoder_is_one_line(synthetic_dataset, t
 @pytest.mark.parametrize("name", PRETRAINED)
 @pytest.mark.slow
 def test_exported_models_repeat_the_encoders_input_scaling(name, tmp_path):
-    from shipseg import export
+    from shipseg.model import exporting as export
 
     model = build(name, levels=2)
     model.save(tmp_path / "model.keras")

@@ -12,7 +12,9 @@ import pytest
 
 import pipeline
 from conftest import ROOT, inference_command, run
-from shipseg import export, models, prediction
+from shipseg.model import exporting as export
+from shipseg.model import loading as models
+from shipseg.predict import prediction
 
 # Inference with thresholds that keep whatever the barely trained tiny model sees.
 LOOSE = ["--threshold", "0.005", "--image-threshold", "0", "--ship-threshold", "0"]

@@ -16,8 +16,10 @@ from PIL import Image
 
 import inference
 from conftest import inference_command, run, second_run_while_the_first_holds_its_lock
-from shipseg import airbus, drawing, records, scoring
-from shipseg.rle import rle_decode
+from shipseg.data import airbus
+from shipseg.data.rle import rle_decode
+from shipseg.predict import drawing, records
+from shipseg.scoring import metrics as scoring
 
 
 def test_masks_and_overlays_of_images_with_and_without_ships(tmp_path):

@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from conftest import ROOT
-from shipseg import isolation
+from shipseg.search import isolation
 
 
 def process_id() -> int:

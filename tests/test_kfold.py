@@ -1,4 +1,4 @@
-"""K-fold bookkeeping (shipseg.kfold): which images each fold uses, and the summary."""
+"""K-fold bookkeeping (shipseg.data.kfold): which images each fold uses, and the summary."""
 
 import json
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shipseg import kfold, splits
+from shipseg.data import kfold, splits
 
 
 def test_fold_tables_never_share_an_image(synthetic_table):

@@ -1,4 +1,4 @@
-"""Keras Tuner's private API, used only through ``shipseg.kt_private``: still where it was."""
+"""Keras Tuner's private API, used only through ``shipseg.search.kt_private``: still where it was."""
 
 import inspect
 import json
@@ -7,7 +7,8 @@ from pathlib import Path
 import keras_tuner
 import pytest
 
-from shipseg import atomic, kt_private, tuning
+from shipseg.core import atomic
+from shipseg.search import kt_private, tuning
 
 # The private methods the adapter calls (or the tuner's oracle overrides), with their arguments.
 PRIVATE_METHODS = {
@@ -27,10 +28,10 @@ PRIVATE_METHODS = {
 def test_the_private_methods_the_adapter_relies_on_still_exist(owner, name):
     method = getattr(getattr(keras_tuner, owner), name, None)
     where = f"keras_tuner.{owner}.{name}"
-    assert method is not None, f"{where} is gone: update shipseg/kt_private.py"
+    assert method is not None, f"{where} is gone: update shipseg/search/kt_private.py"
     parameters = list(inspect.signature(method).parameters)[1:]
     assert parameters == PRIVATE_METHODS[owner, name], (
-        f"{where} now takes {parameters}: update shipseg/kt_private.py"
+        f"{where} now takes {parameters}: update shipseg/search/kt_private.py"
     )
 
 

@@ -2,7 +2,7 @@
 
 These keep the layout the README describes from drifting: ``shipseg/`` is the floor the
 commands stand on, every file and function stays short enough to read at a glance, and Keras
-Tuner's private API is reached only through ``shipseg/kt_private.py``.
+Tuner's private API is reached only through ``shipseg/search/kt_private.py``.
 """
 
 from __future__ import annotations
@@ -16,15 +16,19 @@ import keras_tuner
 import pytest
 
 from conftest import ROOT
+from shipseg import LAYERS
 
 MAX_FILE_LINES = 600
 MAX_FUNCTION_LINES = 60
 # The top level: the commands and the facades users import; the package never imports them.
 TOP_LEVEL = {path.stem for path in ROOT.glob("*.py")}
+MAX_FOLDER_MODULES = 10
 SOURCES = sorted(
-    path for path in [*ROOT.glob("*.py"), *ROOT.glob("shipseg/*.py"), *ROOT.glob("benchmarks/*.py")]
+    path
+    for path in [*ROOT.glob("*.py"), *ROOT.glob("shipseg/**/*.py"), *ROOT.glob("benchmarks/*.py")]
 )
-PACKAGE = sorted(ROOT.glob("shipseg/*.py"))
+PACKAGE = sorted(ROOT.glob("shipseg/**/*.py"))
+TOP = len(LAYERS)  # the package's own root modules (``cli``) stand above every folder
 TESTS = sorted(ROOT.glob("tests/*.py"))
 
 
@@ -74,13 +78,68 @@ def test_the_package_never_imports_a_command_or_a_top_level_module():
     assert not {path: names for path, names in upward.items() if names}
 
 
+def module_name(path: Path) -> str:
+    """``shipseg/train/run.py`` -> ``shipseg.train.run`` (a folder's ``__init__`` is the folder)."""
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
 def package_graph() -> dict[str, set[str]]:
+    """Each package module and the package modules it imports, at any depth.
+
+    ``from shipseg.x import y`` names module ``shipseg.x.y`` where that is a module, else
+    ``shipseg.x``.
+    """
+    known = {module_name(path) for path in PACKAGE}
     graph = {}
     for path in PACKAGE:
-        modules = imported_modules(parse(path))
-        graph[path.stem] = {m.split(".")[1] for m in modules if m.startswith("shipseg.")}
-        graph[path.stem].discard(path.stem)
+        imports = set()
+        for node in ast.walk(parse(path)):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("shipseg"):
+                for alias in node.names:
+                    inner = f"{node.module}.{alias.name}"
+                    imports.add(inner if inner in known else node.module)
+            elif isinstance(node, ast.Import):
+                imports |= {a.name for a in node.names if a.name.startswith("shipseg")}
+        graph[module_name(path)] = imports - {module_name(path), "shipseg"}
     return graph
+
+
+def layer(module: str) -> int:
+    """Where ``module`` stands in ``shipseg.LAYERS``; the root's own modules stand on top."""
+    parts = module.split(".")
+    return LAYERS.index(parts[1]) if len(parts) > 2 or parts[1] in LAYERS else TOP
+
+
+def test_every_package_module_sits_in_a_folder_named_in_the_layers_or_is_the_cli():
+    folders = {path.parent.name for path in PACKAGE if path.parent != ROOT / "shipseg"}
+    assert folders == set(LAYERS)
+    roots = {path.stem for path in PACKAGE if path.parent == ROOT / "shipseg"}
+    assert roots == {"__init__", "cli"}
+
+
+def test_no_folder_of_the_package_holds_more_than_ten_modules():
+    counts = {
+        folder: len([p for p in (ROOT / "shipseg" / folder).glob("*.py") if p.stem != "__init__"])
+        for folder in LAYERS
+    }
+    assert all(count <= MAX_FOLDER_MODULES for count in counts.values()), counts
+
+
+def test_imports_inside_the_package_run_from_higher_layers_to_lower():
+    upward = [
+        f"{module} imports {dependency}"
+        for module, dependencies in sorted(package_graph().items())
+        for dependency in sorted(dependencies)
+        if layer(dependency) > layer(module)
+    ]
+    assert not upward, f"see shipseg.LAYERS: {upward}"
+
+
+def test_the_layer_check_ranks_folders_as_listed_and_the_cli_on_top():
+    assert layer("shipseg.core.errors") < layer("shipseg.serve.api") < layer("shipseg.cli")
+    assert layer("shipseg.predict") == LAYERS.index("predict")
+    assert layer("shipseg.train.run") > layer("shipseg.predict.detection")
 
 
 def test_the_package_has_no_import_cycle():
@@ -146,7 +205,7 @@ def private_keras_tuner_uses(path: Path, private: set[str]) -> list[str]:
 )
 def test_keras_tuners_private_api_is_used_only_through_kt_private(path):
     private = keras_tuner_private_names() - own_names([parse(p) for p in SOURCES])
-    assert not private_keras_tuner_uses(path, private), "move it into shipseg/kt_private.py"
+    assert not private_keras_tuner_uses(path, private), "move it into shipseg/search/kt_private.py"
 
 
 @pytest.mark.parametrize("command", ["search", "train", "inference", "export", "serve"])
@@ -164,5 +223,6 @@ def test_the_readme_stays_a_way_in_and_its_layout_table_names_every_module():
     readme = (ROOT / "README.md").read_text()
     assert len(readme.splitlines()) <= 300, "move measurements and detail to docs/"
     modules = [*ROOT.glob("*.py"), *(p for p in PACKAGE if p.name != "__init__.py")]
+    modules += [ROOT / "shipseg" / folder for folder in LAYERS]
     missing = [relative(path) for path in modules if f"`{relative(path)}`" not in readme]
     assert not missing, f"the README's layout table misses {missing}"

@@ -1,4 +1,4 @@
-"""One writer per folder (shipseg.locks): a second run stops at once, a killed run frees it."""
+"""One writer per folder (shipseg.core.locks): a second run stops at once, a killed run frees it."""
 
 import signal
 import subprocess
@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from conftest import ROOT, inference_command, run, search_command, train_command
-from shipseg import errors, locks
+from shipseg.core import errors, locks
 
 
 @pytest.fixture()

@@ -1,11 +1,11 @@
-"""Pixel losses and overlap metrics (shipseg.losses) on known cases."""
+"""Pixel losses and overlap metrics (shipseg.model.losses) on known cases."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from shipseg import losses
+from shipseg.model import losses
 
 
 def test_loss_weighting_changes_the_loss():

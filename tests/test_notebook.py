@@ -14,7 +14,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from shipseg import synthetic
+from shipseg.data import synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "eda.ipynb"

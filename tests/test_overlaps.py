@@ -1,4 +1,4 @@
-"""Overlapping tiles (shipseg.overlaps) and splits that keep their groups whole (shipseg.splits).
+"""Overlapping tiles (shipseg.data.overlaps) and splits that keep their groups whole (shipseg.data.splits).
 
 The tiles are cut, as the Airbus tiles were, on a 256-pixel grid from larger generated scenes
 with known offsets, and saved as JPEGs: every true overlap is known.
@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from shipseg import overlaps, splits
+from shipseg.data import overlaps, splits
 
 TILE = overlaps.TILE
 
@@ -207,7 +207,7 @@ def test_a_split_saved_before_groups_loads_with_one_group_per_image_and_says_so(
 def test_the_real_sample_has_the_known_overlaps_and_a_split_that_keeps_them_together(
     airbus_sample, tmp_path
 ):
-    from shipseg import airbus
+    from shipseg.data import airbus
 
     table = airbus.read_dataset(airbus_sample, log=lambda message: None)
     split = splits.prepare_split(table, tmp_path, (0.15, 0.15), 0, True)

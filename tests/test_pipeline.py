@@ -12,7 +12,7 @@ from PIL import Image
 
 import pipeline
 from conftest import pil_image, union_mask
-from shipseg.rle import rle_encode
+from shipseg.data.rle import rle_encode
 
 
 def locate(crop: np.ndarray, sources: list[np.ndarray]) -> list[tuple[int, int, int]]:

@@ -1,11 +1,13 @@
-"""Post-processing tuning (shipseg.postprocess) against brute force."""
+"""Post-processing tuning (shipseg.predict.postprocess) against brute force."""
 
 import itertools
 
 import numpy as np
 import pytest
 
-from shipseg import outlines, postprocess, prediction, scoring
+from shipseg.predict import postprocess, prediction
+from shipseg.scoring import metrics as scoring
+from shipseg.scoring import outlines
 
 
 class BrightnessModel:

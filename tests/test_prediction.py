@@ -3,7 +3,7 @@
 import numpy as np
 
 import hypermodel
-from shipseg import prediction
+from shipseg.predict import prediction
 
 
 def test_a_bilinear_upsampling_unet_predicts_images_of_several_sizes_one_after_another():

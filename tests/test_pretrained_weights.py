@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import hypermodel
-from shipseg import encoders
+from shipseg.model import encoders
 
 
 def recipe_model(weights, levels: int = 4, frozen_epochs: int = 1):

@@ -1,9 +1,9 @@
-"""The search report (shipseg.report): which hyperparameter mattered."""
+"""The search report (shipseg.search.report): which hyperparameter mattered."""
 
 import numpy as np
 import pandas as pd
 
-from shipseg import report
+from shipseg.search import report
 
 NAMES = ["levels", "learning_rate", "dropout", "pixel_loss", "batch_norm"]
 

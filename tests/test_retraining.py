@@ -1,4 +1,4 @@
-"""What train.py runs (``shipseg.retraining``): its settings checked before any work.
+"""What train.py runs (``shipseg.train.run``): its settings checked before any work.
 
 The trainings themselves run as users start them, in ``test_train.py``.
 """
@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from shipseg import errors
-from shipseg.retraining import TrainOptions
+from shipseg.core import errors
+from shipseg.train.run import TrainOptions
 
 
 @pytest.mark.parametrize(

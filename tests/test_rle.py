@@ -1,4 +1,4 @@
-"""Run-length encoding (shipseg.rle): round trips, the Kaggle definition, malformed input, and
+"""Run-length encoding (shipseg.data.rle): round trips, the Kaggle definition, malformed input, and
 the decoder against real rows of the Airbus sample (skipped without it).
 """
 
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from conftest import csv_rows, pil_image
-from shipseg.rle import (
+from shipseg.data.rle import (
     parse_rle,
     rle_decode,
     rle_encode,

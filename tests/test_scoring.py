@@ -1,4 +1,4 @@
-"""The competition metric, scoring, the image-level gate and bootstrap intervals (shipseg/scoring.py)."""
+"""The competition metric, scoring, the image-level gate and bootstrap intervals (shipseg/scoring/metrics.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shipseg import outlines, prediction, scoring
-from shipseg.scoring import PostprocessConfig, Scoreboard, image_f2, iou_matrix
+from shipseg.predict import prediction
+from shipseg.scoring import metrics as scoring
+from shipseg.scoring import outlines
+from shipseg.scoring.metrics import PostprocessConfig, Scoreboard, image_f2, iou_matrix
 
 # Probabilities for property tests of the image-level gate.
 probabilities = st.floats(0, 1, allow_nan=False)

@@ -19,7 +19,8 @@ import pytest
 import hypermodel
 import search
 from conftest import ROOT, run, search_command, second_run_while_the_first_holds_its_lock
-from shipseg import errors, search_settings
+from shipseg.core import errors
+from shipseg.search import settings as search_settings
 
 
 def event_tags(folder: Path) -> set[str]:

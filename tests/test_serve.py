@@ -87,7 +87,8 @@ def low_thresholds(trained_project, images) -> list[str]:
     The same flags go to ``inference.py`` and the service: the tiny model's tuned thresholds
     often keep no ship at all, which would leave nothing to compare.
     """
-    from shipseg import models, prediction
+    from shipseg.model import loading as models
+    from shipseg.predict import prediction
 
     project, _ = trained_project
     model = models.load_model(project / "final" / "model.keras")

@@ -11,7 +11,9 @@ import pytest
 import hypermodel
 import pipeline
 from conftest import ROOT, run
-from shipseg import prediction, scoring, space
+from shipseg.model import space
+from shipseg.predict import prediction
+from shipseg.scoring import metrics as scoring
 
 
 @pytest.fixture(scope="module")

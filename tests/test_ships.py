@@ -1,11 +1,12 @@
-"""Ship lists (shipseg.ships): size, heading and box of each predicted ship."""
+"""Ship lists (shipseg.scoring.ships): size, heading and box of each predicted ship."""
 
 import json
 
 import numpy as np
 import pytest
 
-from shipseg import ships, synthetic
+from shipseg.data import synthetic
+from shipseg.scoring import ships
 
 
 def heading_error(measured: float, expected: float) -> float:

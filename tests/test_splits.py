@@ -1,4 +1,4 @@
-"""The train/val/test split (shipseg.splits): disjoint, stratified, seeded, saved and reloaded."""
+"""The train/val/test split (shipseg.data.splits): disjoint, stratified, seeded, saved and reloaded."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shipseg import splits
-from shipseg.errors import DataError
+from shipseg.core.errors import DataError
+from shipseg.data import splits
 
 
 @pytest.fixture(scope="module")

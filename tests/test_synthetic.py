@@ -1,4 +1,4 @@
-"""The synthetic dataset (shipseg.synthetic): the Kaggle layout, reproducible bytes, textured sea and
+"""The synthetic dataset (shipseg.data.synthetic): the Kaggle layout, reproducible bytes, textured sea and
 ships where their RLE says.
 """
 
@@ -15,9 +15,9 @@ from scipy import ndimage
 from skimage.measure import label
 
 from conftest import csv_rows, pil_image
-from shipseg import airbus, synthetic
-from shipseg.errors import DataError
-from shipseg.rle import rle_decode
+from shipseg.core.errors import DataError
+from shipseg.data import airbus, synthetic
+from shipseg.data.rle import rle_decode
 
 
 def all_files(folder: Path) -> dict[str, bytes]:

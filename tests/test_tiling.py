@@ -1,4 +1,4 @@
-"""Large scenes (shipseg.tiling): tiles that cover, blending that agrees with the whole image, a
+"""Large scenes (shipseg.predict.tiling): tiles that cover, blending that agrees with the whole image, a
 ship cut by a tile border kept as one, and ``inference.py`` on a scene above the limit."""
 
 from __future__ import annotations
@@ -13,7 +13,10 @@ from PIL import Image
 from scipy import ndimage
 
 from conftest import inference_command, run
-from shipseg import cli, errors, scoring, ships, tiling
+from shipseg.core import errors
+from shipseg.predict import tiling
+from shipseg.scoring import metrics as scoring
+from shipseg.scoring import ships
 
 
 def local_model(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -143,5 +146,5 @@ def test_bad_tile_options_are_one_line(trained_project, synthetic_dataset, tmp_p
 )
 def test_scene_options_out_of_range_are_refused_naming_the_option(tile, tile_above, overlap, error):
     with pytest.raises(errors.UserError, match=re.escape(error)):
-        cli.check_scene_options(tile, tile_above, overlap)
-    cli.check_scene_options(64, 100, 63)  # in range: no error
+        tiling.check_scene_options(tile, tile_above, overlap)
+    tiling.check_scene_options(64, 100, 63)  # in range: no error

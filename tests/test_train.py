@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, run, second_run_while_the_first_holds_its_lock, train_command
-from shipseg import airbus, retraining
+from shipseg.data import airbus
+from shipseg.train import run as retraining
 
 
 def test_train_best_writes_the_final_model_and_honest_metrics(trained_project):

@@ -11,8 +11,8 @@ import types
 import keras_tuner
 import pytest
 
-from shipseg import errors
-from shipseg.training import AtomicCheckpoint, fit_keeping_the_best
+from shipseg.core import errors
+from shipseg.train.fitting import AtomicCheckpoint, fit_keeping_the_best
 
 SETTINGS = types.SimpleNamespace(epochs=3, verbose=0)
 

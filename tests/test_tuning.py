@@ -5,7 +5,7 @@ import keras_tuner
 import numpy as np
 
 import hypermodel
-from shipseg import tuning
+from shipseg.search import tuning
 
 
 def execution(builder, hp, tmp_path, warm_start=None) -> tuning.TrialExecution:

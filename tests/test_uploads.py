@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shipseg import uploads
-from shipseg.errors import RequestError
+from shipseg.core.errors import RequestError
+from shipseg.serve import uploads
 
 
 def body_of(chunks, declared=None, limit=100, timeout=1.0, pause=0.0):

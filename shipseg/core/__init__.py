@@ -1,0 +1,1 @@
+"""Plumbing every layer uses: typed errors, atomic files, locks, TensorFlow start-up, time budgets."""

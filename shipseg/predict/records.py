@@ -1,0 +1,167 @@
+"""Per-image records of an inference run and the tables built from them.
+
+An inference writes, for each image, its mask and overlay PNGs and then a small JSON record
+(``records/<image file name>.json``: its submission rows, its ``images.csv`` row, its size and ship
+evidence). A record exists only once the image's outputs are complete, so a run that dies at
+image 12,000 of 15,606 is resumed by running the same command again: images with a record are
+skipped, and ``submission.csv`` is rebuilt from all records, equal to an uninterrupted run's.
+
+The output folder also records the model and the settings it was made with (``inference.json``):
+a run with another model or other settings is refused rather than mixed into it.
+
+A resumed run predicts whole batches again, as the uninterrupted run formed them (``to_redo``),
+so each image is predicted beside the same neighbours and gets the same probabilities.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from shipseg.core import atomic
+from shipseg.core.errors import UserError
+from shipseg.data import airbus
+from shipseg.data.rle import rle_encode_pixels
+from shipseg.predict.prediction import Prediction
+from shipseg.scoring import ships
+
+RECORDS = "records"
+RUN_FILE = "inference.json"
+# What --overwrite removes besides the records: everything an inference writes.
+OUTPUTS = (
+    "masks",
+    "overlays",
+    "submission.csv",
+    "images.csv",
+    "ships.csv",
+    "ships.geojson",
+    "scores.json",
+    RUN_FILE,
+)
+
+
+def run_identity(model_path: Path, settings: dict) -> dict:
+    """The model (path, size and modification time: a retrained model differs) and settings."""
+    stat = model_path.resolve().stat()
+    return {
+        "model": str(model_path.resolve()),
+        "model_bytes": stat.st_size,
+        "model_modified_ns": stat.st_mtime_ns,
+        "settings": settings,
+    }
+
+
+def open_run(out_dir: Path, identity: dict, overwrite: bool) -> set[str]:
+    """Starts or resumes the run in ``out_dir``; returns the names of the images already done.
+
+    Raises:
+        UserError: When ``out_dir`` holds a run of another model or other settings (and not
+            ``overwrite``).
+    """
+    run_file = out_dir / RUN_FILE
+    if overwrite:
+        _remove_outputs(out_dir)
+    elif run_file.is_file():
+        previous = json.loads(run_file.read_text())
+        changed = [key for key in identity if previous.get(key) != identity[key]]
+        if changed:
+            what = "settings" if changed == ["settings"] else "model"
+            raise UserError(
+                f"{out_dir}: holds predictions of another {what} ({previous.get('model')}); use "
+                "another --out, or --overwrite to replace them"
+            )
+    atomic.write_json_atomically(run_file, identity)
+    return {path.name.removesuffix(".json") for path in (out_dir / RECORDS).glob("*.json")}
+
+
+def to_redo(paths: list[Path], done: set[str], batch_size: int) -> list[Path]:
+    """The images to predict: every batch, as an uninterrupted run forms them, not all done.
+
+    The network's output can differ in its last bits with the batch an image is predicted in
+    (TensorFlow's CPU kernels depend on the batch size), so a resumed run predicts whole
+    batches again: each image meets the same neighbours and gets the same probabilities.
+    """
+    redo = []
+    for start in range(0, len(paths), batch_size):
+        batch = paths[start : start + batch_size]
+        if any(path.name not in done for path in batch):
+            redo.extend(batch)
+    return redo
+
+
+def write_record(out_dir: Path, name: str, record: dict) -> None:
+    """Writes one image's record, last of its outputs (its presence means they are complete)."""
+    atomic.write_json_atomically(out_dir / RECORDS / f"{name}.json", record)
+
+
+def read_record(out_dir: Path, name: str) -> dict:
+    """One image's record, as ``write_record`` wrote it."""
+    return json.loads((out_dir / RECORDS / f"{name}.json").read_text())
+
+
+def _remove_outputs(out_dir: Path) -> None:
+    for name in (RECORDS, *OUTPUTS):
+        path = out_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def ship_rows(image_id: str, labels: np.ndarray) -> list[tuple[str, str]]:
+    """Submission rows of one image: one per ship, or one empty row when there is none."""
+    from skimage.measure import regionprops
+
+    height = labels.shape[0]
+    rows = [
+        (image_id, rle_encode_pixels(ship.coords[:, 0], ship.coords[:, 1], height))
+        for ship in regionprops(labels)
+    ]
+    return rows or [(image_id, "")]
+
+
+# images.csv: one row per image, beside submission.csv.
+IMAGE_COLUMNS = ("ImageId", "ship_probability", "top_pixel_probability", "ships")
+
+
+def image_row(image_id: str, prediction: Prediction, labels: np.ndarray) -> tuple:
+    """One row of ``images.csv``: the image's ship evidence and how many ships were kept.
+
+    ``ship_probability`` is the ship head's (empty for a model without a head): the learnt
+    answer to "is there a ship?", which gates the image's ships at the tuned threshold.
+    """
+    return (
+        image_id,
+        "" if prediction.ship_probability is None else round(prediction.ship_probability, 6),
+        round(float(prediction.probabilities.max(initial=0.0)), 6),
+        int(labels.max(initial=0)),
+    )
+
+
+def write_tables(outputs: dict[int, dict], out_dir: Path) -> int:
+    """Writes ``submission.csv`` and ``images.csv`` from the images' records in image order.
+
+    Returns:
+        The number of ships found.
+    """
+    done = sorted(outputs)
+    rows = [tuple(row) for position in done for row in outputs[position]["rows"]]
+    submission = pd.DataFrame(rows, columns=list(airbus.CSV_COLUMNS))
+    images = pd.DataFrame(
+        [outputs[position]["image_row"] for position in done], columns=IMAGE_COLUMNS
+    )
+    ship_list = [ship for position in done for ship in outputs[position]["ships"]]
+    ship_table = pd.DataFrame(ship_list, columns=list(ships.SHIP_COLUMNS))
+    ship_table["corners"] = ship_table.corners.map(json.dumps)
+    if rows:
+        tables = (("submission.csv", submission), ("images.csv", images), ("ships.csv", ship_table))
+        for name, table in tables:
+            atomic.write_atomically(
+                out_dir / name, lambda temporary, table=table: table.to_csv(temporary, index=False)
+            )
+        atomic.write_text_atomically(out_dir / "ships.geojson", ships.geojson(ship_list))
+    return int((submission.EncodedPixels != "").sum())

@@ -1,0 +1,1 @@
+"""What a ship is and how predicted ships are scored: ship geometry, outlines, the competition metric."""

@@ -1,0 +1,213 @@
+"""What a search was asked to do: one frozen ``SearchSettings``, its record, and its oracle.
+
+``search.py`` builds the settings once from its command line (the defaults of the synthetic or
+the real data filled in, every count checked) and passes them down; ``record`` is what
+``search_config.json`` keeps, and what a resumed run must match (``check_resumable``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import keras_tuner
+
+from shipseg.core import atomic, budget, errors, runtime
+from shipseg.data import synthetic
+from shipseg.data.inputs import InputConfig
+from shipseg.model import encoders
+from shipseg.model.space import Dimension, search_space
+from shipseg.model.unet import check_input_size
+
+# Settings that must match to resume a project (others, like the verbosity, may change).
+RESUME_KEYS = (
+    "iterations",
+    "val_fraction",
+    "test_fraction",
+    "data_dir",
+    "input",
+    "objective",
+    "tuner",
+    "max_epochs",
+    "factor",
+    "seed",
+    "space",
+    "images_per_epoch",
+    "val_images",
+    "executions_per_trial",
+    "encoder_weights",
+)
+# ... of which these only matter to Hyperband (--max-trials may grow on resume, as the budget).
+HYPERBAND_KEYS = ("factor", "iterations")
+# Counts that must be at least 1 (None: not given, where that is allowed).
+COUNTS = (
+    "max_epochs",
+    "max_trials",
+    "iterations",
+    "executions_per_trial",
+    "images_per_epoch",
+    "val_images",
+    "initial_trials",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSettings:
+    """Every setting of one search (see ``python search.py --help`` for each).
+
+    Attributes:
+        data_dir: The dataset's absolute path, or None for the synthetic dataset.
+        project: The project's name: its folder is ``results_dir / project``.
+        hp: The search-space overrides (``name=value``), the synthetic default's first.
+        encoder_weights: ``imagenet``, ``none`` or a weights file's absolute path.
+        initial_trials: Bayesian optimisation's random trials, None for the default
+            (``bayesian_initial_trials``).
+        time_budget: The project's wall-time budget as written (``90m``), or None.
+    """
+
+    data_dir: str | None
+    project: str
+    results_dir: str
+    input_config: InputConfig
+    hp: tuple[str, ...]
+    objective: str = "val_dice"
+    tuner: str = "hyperband"
+    max_epochs: int = 10
+    factor: int = 3
+    max_trials: int = 10
+    initial_trials: int | None = None
+    iterations: int = 1
+    executions_per_trial: int = 1
+    images_per_epoch: int = 512
+    val_images: int | None = None
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    max_parameters: int = 40_000_000
+    encoder_weights: str = "none"
+    seed: int = 0
+    multi_gpu: bool = False
+    time_budget: str | None = None
+    overwrite: bool = False
+    verbose: int = 1
+
+    def __post_init__(self):
+        """Raises ``errors.UserError`` (naming the option) for a setting out of its range."""
+        if self.initial_trials is not None and self.tuner != "bayesian":
+            raise errors.UserError("--initial-trials is for --tuner bayesian only")
+        for name in COUNTS:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise errors.UserError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.factor < 2:
+            raise errors.UserError("--factor must be at least 2")
+        if self.time_budget is not None:
+            try:
+                budget.parse_duration(self.time_budget)
+            except ValueError as error:
+                raise errors.UserError(f"--time-budget: {error}") from None
+
+    @property
+    def project_dir(self) -> Path:
+        """Where every file of the search goes."""
+        return Path(self.results_dir) / self.project
+
+    @property
+    def space(self) -> tuple[Dimension, ...]:
+        """The search space with ``hp`` applied (a pretrained encoder when weights are given)."""
+        return search_space(self.hp, pretrained=self.encoder_weights != "none")
+
+    @property
+    def bayesian_initial_trials(self) -> int:
+        """Random trials before Bayesian optimisation's Gaussian process proposes the others.
+
+        Keras Tuner's default is three per hyperparameter, 36 for this space: a search of fewer
+        trials would be a random search (measured: seed-0 Bayesian and random searches of 6
+        trials tried the same configurations). A third of ``max_trials``, at least 2, by default.
+        """
+        return self.initial_trials or max(2, self.max_trials // 3)
+
+    def record(self) -> dict:
+        """The run's configuration as ``search_config.json`` keeps it (and resuming compares)."""
+        return {
+            "data_dir": self.data_dir,
+            "synthetic": None if self.data_dir else dataclasses.asdict(synthetic.SyntheticConfig()),
+            "project": self.project,
+            "input": dataclasses.asdict(self.input_config),
+            "objective": self.objective,
+            "tuner": self.tuner,
+            "max_epochs": self.max_epochs,
+            "factor": self.factor,
+            "max_trials": self.max_trials,
+            "initial_trials": self.bayesian_initial_trials if self.tuner == "bayesian" else None,
+            "iterations": self.iterations,
+            "executions_per_trial": self.executions_per_trial,
+            "images_per_epoch": self.images_per_epoch,
+            "val_images": self.val_images,
+            "val_fraction": self.val_fraction,
+            "test_fraction": self.test_fraction,
+            "max_parameters": self.max_parameters,
+            "encoder_weights": self.encoder_weights,
+            "seed": self.seed,
+            "space": {d.name: d.describe() for d in self.space},
+            "hp_overrides": list(self.hp),
+            "multi_gpu": self.multi_gpu,
+            "time_budget": self.time_budget,
+            "versions": runtime.library_versions(),
+            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        }
+
+
+def check_space(settings: SearchSettings) -> None:
+    """Checks the space against the input size and finds the pretrained encoders' weights.
+
+    Raises:
+        errors.UserError: For a bad override, an input size the deepest U-Net cannot halve,
+            or weights that cannot be had.
+    """
+    try:
+        space = {dimension.name: dimension for dimension in settings.space}
+    except ValueError as error:
+        raise errors.UserError(str(error)) from None
+    try:
+        # Ranges are (low, high) and choices a tuple: either way the deepest is the largest.
+        check_input_size(settings.input_config.size, int(max(space["levels"].values)))
+    except ValueError as error:
+        raise errors.UserError(f"--input-size: {error}") from None
+    runtime.hide_gpus()  # checking the weights builds the encoders: not on the trials' GPU
+    encoders.check_weights(space["encoder"].values, settings.encoder_weights)
+
+
+def check_resumable(project_dir: Path, record: dict) -> bool:
+    """Whether the project holds a search to resume; refuses one made with other settings."""
+    config_path = project_dir / "search_config.json"
+    if not config_path.is_file():
+        return False
+    # Projects searched before --tuner existed were all Hyperband searches.
+    previous = {"tuner": "hyperband", **atomic.read_json(config_path)}
+    hyperband = record["tuner"] == "hyperband"
+    keys = [key for key in RESUME_KEYS if hyperband or key not in HYPERBAND_KEYS]
+    changed = [key for key in keys if previous.get(key) != record.get(key)]
+    if changed:
+        raise errors.UserError(
+            f"{config_path}: this project was searched with other settings "
+            f"({', '.join(changed)}); "
+            "rerun with --overwrite to start afresh, or choose another --project"
+        )
+    return True
+
+
+def oracle_settings(settings: SearchSettings) -> dict:
+    """Arguments of the ``tuner``'s Keras Tuner oracle."""
+    common = {
+        "objective": keras_tuner.Objective(settings.objective, direction="max"),
+        "seed": settings.seed,
+        # None: failed trials are recorded and the search goes on, however many fail in a row.
+        "max_consecutive_failed_trials": None,
+    }
+    if settings.tuner == "hyperband":
+        hyperband = {"max_epochs": settings.max_epochs, "factor": settings.factor}
+        return {**common, **hyperband, "hyperband_iterations": settings.iterations}
+    if settings.tuner == "bayesian":
+        initial = settings.bayesian_initial_trials
+        return {**common, "max_trials": settings.max_trials, "num_initial_points": initial}
+    return {**common, "max_trials": settings.max_trials}

@@ -1,0 +1,1 @@
+"""The HTTP service: the detector, micro-batching, uploads, connections, the FastAPI routes and page."""

@@ -1,0 +1,145 @@
+"""``ShipUNetHyperModel``: the search space made into a trainable, validated ship U-Net.
+
+Keras Tuner calls ``build`` once per trial (and per repeated execution) with sampled values,
+then ``fit``; ``train.py`` calls both with fixed values (``space.fixed_hyperparameters``), so a
+searched configuration and its retraining go through one code path.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import keras
+import keras_tuner
+import numpy as np
+
+from shipseg.model import encoders
+from shipseg.model.space import DEFAULT_SPACE, Dimension
+from shipseg.model.unet import build_unet, compile_unet, has_ship_head
+from shipseg.train.validation import WholeImageValidation
+
+
+class ShipUNetHyperModel(keras_tuner.HyperModel):
+    """Search space and training loop for ship U-Nets.
+
+    ``build`` samples the architecture, loss and learning rate; ``fit`` batches the training
+    stream with the sampled batch size, validates on whole images after each epoch and marks
+    trials that diverge or run out of memory as failed, so the search goes on.
+
+    Args:
+        space: Dimensions to search (see ``search_space``).
+        validation: Whole-image validation settings; its table must not be empty.
+        images_per_epoch: Training images per epoch (the stream is endless).
+        seed: Start of the seed sequence for weight initialisation (one seed per build).
+        max_parameters: Trials whose model has more weights fail at once (memory guard).
+        encoder_weights: A pretrained encoder's initial weights: ``"none"``, ``"imagenet"`` or
+            a file (see ``shipseg.model.encoders.check_weights``).
+    """
+
+    def __init__(
+        self,
+        space: Sequence[Dimension] = DEFAULT_SPACE,
+        validation: WholeImageValidation | None = None,
+        images_per_epoch: int = 512,
+        seed: int = 0,
+        max_parameters: int | None = None,
+        encoder_weights: str = "none",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.encoder_weights = encoder_weights
+        self.space = tuple(space)
+        self.validation = validation
+        self.images_per_epoch = images_per_epoch
+        self.seed = seed
+        self.max_parameters = max_parameters
+        self.builds = 0
+
+    def build(self, hp: keras_tuner.HyperParameters) -> keras.Model:  # noqa: D102
+        values = {dimension.name: dimension.define(hp) for dimension in self.space}
+        # Each build (trial or repeated execution) gets the next seed of a fixed sequence, so
+        # a run is reproducible and --executions-per-trial averages different initialisations.
+        keras.utils.set_random_seed(self.seed + self.builds)
+        self.builds += 1
+        model = build_unet(
+            values["levels"],
+            values["base_filters"],
+            values["dropout"],
+            values["batch_norm"],
+            values["upsampling"],
+            ship_head=values["ship_loss_weight"] > 0,
+            encoder=values["encoder"],
+            encoder_weights=self.encoder_weights,
+        )
+        if self.max_parameters and model.count_params() > self.max_parameters:
+            raise keras_tuner.errors.FailedTrialError(
+                f"model has {model.count_params():,} weights, "
+                f"over the limit of {self.max_parameters:,}"
+            )
+        compile_unet(
+            model,
+            values["learning_rate"],
+            values["pixel_loss"],
+            values["pixel_weight"],
+            values["ship_loss_weight"],
+        )
+        return model
+
+    def fit(self, hp: keras_tuner.HyperParameters, model: keras.Model, x, *args, **kwargs):
+        """Trains on the unbatched stream ``x`` with the trial's batch size.
+
+        Raises:
+            keras_tuner.errors.FailedTrialError: When the loss becomes NaN or memory runs out.
+        """
+        import tensorflow as tf
+
+        batch_size = hp.get("batch_size")
+        callbacks = list(kwargs.pop("callbacks", []))
+        if self.validation is not None:
+            validation = _copy_validation(self.validation, callbacks)
+            callbacks.insert(0, validation)
+        callbacks.insert(1 if self.validation is not None else 0, keras.callbacks.TerminateOnNaN())
+        if encoders.has_encoder(model) and hp.get("encoder_frozen_epochs") > 0:
+            callbacks.insert(0, encoders.FreezeEncoder(hp.get("encoder_frozen_epochs")))
+        kwargs.setdefault("steps_per_epoch", max(1, math.ceil(self.images_per_epoch / batch_size)))
+        kwargs.setdefault("shuffle", False)  # tf.data shuffles; Keras would only warn about it
+        batches = x.batch(batch_size, drop_remainder=True)
+        if has_ship_head(model):
+            batches = batches.map(_with_ship_targets)
+        try:
+            history = model.fit(
+                batches.prefetch(2),
+                *args,
+                callbacks=callbacks,
+                **kwargs,
+            )
+        except (tf.errors.ResourceExhaustedError, MemoryError) as error:
+            raise keras_tuner.errors.FailedTrialError(f"out of memory: {error}") from None
+        losses = history.history.get("loss", [])
+        if not losses or not np.all(np.isfinite(losses)):
+            raise keras_tuner.errors.FailedTrialError(
+                "the loss became NaN or infinite; trial stopped"
+            )
+        return history
+
+
+def _with_ship_targets(images, masks):
+    """Targets for a model with a ship head: the mask, and whether the crop holds a ship pixel."""
+    import tensorflow as tf
+
+    has_ship = tf.reduce_max(masks, axis=[1, 2])
+    return images, {"ship_probability": masks, "has_ship": has_ship}
+
+
+def _copy_validation(template: WholeImageValidation, callbacks) -> WholeImageValidation:
+    """A fresh validation callback for one trial, drawing images into the trial's TensorBoard."""
+    tensorboard = next((c for c in callbacks if isinstance(c, keras.callbacks.TensorBoard)), None)
+    return WholeImageValidation(
+        template.table,
+        template.input_config,
+        template.postprocess,
+        template.batch_size,
+        image_log_dir=tensorboard.log_dir if tensorboard is not None else template.image_log_dir,
+        images_to_log=len(template.logged_positions),
+    )
