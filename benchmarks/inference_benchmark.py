@@ -128,7 +128,7 @@ def timed_passes(
         arguments += ["--batch-size", str(options.batch_size)]
         arguments += ["--no-overlays"] if options.no_overlays else []
         args = inference.build_parser().parse_args(arguments)
-        result = inference.run_inference(inference.settings_from(args))
+        result = batch.run_inference(inference.settings_from(args))
         end_to_end.append(result["processed"] / result["seconds"])
     return bare, end_to_end
 

@@ -30,6 +30,8 @@ sys.path.insert(0, str(ROOT))
 import search
 from shipseg.data import synthetic
 from shipseg.search import tuning
+from shipseg.search.run import run_search
+from shipseg.search.settings import settings_from
 
 
 def main() -> None:
@@ -51,7 +53,7 @@ def main() -> None:
     probe.install()
     start = time.perf_counter()
     args = search.build_parser().parse_args(search_arguments(data_dir, work, options))
-    search.run_search(search.resolve_settings(args))
+    run_search(settings_from(vars(args)))
     total = time.perf_counter() - start
     summary = json.loads((work / "results" / "bench" / "search_summary.json").read_text())
     print_report(probe, summary, total)

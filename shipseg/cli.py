@@ -8,7 +8,9 @@ bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+import types
 from collections.abc import Callable, Sequence
 
 from shipseg.core.errors import ShipsegError
@@ -29,6 +31,21 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if "default" in text or action.default in (None, False, argparse.SUPPRESS):
             return text
         return super()._get_help_string(action)
+
+
+def defaults_of(settings_class: type) -> types.SimpleNamespace:
+    """The defaults a settings dataclass declares, by field name, for its command's parser.
+
+    A parser writes ``default=DEFAULTS.epochs`` rather than the number itself, so each default
+    is stated once, in the settings that a run records.
+    """
+    return types.SimpleNamespace(
+        **{
+            field.name: field.default
+            for field in dataclasses.fields(settings_class)
+            if field.default is not dataclasses.MISSING
+        }
+    )
 
 
 def main(

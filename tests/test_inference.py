@@ -14,11 +14,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-import inference
 from conftest import inference_command, run, second_run_while_the_first_holds_its_lock
 from shipseg.data import airbus
 from shipseg.data.rle import rle_decode
-from shipseg.predict import drawing, records
+from shipseg.predict import batch, drawing, records
 from shipseg.scoring import metrics as scoring
 
 
@@ -26,9 +25,9 @@ def test_masks_and_overlays_of_images_with_and_without_ships(tmp_path):
     image = np.random.default_rng(0).integers(0, 256, (24, 20, 3)).astype(np.float32)
     sure_ship = np.zeros((24, 20), np.float32)
     sure_ship[3:9, 4:12] = 0.99
-    settings = inference.scoring.PostprocessConfig(threshold=0.5, image_threshold=0.9)
+    settings = batch.scoring.PostprocessConfig(threshold=0.5, image_threshold=0.9)
     for name, probabilities in (("sea", np.zeros((24, 20), np.float32)), ("ship", sure_ship)):
-        labels = inference.process_prediction(
+        labels = batch.process_prediction(
             tmp_path / f"{name}.jpg", probabilities, settings, tmp_path, True, image
         )
         mask = np.asarray(Image.open(tmp_path / "masks" / f"{name}.png"))
@@ -43,10 +42,10 @@ def test_masks_and_overlays_of_images_with_and_without_ships(tmp_path):
 
 
 def test_default_output_folder_follows_the_model():
-    assert inference.default_output_dir(Path("results/p/final/model.keras")) == Path(
+    assert batch.default_output_dir(Path("results/p/final/model.keras")) == Path(
         "results/p/predictions"
     )
-    assert inference.default_output_dir(Path("/tmp/model.keras")) == Path("/tmp/predictions")
+    assert batch.default_output_dir(Path("/tmp/model.keras")) == Path("/tmp/predictions")
 
 
 def decoded_submission(submission: pd.DataFrame, image_id: str, shape) -> list[np.ndarray]:
@@ -175,7 +174,7 @@ def test_submission_rows_decode_to_exactly_the_predicted_ships(tmp_path):
     config = scoring.PostprocessConfig(threshold=0.5, image_threshold=0.5, min_ship_pixels=5)
     image = tmp_path / "sea.png"
     Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(image)
-    labels = inference.process_prediction(image, probabilities, config, tmp_path, overlays=True)
+    labels = batch.process_prediction(image, probabilities, config, tmp_path, overlays=True)
     rows = records.ship_rows("sea.png", labels)
     assert len(rows) == 2
     decoded = [rle_decode(rle, labels.shape) for _, rle in rows]
@@ -323,7 +322,7 @@ def test_inference_lists_every_predicted_ship_with_its_box_in_csv_and_geojson(
 
 
 def test_labels_that_do_not_fit_an_image_leave_it_unscored_not_the_run_failed(capsys, tmp_path):
-    scorer = inference.LabelScorer(pd.Series({"a.jpg": ("1 100",), "b.jpg": ()}))
+    scorer = batch.LabelScorer(pd.Series({"a.jpg": ("1 100",), "b.jpg": ()}))
     scorer.add("a.jpg", np.zeros((4, 4), np.int32), 0.1)  # a run past the 16 pixels
     scorer.add("b.jpg", np.zeros((4, 4), np.int32), 0.1)
     scores = scorer.report(tmp_path)

@@ -20,7 +20,9 @@ import hypermodel
 import search
 from conftest import ROOT, run, search_command, second_run_while_the_first_holds_its_lock
 from shipseg.core import errors
+from shipseg.search import run as search_run
 from shipseg.search import settings as search_settings
+from shipseg.search.settings import settings_from
 
 
 def event_tags(folder: Path) -> set[str]:
@@ -254,14 +256,14 @@ def test_tuner_role_follows_keras_tuner(monkeypatch, variables, role):
         monkeypatch.delenv(name, raising=False)
     for name, value in variables.items():
         monkeypatch.setenv(name, value)
-    assert search.tuner_role() == role
+    assert search_run.tuner_role() == role
 
 
 def test_half_configured_distribution_is_refused(monkeypatch):
     monkeypatch.setenv("KERASTUNER_TUNER_ID", "tuner0")
     monkeypatch.delenv("KERASTUNER_ORACLE_IP", raising=False)
     with pytest.raises(errors.UserError, match="KERASTUNER_ORACLE_IP"):
-        search.tuner_role()
+        search_run.tuner_role()
 
 
 @pytest.mark.slow
@@ -408,14 +410,34 @@ def test_random_and_bayesian_search_run_resume_and_grow_with_max_trials(
 def test_bayesian_search_hands_over_to_its_gaussian_process_after_a_third_of_its_trials():
     def initial_points(*flags):
         args = search.build_parser().parse_args(["--tuner", "bayesian", *flags])
-        return search_settings.oracle_settings(search.resolve_settings(args))["num_initial_points"]
+        return search_settings.oracle_settings(settings_from(vars(args)))["num_initial_points"]
 
     # Keras Tuner's own default, 3 per hyperparameter (36), would make 10 trials a random search.
     assert initial_points() == 3
     assert initial_points("--max-trials", "30") == 10
     assert initial_points("--max-trials", "4") == 2
     assert initial_points("--max-trials", "30", "--initial-trials", "5") == 5
-    hyperband = search.resolve_settings(search.build_parser().parse_args([]))
+    hyperband = settings_from(vars(search.build_parser().parse_args([])))
     assert "num_initial_points" not in search_settings.oracle_settings(hyperband)
     with pytest.raises(errors.UserError, match="--initial-trials is for --tuner bayesian only"):
-        search.resolve_settings(search.build_parser().parse_args(["--initial-trials", "3"]))
+        settings_from(vars(search.build_parser().parse_args(["--initial-trials", "3"])))
+
+
+def _split(groups: list[int], splits_: list[str]) -> pd.DataFrame:
+    names = [f"{i:03d}.jpg" for i in range(len(groups))]
+    return pd.DataFrame({"ImageId": names, "split": splits_, "group": groups})
+
+
+def test_a_split_without_validation_images_names_the_overlap_groups_when_they_are_the_cause():
+    from shipseg.data.inputs import InputConfig
+    from shipseg.search.run import split_problem
+    from shipseg.search.settings import SearchSettings
+
+    settings = SearchSettings(data_dir=None, project="p", input_config=InputConfig(), hp=())
+    images = pd.DataFrame({"ImageId": ["000.jpg"], "ship_count": [1]})
+    duplicated = _split([0] * 9 + [1], ["train"] * 9 + ["test"])
+    message = split_problem(duplicated, images, images.iloc[:0], settings)
+    assert "10 images fall in 2 overlap groups" in message
+    assert "group 0: 9 images (e.g. 000.jpg)" in message and "--val-fraction" not in message
+    many = _split(list(range(10)), ["train"] * 9 + ["test"])
+    assert "a larger --val-fraction" in split_problem(many, images, images.iloc[:0], settings)

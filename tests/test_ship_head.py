@@ -11,7 +11,7 @@ import pytest
 import hypermodel
 import pipeline
 from conftest import ROOT, run
-from shipseg.model import space
+from shipseg.train import hypermodel as unet_hypermodel
 from shipseg.predict import prediction
 from shipseg.scoring import metrics as scoring
 
@@ -51,7 +51,7 @@ def test_a_model_without_the_weight_has_no_head():
 def test_the_head_learns_whether_the_crop_holds_a_ship_pixel():
     masks = np.zeros((2, 8, 8, 1), np.float32)
     masks[0, 3, 4] = 1
-    _, targets = space._with_ship_targets(np.zeros((2, 8, 8, 3), np.float32), masks)
+    _, targets = unet_hypermodel._with_ship_targets(np.zeros((2, 8, 8, 3), np.float32), masks)
     np.testing.assert_array_equal(targets["has_ship"].numpy(), [[1.0], [0.0]])
     np.testing.assert_array_equal(targets["ship_probability"], masks)
 

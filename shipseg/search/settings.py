@@ -1,8 +1,9 @@
 """What a search was asked to do: one frozen ``SearchSettings``, its record, and its oracle.
 
-``search.py`` builds the settings once from its command line (the defaults of the synthetic or
-the real data filled in, every count checked) and passes them down; ``record`` is what
-``search_config.json`` keeps, and what a resumed run must match (``check_resumable``).
+``settings_from`` builds the settings once from ``search.py``'s options (the defaults of the
+synthetic or the real data filled in, every count checked) and the run passes them down;
+``record`` is what ``search_config.json`` keeps, and what a resumed run must match
+(``check_resumable``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,13 @@ from shipseg.model import encoders
 from shipseg.model.space import Dimension, search_space
 from shipseg.model.unet import check_input_size
 
+# On the synthetic default, a budget that ends in a few minutes on two CPU cores.
+SYNTHETIC_DEFAULTS = {"input_size": 128, "max_epochs": 6, "images_per_epoch": 192}
+# ... and a space without the slowest U-Nets (5 levels, 32 filters); --hp overrides these too.
+SYNTHETIC_SPACE = ("levels=2:4", "base_filters=8,16")
+# On real data, whole-image validation is capped: 1,000 images at about 3 images/s is already
+# 5 minutes per epoch on a CPU (the share of empty images is kept).
+REAL_DEFAULTS = {"input_size": 256, "max_epochs": 10, "images_per_epoch": 512, "val_images": 1000}
 # Settings that must match to resume a project (others, like the verbosity, may change).
 RESUME_KEYS = (
     "iterations",
@@ -52,7 +60,7 @@ COUNTS = (
 )
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class SearchSettings:
     """Every setting of one search (see ``python search.py --help`` for each).
 
@@ -68,9 +76,9 @@ class SearchSettings:
 
     data_dir: str | None
     project: str
-    results_dir: str
     input_config: InputConfig
     hp: tuple[str, ...]
+    results_dir: str = "results"
     objective: str = "val_dice"
     tuner: str = "hyperband"
     max_epochs: int = 10
@@ -211,3 +219,49 @@ def oracle_settings(settings: SearchSettings) -> dict:
         initial = settings.bayesian_initial_trials
         return {**common, "max_trials": settings.max_trials, "num_initial_points": initial}
     return {**common, "max_trials": settings.max_trials}
+
+
+def settings_from(options: dict) -> SearchSettings:
+    """The search's settings from ``search.py``'s options, with its data's defaults filled in.
+
+    Args:
+        options: The parsed command line by option name (``vars(args)``): every field of
+            ``SearchSettings`` that the command offers, plus ``mode``, ``input_size``,
+            ``ship_crop_probability`` and ``empty_fraction`` (which make ``input_config``).
+            A None count takes the synthetic or real data's default.
+
+    Raises:
+        errors.UserError: Naming the option that is out of range.
+    """
+    data_dir = options["data_dir"]
+    chosen = dict(options)
+    for name, value in (REAL_DEFAULTS if data_dir else SYNTHETIC_DEFAULTS).items():
+        chosen[name] = value if chosen.get(name) is None else chosen[name]
+    try:
+        input_config = InputConfig(
+            mode=chosen["mode"],
+            size=chosen["input_size"],
+            ship_crop_probability=chosen["ship_crop_probability"],
+            empty_image_fraction=chosen["empty_fraction"],
+        )
+    except ValueError as error:
+        raise errors.UserError(str(error)) from None
+    fields = {field.name for field in dataclasses.fields(SearchSettings)}
+    values = {name: value for name, value in chosen.items() if name in fields}
+    values.update(
+        data_dir=str(Path(data_dir).resolve()) if data_dir else None,
+        project=project_name(chosen["project"], data_dir),
+        input_config=input_config,
+        hp=(*(() if data_dir else SYNTHETIC_SPACE), *chosen["hp"]),
+        encoder_weights=encoders.resolve_weights(chosen["encoder_weights"]),
+    )
+    settings = SearchSettings(**values)
+    check_space(settings)
+    return settings
+
+
+def project_name(project: str | None, data_dir: str | None) -> str:
+    """``--project``, or the data folder's name, or ``synthetic``."""
+    if project:
+        return project
+    return Path(data_dir).resolve().name if data_dir else "synthetic"
