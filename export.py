@@ -34,31 +34,6 @@ from shipseg.model import exporting as export
 from shipseg.model import loading as models
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command-line interface of ``export.py``."""
-    parser = argparse.ArgumentParser(
-        description="Export the trained U-Net as a TensorFlow SavedModel and a TFLite file.",
-        formatter_class=cli.HelpFormatter,
-    )
-    parser.add_argument(
-        "--model", help="a .keras model (default: the latest results/*/final/model.keras)"
-    )
-    parser.add_argument("--results-dir", default="results")
-    parser.add_argument("--out", help="export folder (default: results/<project>/export)")
-    parser.add_argument(
-        "--image-size",
-        type=int,
-        default=export.DEFAULT_IMAGE_SIZE,
-        help="height and width of the exported input (smaller images are padded)",
-    )
-    parser.add_argument(
-        "--parity-images",
-        nargs="+",
-        help="images to check the exported models on (default: two of the test split)",
-    )
-    return parser
-
-
 @dataclasses.dataclass(frozen=True)
 class ExportSettings:
     """What one export is told (``python export.py --help``), built once from its command line."""
@@ -75,6 +50,34 @@ class ExportSettings:
             raise errors.UserError(
                 f"--image-size must be a positive multiple of {prediction.SIZE_MULTIPLE}"
             )
+
+
+DEFAULTS = cli.defaults_of(ExportSettings)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface of ``export.py``."""
+    parser = argparse.ArgumentParser(
+        description="Export the trained U-Net as a TensorFlow SavedModel and a TFLite file.",
+        formatter_class=cli.HelpFormatter,
+    )
+    parser.add_argument(
+        "--model", help="a .keras model (default: the latest results/*/final/model.keras)"
+    )
+    parser.add_argument("--results-dir", default=DEFAULTS.results_dir)
+    parser.add_argument("--out", help="export folder (default: results/<project>/export)")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=DEFAULTS.image_size,
+        help="height and width of the exported input (smaller images are padded)",
+    )
+    parser.add_argument(
+        "--parity-images",
+        nargs="+",
+        help="images to check the exported models on (default: two of the test split)",
+    )
+    return parser
 
 
 def settings_from(args: argparse.Namespace) -> ExportSettings:
