@@ -110,7 +110,22 @@ def run_export(settings: ExportSettings) -> dict:
 
 
 def parity_images(paths: tuple[str, ...] | None, config: dict, size: int) -> np.ndarray:
-    """``(n, size, size, 3)`` images: the given ones, two of the test split, or random ones."""
+    """``(n, size, size, 3)`` images: the given ones, two of the test split, or random ones.
+
+    Args:
+        paths: Image files to measure parity on (``--parity-images``); None or empty picks the
+            first two test images (by name) of the training's split, if ``config`` has one.
+        config: The training's ``config.json`` (``{}`` when missing); its ``split_file`` and
+            ``data_dir`` locate the test images.
+        size: Height and width of the exported input, in pixels: each image is cropped from
+            its top-left corner to fit, smaller ones zero-padded.
+
+    Returns:
+        float32 RGB in 0-255; two seeded uniform-noise images when no real image is found.
+
+    Raises:
+        errors.UserError: For a path in ``paths`` (or from the split) that is not a file.
+    """
     if not paths and config.get("split_file") and Path(config["split_file"]).is_file():
         layout = airbus.find_layout(config["data_dir"])
         split = splits.load_split(config["split_file"])

@@ -114,7 +114,16 @@ def process_prediction(
 def write_pictures(
     path: Path, labels: np.ndarray, out_dir: Path, overlays: bool, image: np.ndarray | None
 ) -> None:
-    """Writes an image's mask PNG, and its overlay (reading the image if ``image`` is None)."""
+    """Writes an image's mask PNG, and its overlay (reading the image if ``image`` is None).
+
+    Args:
+        path: The image file; its stem names ``masks/<stem>.png`` and ``overlays/<stem>.png``.
+        labels: ``(h, w)`` integer label image of the predicted ships (0 is sea), at the
+            image's own resolution; the mask PNG has one grey level per ship.
+        out_dir: The run's output folder, holding ``masks/`` and ``overlays/``.
+        overlays: Whether to write the overlay too (``--no-overlays`` saves its time).
+        image: The decoded ``(h, w, 3)`` RGB image (0-255, float or uint8), if already read.
+    """
     drawing.save_png(out_dir / "masks" / f"{path.stem}.png", detection.mask_png(labels))
     if overlays:
         image = np.asarray(_read_rgb(path)) if image is None else image
@@ -242,6 +251,19 @@ def predict_images(
     """Predicts, post-processes and writes every image; returns its rows by position and the time.
 
     The images at the positions in ``scenes`` are predicted tile by tile, one at a time.
+
+    Args:
+        model: The loaded U-Net (Keras or TFLite, ``models.load_model``).
+        paths: The image files to predict (``list[Path]``), in order: positions index it.
+        scenes: Positions in ``paths`` of the large scenes to tile (``tiling.scene_positions``).
+        input_config: The training's ``InputConfig`` (crop or resize); None: images as they are.
+        postprocess: The ``scoring.PostprocessConfig`` turning probabilities into ships.
+        scorer: The ``LabelScorer`` each image is scored by as it is finished.
+        settings: Batch size, overlays, pixel size, tile and overlap (``InferenceSettings``).
+        out_dir: The run's output folder (masks, overlays and each image's record).
+
+    Returns:
+        ``({position: record}, seconds)``: images that could not be decoded have no record.
     """
     finish = functools.partial(
         finish_image,
@@ -283,7 +305,19 @@ def finish_image(
     scorer: LabelScorer,
     pixel_size: float = ships.DEFAULT_PIXEL_SIZE,
 ) -> dict:
-    """Post-processes, writes and scores one image; returns its record (``shipseg.predict.records``)."""
+    """Post-processes, writes and scores one image; returns its record (``predict.records``).
+
+    Often runs in a worker thread. The record is written last: its presence means the image is done.
+
+    Args:
+        prediction: One image's prediction; its ``position`` indexes ``paths``.
+        paths: The run's image files, as ``predict_images`` was given them.
+        postprocess: Thresholds, minimum ship size and gate that turn probabilities into ships.
+        out_dir: The run's output folder (masks, overlays, records).
+        overlays: Whether to write the overlay PNG.
+        scorer: Scores the image against ``--labels`` (a no-op without them).
+        pixel_size: Metres per pixel, for the ships' lengths and widths (``--pixel-size``).
+    """
     path = paths[prediction.position]
     labels, record = detection.describe(path.name, prediction, postprocess, pixel_size)
     write_pictures(path, labels, out_dir, overlays, prediction.image)
@@ -295,7 +329,18 @@ def finish_image(
 def gather_records(
     paths: list[Path], new: dict[str, dict], done: set[str], out_dir: Path, scorer: LabelScorer
 ) -> dict[int, dict]:
-    """Every finished image's record by position: this run's, or an earlier run's (scored)."""
+    """Every finished image's record by position: this run's, or an earlier run's (scored).
+
+    Args:
+        paths: Every readable image of the run, in order: positions are submission order.
+        new: This run's records by image file name (``path.name``).
+        done: File names of the images an earlier run finished (``records.open_run``).
+        out_dir: The run's output folder, where earlier records are read from.
+        scorer: Scores each earlier image from its record (this run's were scored already).
+
+    Returns:
+        ``{position: record}``; an image in neither ``new`` nor ``done`` (not decoded) is absent.
+    """
     outputs = {}
     for position, path in enumerate(paths):
         if path.name in new:
@@ -334,17 +379,26 @@ def input_images(settings: InferenceSettings) -> list[Path]:
     return paths
 
 
-def finish_in_threads(predictions, finish, total: int) -> dict[int, tuple]:
+def finish_in_threads(predictions, finish, total: int) -> dict[int, dict]:
     """Runs ``finish(prediction)`` in worker threads beside the next predictions.
 
     At most ``MAX_IMAGES_IN_FLIGHT`` images wait, so memory does not grow with their number.
 
+    Args:
+        predictions: ``Prediction``s, each with its ``position``, consumed lazily on this
+            thread: a generator's next batch is predicted while workers finish earlier ones.
+        finish: Called once per prediction in a worker thread, so it must be thread-safe.
+        total: How many predictions to expect (the progress bar's length only).
+
     Returns:
         Each finished image's result by its position.
+
+    Raises:
+        Exception: Whatever ``finish`` raised, when its result is collected.
     """
     from tqdm import tqdm
 
-    results: dict[int, tuple] = {}
+    results: dict[int, dict] = {}
     pending: collections.deque = collections.deque()
     with (
         tqdm(total=total, unit="image", desc="inference") as progress,
@@ -375,7 +429,16 @@ class LabelScorer:
         self._lock = threading.Lock()
 
     def add(self, name: str, labels: np.ndarray, ship_score: float) -> None:
-        """Scores one image's predicted label image (no-op without labels)."""
+        """Scores one image's predicted label image (no-op without labels).
+
+        Args:
+            name: The image's file name, looked up in the labels' ``ImageId`` index; one
+                missing there is counted in ``unlabelled`` instead.
+            labels: ``(h, w)`` label image of the predicted ships (0 is sea), after the gate;
+                an image whose true masks do not fit this shape goes to ``unscorable``.
+            ship_score: The image's ship evidence in [0, 1] (the ship head's probability, or
+                the top pixel probability), for the ship/no-ship ROC AUC.
+        """
         if self.truth is None:
             return
         with self._lock:
@@ -423,7 +486,17 @@ def default_output_dir(model_path: Path) -> Path:
 
 
 def report_scores(scoreboard: scoring.Scoreboard, unlabelled: list[str], out_dir: Path) -> dict:
-    """Prints and writes (``scores.json``) the scores of the labelled predictions."""
+    """Prints and writes (``scores.json``) the scores of the labelled predictions.
+
+    Args:
+        scoreboard: The scores accumulated over the labelled images.
+        unlabelled: Names of predicted images with no row in the labels file: counted in
+            ``images_without_labels``, and the first three named on stderr.
+        out_dir: The run's output folder, where ``scores.json`` is written atomically.
+
+    Returns:
+        ``Scoreboard.results()`` with ``images_without_labels`` added.
+    """
     scores = {**scoreboard.results(), "images_without_labels": len(unlabelled)}
     if unlabelled:
         print(

@@ -35,7 +35,19 @@ def build_config_path(tuner: keras_tuner.Tuner, trial_id: str) -> str:
 
 
 def tensorboard_dir(tuner: keras_tuner.Tuner, log_dir: str, trial_id: str, execution: int) -> str:
-    """The TensorBoard folder of one execution of one trial, as Keras Tuner names it."""
+    """The TensorBoard folder of one execution of one trial, as Keras Tuner names it.
+
+    Args:
+        tuner: The tuner whose naming is used (its private ``_get_tensorboard_dir``).
+        log_dir: The user's TensorBoard callback's ``log_dir``, the search-wide folder
+            (``<project>/logs``) that every trial's runs go under.
+        trial_id: The trial's id as Keras Tuner gives it (e.g. ``"07"``).
+        execution: The execution's index within the trial, from 0 (``--executions-per-trial``).
+
+    Returns:
+        ``<log_dir>/<trial_id>/execution<execution>`` in Keras Tuner 1.4: one TensorBoard run
+        per execution, so repeated executions of a trial do not write over each other.
+    """
     return tuner._get_tensorboard_dir(log_dir, trial_id, execution)
 
 

@@ -57,7 +57,22 @@ def _numeric(column: pd.Series) -> pd.Series:
 
 
 def write_report(trials: pd.DataFrame, objective: str, names: list[str], project_dir: Path) -> Path:
-    """Writes ``report.md`` and ``importance.png`` into ``project_dir``; returns the report."""
+    """Writes ``report.md`` and ``importance.png`` into ``project_dir``; returns the report.
+
+    Args:
+        trials: ``trials.csv``'s table (``trials.trials_table``), best first: the report's
+            best trials are its first five completed rows. Needs ``trial_id``, ``status``,
+            ``epochs``, ``objective`` and each of ``names`` as columns.
+        objective: The column the search maximised (``val_dice``, ``val_f2``, ...); rows
+            without a value are left out, as are trials not ``COMPLETED``.
+        names: The hyperparameters to show and weigh (``space.DEFAULT_SPACE``'s names).
+        project_dir: The search's existing project folder, written into atomically; the
+            report links the ``trials.png`` beside it.
+
+    Returns:
+        The path of ``report.md``. ``importance.png`` is written only when an importance
+        could be measured (three or more completed trials and a hyperparameter that varied).
+    """
     completed = trials[(trials.status == "COMPLETED") & trials[objective].notna()]
     weights = importances(completed, objective, names)
     if len(weights):

@@ -77,7 +77,24 @@ def run_search(settings: SearchSettings) -> dict:
 def search_project(
     settings: SearchSettings, role: str, table: pd.DataFrame, data_dir: Path
 ) -> dict:
-    """The search proper, in a project this process may write to (see ``run_search``)."""
+    """The search proper, in a project this process may write to (see ``run_search``).
+
+    Args:
+        settings: The search's settings; ``project_dir`` is where everything is written.
+        role: ``tuner_role()``: ``"single"``, ``"chief"`` or ``"worker"``. A worker never
+            clears the project or writes ``search_config.json`` or the results: the chief does.
+        table: The dataset, one row per image (``airbus.read_dataset`` of ``data_dir``).
+        data_dir: The dataset's folder (the ``--data-dir`` or the synthetic one); recorded
+            resolved in ``search_config.json`` and keys the cache of overlapping tiles.
+
+    Returns:
+        As ``run_search``; a worker's ``trials`` and ``best`` are None.
+
+    Raises:
+        errors.UserError: For a project searched with other settings (without
+            ``--overwrite``), fractions that cannot make a split, a split that cannot feed a
+            search, or a tuner that cannot be made (see ``make_tuner``).
+    """
     project_dir, record = settings.project_dir, settings.record()
     fresh = settings.overwrite or not search_settings.check_resumable(project_dir, record)
     if fresh and role != "worker":
@@ -148,7 +165,21 @@ def search_data_dir(settings: SearchSettings) -> Path:
 def search_tables(
     table: pd.DataFrame, split: pd.DataFrame, settings: SearchSettings
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The training images and the (capped) validation images of the search."""
+    """The training images and the (capped) validation images of the search.
+
+    Args:
+        table: The dataset, one row per image (``airbus.read_dataset``).
+        split: The project's split (``ImageId``, ``split``, ``group``) assigning each image.
+        settings: Its ``val_images`` caps the validation images (a sample fixed by ``seed``:
+            each is scored whole after every epoch of every trial, so they cost time).
+
+    Returns:
+        ``(train_table, val_table)``, rows of ``table``.
+
+    Raises:
+        errors.UserError: When there is no training image, or no validation image with
+            ships (the message says why and what would help: ``split_problem``).
+    """
     train_table = splits.select_split(table, split, "train")
     val_table = splits.sample_images(
         splits.select_split(table, split, "val"), settings.val_images, settings.seed
@@ -232,7 +263,17 @@ def search_budget(settings: SearchSettings) -> budget.SearchBudget | None:
 def make_tuner(
     settings: SearchSettings, train_table: pd.DataFrame, val_table: pd.DataFrame
 ) -> tuning.IsolatedTuner:
-    """The ``--tuner`` search over the ship U-Net HyperModel, stored under ``project_dir/tuner``."""
+    """The ``--tuner`` search over the ship U-Net HyperModel, stored under ``project_dir/tuner``.
+
+    Args:
+        settings: The search's settings: algorithm, space, budgets, seed and ``--overwrite``.
+        train_table: The training images (``read_dataset`` rows), streamed to each trial.
+        val_table: The validation images, each scored whole after every epoch of a trial.
+
+    Raises:
+        errors.UserError: When ``--max-parameters`` rules out even the smallest model, or a
+            resumed project's saved tuner state cannot be read.
+    """
     project_dir, input_config = settings.project_dir, settings.input_config
     unet = ShipUNetHyperModel(
         settings.space,

@@ -70,6 +70,16 @@ def export_results(
 ) -> tuple[pd.DataFrame, dict | None]:
     """Writes ``trials.csv``, ``best_hparams.json``, ``trials.png`` and ``report.md``, atomically.
 
+    Also writes ``search_summary.json`` (trial counts and times), even when no trial completed.
+
+    Args:
+        tuner: The search's tuner; its oracle's recorded trials are read, never its memory.
+        project_dir: The search's project folder, where every file is written.
+        settings: The search's ``search_config.json`` record (``SearchSettings.record``);
+            its ``objective`` ranks the trials and names the score column.
+        wall_seconds: This run's wall-clock time in ``tuner.search``, in seconds (a resumed
+            search counts only its own run).
+
     Returns:
         The trials table and the content of ``best_hparams.json`` (None when no trial
         completed, in which case no such file is written).
@@ -118,7 +128,15 @@ def _plain(value):
 
 
 def plot_trials(trials: pd.DataFrame, objective: str, path: Path) -> None:
-    """Scores per trial, by learning rate and by depth and filters; saved atomically."""
+    """Scores per trial, by learning rate and by depth and filters; saved atomically.
+
+    Args:
+        trials: ``trials_table``'s table; rows without a score are left out. Needs
+            ``trial_id`` (numeric strings), ``epochs``, ``learning_rate``, ``levels`` and
+            ``base_filters`` columns besides ``objective``.
+        objective: The score column plotted (``val_dice``, ``val_f2``, ...).
+        path: The PNG file to write (``trials.png`` in the project).
+    """
     import matplotlib
     import matplotlib.ticker
 
@@ -154,7 +172,16 @@ def plot_trials(trials: pd.DataFrame, objective: str, path: Path) -> None:
 
 
 def print_summary(trials: pd.DataFrame, project_dir: Path, objective: str, top: int = 5) -> None:
-    """Prints the best trials as a table and where the results are."""
+    """Prints the best trials as a table and where the results are.
+
+    Args:
+        trials: ``trials_table``'s table, best first (``export_results`` returns it); empty
+            prints that no trial ran.
+        project_dir: The search's project folder, named as where the results are; its parent
+            is given as TensorBoard's ``--logdir`` so every project's runs show side by side.
+        objective: The score column shown beside the hyperparameters.
+        top: How many of the first rows to print.
+    """
     if trials.empty:
         print("No trial ran.")
         return

@@ -234,6 +234,17 @@ def train_and_evaluate(
     beside it, swapped in when complete (``atomic.staged_folder``), so an interrupted training
     leaves the previous results as they were.
 
+    Args:
+        run: The project, data and hyperparameters (``load_run``) of the model to train.
+        tables: ``"train"``, ``"val"`` and ``"test"`` images (``airbus.read_dataset`` rows).
+            ``"val"`` picks the best epoch (unless ``full``) and tunes the post-processing;
+            ``"test"`` is only scored, once, at the end.
+        out_dir: The result folder (``final/`` or ``folds/fold_<k>/``), replaced when complete.
+        config: The ``config.json`` record (``run_config``); its ``trained_on`` (``"train+val"``
+            for ``--full``) and ``flip_tta`` are read here.
+        settings: How to train; None takes ``run.settings`` (folds pass a copy whose
+            ``deadline`` is their share of the time budget).
+
     Returns:
         The content of ``metrics.json``.
     """
@@ -291,7 +302,22 @@ def evaluate_trained(
     out_dir: Path,
     flip_tta: bool = False,
 ) -> dict:
-    """Tunes the post-processing on the validation images, then scores the test images."""
+    """Tunes the post-processing on the validation images, then scores the test images.
+
+    Args:
+        model: The trained U-Net, as reloaded from its best-epoch ``model.keras``.
+        tables: ``"val"`` images to tune on and ``"test"`` images to score
+            (``airbus.read_dataset`` rows); the test images never choose a setting.
+        input_config: The training's input settings, repeated when predicting.
+        out_dir: Where ``test_examples.png`` is written.
+        flip_tta: Average each prediction over flips (3 passes an image) in tuning, and keep
+            doing so in the tuned post-processing.
+
+    Returns:
+        ``test`` scores (with bootstrap intervals) and ``validation`` scores (see
+        ``prediction.evaluate_model``), the tuned ``postprocess`` as a dict and a
+        ``postprocess_tuning`` note: ``metrics.json``'s content before the training's figures.
+    """
     print(f"Tuning post-processing on {len(tables['val'])} validation images ...")
     tuned = tune_postprocess(model, tables["val"], input_config, flip_tta)
     postprocess = tuned["config"]
