@@ -6,7 +6,6 @@ import json
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from shipseg.data import airbus
 from shipseg.data.rle import rle_decode
 from shipseg.predict import batch, drawing, records
 from shipseg.scoring import metrics as scoring
+from waiting import wait_until
 
 
 def test_masks_and_overlays_of_images_with_and_without_ships(tmp_path):
@@ -262,9 +262,12 @@ def test_an_inference_killed_midway_resumes_to_the_uninterrupted_submission(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 300
-    while len(list((killed / "records").glob("*.json"))) < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(
+        lambda: len(list((killed / "records").glob("*.json"))) >= 3,
+        "three images' records",
+        timeout=300,
+        process=process,
+    )
     process.kill()
     process.wait()
     assert process.returncode == -signal.SIGKILL, "the inference ended before it could be killed"

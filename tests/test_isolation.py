@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import keras_tuner
 import psutil
@@ -12,6 +11,7 @@ import pytest
 
 from conftest import ROOT
 from shipseg.search import isolation
+from waiting import wait_for_line
 
 
 def process_id() -> int:
@@ -76,25 +76,32 @@ def test_a_trial_process_ends_when_its_search_is_killed(tmp_path):
     script.write_text(
         "import os, sys, time\n"
         f"sys.path.insert(0, {str(ROOT)!r})\n"
-        "from shipseg import isolation\n"
-        "def report_and_wait(path):\n"
-        "    open(path, 'w').write(str(os.getpid()))\n"
-        "    time.sleep(600)\n"
+        "from shipseg.search import isolation\n"
+        "def report_and_wait():\n"
+        "    print('trial', os.getpid(), flush=True)\n"
+        "    time.sleep(600)  # a long trial: the search is killed during it\n"
         "if __name__ == '__main__':\n"
-        "    isolation.run_in_fresh_process(report_and_wait, sys.argv[1])\n"
+        "    isolation.run_in_fresh_process(report_and_wait)\n"
     )
-    pid_file = tmp_path / "trial.pid"
-    search = subprocess.Popen([sys.executable, str(script), str(pid_file)], cwd=tmp_path)
+    search = subprocess.Popen(
+        [sys.executable, str(script)], cwd=tmp_path, stdout=subprocess.PIPE, text=True
+    )
+    trial = None
     try:
-        deadline = time.time() + 300  # The fork server imports TensorFlow first.
-        while not (pid_file.is_file() and pid_file.read_text()) and time.time() < deadline:
-            time.sleep(0.2)
-        trial = psutil.Process(int(pid_file.read_text()))
+        # The trial process prints to the search's output (the fork server passes it on) once
+        # it runs; the fork server imports TensorFlow first, which a busy machine makes slow.
+        line = wait_for_line(search, "trial ", "the trial process running", timeout=300)
+        trial = psutil.Process(int(line.split()[1]))
         search.kill()
         search.wait()
-        trial.wait(timeout=10)  # psutil.TimeoutExpired if the trial outlives its search
+        try:
+            trial.wait(timeout=10)
+        except psutil.TimeoutExpired:
+            pytest.fail(f"the trial process {trial.pid} outlived its killed search by 10 s")
     finally:
         search.kill()
+        if trial is not None and trial.is_running():
+            trial.kill()  # not left sleeping for ten minutes when the test fails
 
 
 class UnpicklableError(Exception):

@@ -226,3 +226,122 @@ def test_the_readme_stays_a_way_in_and_its_layout_table_names_every_module():
     modules += [ROOT / "shipseg" / folder for folder in LAYERS]
     missing = [relative(path) for path in modules if f"`{relative(path)}`" not in readme]
     assert not missing, f"the README's layout table misses {missing}"
+
+
+# Public functions of three or more parameters say what each one means (Google "Args:").
+MIN_DOCUMENTED_PARAMETERS = 3
+DOCUMENTED = sorted([*ROOT.glob("*.py"), *(ROOT / "shipseg").rglob("*.py")])
+
+
+def parameters(function: ast.FunctionDef | ast.AsyncFunctionDef) -> list[str]:
+    """Its named parameters: ``self``, ``cls``, ``*args`` and ``**kwargs`` not counted."""
+    arguments = function.args
+    named = [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs]
+    return [a.arg for a in named if a.arg not in ("self", "cls")]
+
+
+def documented_parameters(docstring: str | None) -> set[str]:
+    """The names the entries of a docstring's ``Args:`` section start with."""
+    names, section, entry = set(), None, None
+    for line in (docstring or "").expandtabs().splitlines():
+        indent, text = len(line) - len(line.lstrip()), line.strip()
+        if section is None:
+            section = indent if text == "Args:" else None
+        elif text and indent <= section:
+            break
+        elif text and (entry is None or indent == entry):
+            entry = indent
+            if found := re.match(r"\*{0,2}(\w+)\s*(\([^)]*\))?\s*:", text):
+                names.add(found.group(1))
+    return names
+
+
+def public_functions(body: list[ast.stmt], owner: ast.ClassDef | None = None):
+    """``(class or None, function)`` for each function of ``body`` and of its public classes.
+
+    Nested functions are not public; ``if``/``try`` blocks at module or class level are read.
+    """
+    for node in body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            yield owner, node
+        elif isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+            yield from public_functions(node.body, node)
+        elif isinstance(node, ast.If | ast.Try):
+            handlers = [h.body for h in getattr(node, "handlers", [])]
+            for block in (node.body, node.orelse, *handlers, getattr(node, "finalbody", [])):
+                yield from public_functions(block, owner)
+
+
+def undocumented_parameters(tree: ast.Module) -> dict[str, list[str]]:
+    """``{function: [its parameters the docstrings leave out]}`` for the rule's functions.
+
+    A constructor (``__init__``) of a public class may document its parameters in the class
+    docstring or its own; other names starting with ``_`` are not public.
+    """
+    missing = {}
+    for owner, function in public_functions(tree.body):
+        named = parameters(function)
+        if len(named) < MIN_DOCUMENTED_PARAMETERS:
+            continue
+        if owner is not None and function.name == "__init__":
+            label = owner.name
+            documented = documented_parameters(ast.get_docstring(owner))
+        elif function.name.startswith("_"):
+            continue
+        else:
+            label = f"{owner.name}.{function.name}" if owner else function.name
+            documented = set()
+        documented |= documented_parameters(ast.get_docstring(function))
+        if left_out := [name for name in named if name not in documented]:
+            missing[label] = left_out
+    return missing
+
+
+def test_public_functions_of_three_or_more_parameters_document_each_in_args():
+    missing = [
+        f"{relative(path)}:{function}: {', '.join(names)}"
+        for path in DOCUMENTED
+        for function, names in undocumented_parameters(parse(path)).items()
+    ]
+    assert not missing, "add them to the docstring's Args: section:\n" + "\n".join(missing)
+
+
+def test_the_parameter_check_reads_args_sections_and_class_docstrings():
+    source = '''
+def documented(a, b, *rest, c=1, **options):
+    """Does.
+
+    Args:
+        a: First.
+        b (int): Second,
+            continued: not an entry.
+        c: Third.
+
+    Returns:
+        d: Not a parameter.
+    """
+def undocumented(a, b, c):
+    """Half done.
+
+    Args:
+        a: Only this one.
+    """
+def _private(a, b, c): pass
+def short(a, b): pass
+class Public:
+    """A class.
+
+    Args:
+        a: Given to the constructor.
+    """
+    def __init__(self, a, b, c): pass
+    def method(self, a, b, c):
+        def nested(a, b, c): pass
+class _Hidden:
+    def method(self, a, b, c): pass
+'''
+    assert undocumented_parameters(ast.parse(source)) == {
+        "undocumented": ["b", "c"],
+        "Public": ["b", "c"],
+        "Public.method": ["a", "b", "c"],
+    }

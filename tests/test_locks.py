@@ -8,6 +8,7 @@ import pytest
 
 from conftest import ROOT, inference_command, run, search_command, train_command
 from shipseg.core import errors, locks
+from waiting import wait_for_line
 
 
 @pytest.fixture()
@@ -22,17 +23,17 @@ def holder():
                 "-c",
                 "import sys, time\n"
                 f"sys.path.insert(0, {str(ROOT)!r})\n"
-                "from shipseg import locks\n"
+                "from shipseg.core import locks\n"
                 "with locks.hold(sys.argv[1], '--project'):\n"
                 "    print('held', flush=True)\n"
-                "    time.sleep(600)\n",
+                "    time.sleep(600)  # holds the lock until the test kills it\n",
                 str(folder),
             ],
             stdout=subprocess.PIPE,
             text=True,
         )
-        assert process.stdout.readline().strip() == "held"
-        processes.append(process)
+        processes.append(process)  # killed at the end, even when it never reports
+        wait_for_line(process, "held", f"the lock on {folder} held", timeout=60)
         return process
 
     yield hold

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -23,6 +24,7 @@ from shipseg.core import errors
 from shipseg.search import run as search_run
 from shipseg.search import settings as search_settings
 from shipseg.search.settings import settings_from
+from waiting import wait_until
 
 
 def event_tags(folder: Path) -> set[str]:
@@ -156,13 +158,13 @@ def test_a_killed_search_resumes_without_losing_completed_trials(synthetic_datas
         command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     tuner_dir = tmp_path / "tiny" / "tuner"
-    deadline = time.monotonic() + 300
-    while (
-        len(completed_trials(tuner_dir)) < 2
-        and time.monotonic() < deadline
-        and process.poll() is None
-    ):
-        time.sleep(0.5)
+    wait_until(
+        lambda: len(completed_trials(tuner_dir)) >= 2,
+        "two completed trials",
+        timeout=300,
+        process=process,
+        interval=0.5,
+    )
     helpers = psutil.Process(process.pid).children(recursive=True)
     process.kill()
     process.wait()
@@ -315,24 +317,32 @@ def test_a_damaged_keras_tuner_state_is_explained_on_resume(finished_search, tmp
     assert "--overwrite" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+def oracle_saved_or_search_ended(oracle: Path, seen: int, process: subprocess.Popen) -> bool:
+    """Whether the search rewrote ``oracle`` since its time ``seen``, or finished on its own."""
+    return process.poll() is not None or (oracle.exists() and oracle.stat().st_mtime_ns != seen)
+
+
 @pytest.mark.slow
 def test_a_search_killed_again_and_again_loses_nothing_and_finishes(synthetic_dataset, tmp_path):
     """Fault injection: kill -9 at random moments and right after Keras Tuner saves its oracle."""
     command = search_command(synthetic_dataset, tmp_path, "--max-epochs", "4", "--factor", "2")
     tuner_dir = tmp_path / "tiny" / "tuner"
+    oracle = tuner_dir / "oracle.json"
     rng = random.Random(7)
     kept: dict[str, float] = {}
     for attempt in range(4):
+        seen = oracle.stat().st_mtime_ns if oracle.exists() else 0
         process = subprocess.Popen(
             command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        oracle = tuner_dir / "oracle.json"
-        seen = oracle.stat().st_mtime_ns if oracle.exists() else 0
-        deadline = time.monotonic() + (rng.uniform(5, 25) if attempt % 2 else 120)
-        while time.monotonic() < deadline and process.poll() is None:
-            if attempt % 2 == 0 and oracle.exists() and oracle.stat().st_mtime_ns != seen:
-                break  # kill right as the oracle has been (or is being) written
-            time.sleep(0.01)
+        if attempt % 2:  # kill at a random moment: this wait is the fault injected
+            try:
+                process.wait(timeout=rng.uniform(5, 25))
+            except subprocess.TimeoutExpired:
+                pass
+        else:  # kill right as the oracle has been (or is being) written
+            saved = functools.partial(oracle_saved_or_search_ended, oracle, seen, process)
+            wait_until(saved, "the search to save its oracle", timeout=300, interval=0.01)
         process.kill()
         process.wait()
         now = completed_trials(tuner_dir)  # every state file still reads

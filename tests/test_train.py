@@ -7,7 +7,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pandas as pd
 import pytest
@@ -15,6 +14,7 @@ import pytest
 from conftest import ROOT, run, second_run_while_the_first_holds_its_lock, train_command
 from shipseg.data import airbus
 from shipseg.train import run as retraining
+from waiting import wait_until
 
 
 def test_train_best_writes_the_final_model_and_honest_metrics(trained_project):
@@ -154,9 +154,9 @@ def test_a_training_killed_midway_leaves_the_previous_final_model_and_is_named_n
         stderr=subprocess.DEVNULL,
     )
     staging = project_copy / "final.partial"
-    deadline = time.monotonic() + 300
-    while not (staging / "model.keras").exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
+    # The checkpoint is written atomically: once it is there, the first epoch is kept.
+    checkpoint = staging / "model.keras"
+    wait_until(checkpoint.exists, "the first epoch's checkpoint", timeout=300, process=process)
     process.kill()
     process.wait()
     assert process.returncode == -signal.SIGKILL, "the training ended before it could be killed"

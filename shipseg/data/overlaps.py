@@ -113,6 +113,11 @@ def describe_images(
     read from it; new ones are added to it (atomically), and entries of other files are kept,
     so projects on different parts of one folder share it. An unreadable image is reported
     through ``log``, left out of the comparison and not cached (it is tried again next time).
+
+    Args:
+        paths: The image files, in the order of the rows returned.
+        cache: The ``.npz`` file of earlier descriptions (``cache_path``); None: decode all.
+        log: Receives one line per unreadable image (the commands pass ``print``).
     """
     known = _read_cache(cache)
     cells = np.zeros((len(paths), CELLS, CELLS), np.uint8)
@@ -225,6 +230,13 @@ def shared_cells(first: np.ndarray, second: np.ndarray, rows: int, columns: int)
     """The cells two descriptions share at a shift: ``(first's, second's)``, equal shapes.
 
     ``second`` sits ``(rows, columns)`` blocks into ``first`` (see ``candidate_shifts``).
+
+    Args:
+        first: One image's ``(48, 48)`` description (``describe_image``).
+        second: The other image's description.
+        rows: Shift down, in 256-pixel blocks (-2 to 2): where ``second``'s top edge lies in
+            ``first``; negative when it starts above.
+        columns: Shift right, in 256-pixel blocks (-2 to 2), as ``rows``.
     """
     dy, dx = rows * BLOCK_CELLS, columns * BLOCK_CELLS
     a = first[max(dy, 0) : CELLS + min(dy, 0), max(dx, 0) : CELLS + min(dx, 0)]
@@ -239,6 +251,13 @@ def confirm(
 
     Their mean absolute difference must be small against how much those cells vary
     (``settings.max_difference``), and they must vary at all (``settings.min_structure``).
+
+    Args:
+        first: One image's ``(48, 48)`` description (``describe_image``).
+        second: The other image's description.
+        rows: Proposed shift down of ``second`` in ``first``, in 256-pixel blocks (-2 to 2).
+        columns: Proposed shift right, in 256-pixel blocks (-2 to 2).
+        settings: The thresholds that make the agreement sure enough.
     """
     a, b = shared_cells(first, second, rows, columns)
     a, b = a.astype(np.float32), b.astype(np.float32)
@@ -256,6 +275,14 @@ def find_overlaps(
     log: Callable[[str], None] = print,
 ) -> pd.DataFrame:
     """Every pair of images that overlap, with the shift between them.
+
+    Args:
+        image_ids: The images' ids (file names), aligned with ``paths``: the rows name them.
+        paths: The image files; only 768 x 768 tiles are compared.
+        cache: The ``.npz`` file of descriptions kept between runs (``cache_path``); None
+            decodes every image anew.
+        settings: How sure an overlap must be (the defaults were measured on the sample).
+        log: Receives one line per unreadable image, which is left out.
 
     Returns:
         A DataFrame with one row per overlapping pair: ``first`` and ``second`` (image ids,

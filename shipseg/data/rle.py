@@ -120,6 +120,11 @@ def rle_encode_pixels(rows: np.ndarray, columns: np.ndarray, height: int) -> str
 
     The same string as ``rle_encode`` of their mask, computed from the pixels alone: a ship
     of a 10,000 x 10,000 scene costs its own pixels, not a pass over the whole scene.
+
+    Args:
+        rows: Row index of each pixel (0-based), in any order, none repeated.
+        columns: Column index of each pixel, aligned with ``rows``.
+        height: The image's height in pixels: the stride of the column-major numbering.
     """
     if not len(rows):
         return ""

@@ -73,7 +73,16 @@ def synthetic_sea(rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def oriented_rectangle(center, length: float, width: float, angle: float, shape) -> np.ndarray:
-    """A filled rotated rectangle as a boolean mask of ``shape``."""
+    """A filled rotated rectangle as a boolean mask of ``shape``.
+
+    Args:
+        center: The rectangle's centre, ``(row, column)`` in pixels (fractional allowed).
+        length: Its long side in pixels.
+        width: Its short side in pixels.
+        angle: Direction of the long side in radians: 0 runs along the rows (left to right),
+            ``pi / 2`` down the columns.
+        shape: ``(height, width)`` of the mask; the parts outside it are cut off.
+    """
     from skimage.draw import polygon
 
     direction = np.array([np.sin(angle), np.cos(angle)])  # (row, col)
@@ -99,6 +108,15 @@ def draw_ships(rng: np.random.Generator, image: np.ndarray, count: int) -> list[
     Ships are filled oriented rectangles 3 to 100 pixels long (at most a third of the image, so
     small synthetic images still hold them), log-uniformly distributed as on Airbus images, 3 to
     7 times longer than wide, mostly brighter than the sea as on the real images.
+
+    Args:
+        rng: Draws sizes, places, orientations and colours (the dataset's seed fixes it).
+        image: A square ``(size, size, 3)`` float RGB image, painted in place.
+        count: Ships wanted; fewer are drawn when no free place is found in ``20 * count``
+            tries (a small, crowded image).
+
+    Returns:
+        One boolean ``(size, size)`` mask per ship drawn.
     """
     from skimage.morphology import dilation, disk
 

@@ -85,7 +85,18 @@ def _record(model, model_path: Path, image_size: int, config: dict) -> dict:
 
 
 def parity(model, export_dir: Path, images: np.ndarray) -> dict[str, float]:
-    """The largest absolute difference of each exported model's outputs from the Keras model's."""
+    """The largest absolute difference of each exported model's outputs from the Keras model's.
+
+    Args:
+        model: The Keras U-Net that was exported: the reference.
+        export_dir: The folder holding ``saved_model/`` and ``model.tflite`` (the staging
+            folder while exporting).
+        images: ``(n, size, size, 3)`` float32 RGB images in 0-255, at the exported size.
+
+    Returns:
+        ``{"saved_model": difference, "tflite": difference}``: the largest absolute difference
+        over every pixel and output, in probability units (0 to 1).
+    """
     import tensorflow as tf
 
     reference = _as_dict(model.predict_on_batch(images))

@@ -24,6 +24,12 @@ def focal_loss(y_true, y_pred, gamma: float = 2.0):
 
     Easy background pixels (the vast majority) contribute almost nothing, so the rare ship
     pixels and hard sea clutter drive the gradient.
+
+    Args:
+        y_true: The true masks, 1 for ship pixels and 0 for sea.
+        y_pred: The predicted ship probabilities, the shape of ``y_true``.
+        gamma: The focusing exponent: 0 is plain BCE; higher values down-weight easy pixels
+            more (2 is the focal-loss paper's choice).
     """
     y_true = ops.cast(y_true, y_pred.dtype)
     y_pred = ops.clip(y_pred, keras.backend.epsilon(), 1 - keras.backend.epsilon())
@@ -37,6 +43,12 @@ def dice_loss(y_true, y_pred, smooth: float = 1.0):
 
     Summed over the batch rather than per image, so crops without ships do not make the loss
     undefined or dominate it.
+
+    Args:
+        y_true: The true masks, 1 for ship pixels and 0 for sea.
+        y_pred: The predicted ship probabilities, the shape of ``y_true``.
+        smooth: ``s``, added to both sides: keeps the loss defined (0) for a batch with no
+            ship pixel and nothing predicted, and softens it for tiny masks.
     """
     y_true = ops.cast(y_true, y_pred.dtype)
     intersection = ops.sum(y_true * y_pred)
@@ -53,6 +65,7 @@ class WeightedLoss(keras.losses.Loss):
     Args:
         pixel_loss: ``"bce"`` or ``"focal"``.
         pixel_weight: ``w`` in [0, 1]; 1 is the pixel loss alone, 0 is Dice alone.
+        name: The loss's name in logs and saved configs; None: ``"<w>_<pixel_loss>_dice"``.
     """
 
     def __init__(

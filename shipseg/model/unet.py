@@ -201,6 +201,18 @@ def compile_unet(
 
     With a ship head the loss adds ``ship_loss_weight`` times the head's binary cross-entropy
     against "the crop holds a ship pixel", and the head reports its accuracy.
+
+    Args:
+        model: A U-Net from ``build_unet``, with or without a ship head.
+        learning_rate: Adam's initial step size (the search samples it log-uniformly).
+        pixel_loss: The pixel-wise part of the loss: a key of ``losses.PIXEL_LOSSES``
+            (``"bce"`` or ``"focal"``).
+        pixel_weight: Its share ``w`` in [0, 1] of ``w * pixel + (1 - w) * dice``.
+        ship_loss_weight: Weight of the ship head's loss beside the pixel loss's 1; ignored
+            without a head.
+
+    Raises:
+        ValueError: For an unknown ``pixel_loss`` or a ``pixel_weight`` outside [0, 1].
     """
     optimizer = keras.optimizers.Adam(learning_rate)
     pixel = WeightedLoss(pixel_loss, pixel_weight)

@@ -137,7 +137,16 @@ def save_png(
     palette: np.ndarray | None = None,
     strategy: int = zlib.Z_RLE,
 ) -> None:
-    """Writes a picture (or an encoded PNG's bytes) as PNG, atomically (see ``encode_png``)."""
+    """Writes a picture (or an encoded PNG's bytes) as PNG, atomically (see ``encode_png``).
+
+    Args:
+        path: The PNG file; readers never see it half written.
+        picture: ``uint8`` pixels or palette indices to encode, or a PNG already encoded
+            (``empty_mask_png``), written as it is.
+        palette: ``(n, 3)`` uint8 colours for a 2-D ``picture`` of indices; ignored for bytes.
+        strategy: zlib's strategy: ``zlib.Z_RLE`` for masks, ``zlib.Z_HUFFMAN_ONLY`` for
+            photographs; ignored for bytes.
+    """
     data = picture if isinstance(picture, bytes) else encode_png(picture, palette, strategy)
     atomic.write_atomically(path, lambda temporary: Path(temporary).write_bytes(data))
 
@@ -193,7 +202,17 @@ def overlay_indices(image: np.ndarray, ships: np.ndarray | None) -> np.ndarray:
 def plot_examples(
     model, table: pd.DataFrame, input_config, postprocess, path: Path, count: int = 6
 ) -> None:
-    """Test images (ship images first) with true ships green and predicted ships red."""
+    """Test images (ship images first) with true ships green and predicted ships red.
+
+    Args:
+        model: The trained U-Net (Keras or TFLite).
+        table: Labelled images (``read_dataset``'s columns); up to ``count - 2`` with ships
+            and 2 without are drawn, in the table's order.
+        input_config: The training's input settings, repeated when predicting.
+        postprocess: The tuned post-processing that turns probabilities into ships.
+        path: The PNG figure to write (atomically).
+        count: Images in the figure, 3 to a row.
+    """
     import matplotlib
 
     matplotlib.use("Agg")

@@ -43,6 +43,12 @@ def tune_postprocess(
     per image. Ties keep the stricter setting (fewer false ships). With ``flip_tta`` the
     probabilities are averaged over flips, and the chosen setting keeps doing so.
 
+    Args:
+        model: The trained U-Net (Keras or TFLite).
+        table: Labelled validation images (``path`` and ``rles``), never the test images.
+        input_config: The training's input settings, repeated when predicting.
+        flip_tta: Average each prediction over flips (3 passes an image, 3 times slower).
+
     Returns:
         ``{"config": PostprocessConfig, "f2": float, "tried": int, "images": int}``.
     """

@@ -184,6 +184,15 @@ def predict_images(
     The service's path: the same resizing, padding and cutting back as ``predict_table``, so an
     image gives the same probabilities whichever way it arrives. Images of different sizes are
     zero-padded to the largest at the bottom and right, as ``predict_table``'s batches are.
+
+    Args:
+        model: The trained U-Net (Keras or TFLite).
+        images: Decoded ``(h, w, 3)`` float RGB images in 0-255, of any sizes.
+        input_config: The training's input settings (resized in resize mode); None: as is.
+        flip_tta: Average each prediction over its left-right and up-down flips (3 passes).
+
+    Returns:
+        One ``Prediction`` per image, in order, its probabilities at the image's own size.
     """
     prepared = [np.asarray(inputs.evaluation_image(image, input_config)) for image in images]
     height = max(image.shape[0] for image in prepared)
@@ -210,7 +219,18 @@ def labelled_predictions(
     flip_tta: bool = False,
     batch_size: int = 4,
 ) -> Iterator[tuple[Prediction, np.ndarray]]:
-    """Each image's prediction with its true label image (``predict_table`` + the table's ships)."""
+    """Each image's prediction with its true label image (``predict_table`` + the table's ships).
+
+    Args:
+        model: The trained U-Net (Keras or TFLite).
+        table: Labelled images: ``path`` and ``rles`` (one RLE per ship) columns.
+        input_config: The training's input settings; None: images as they are.
+        flip_tta: Average each prediction over flips (3 passes an image).
+        batch_size: Images per forward pass (memory against speed).
+
+    Yields:
+        ``(prediction, truth)``: truth is the ``(h, w)`` label image, one label per ship.
+    """
     for prediction in predict_table(model, table, input_config, batch_size, flip_tta):
         rles = table.rles.iloc[prediction.position]
         yield prediction, ships_to_label_image(rles, prediction.probabilities.shape)
@@ -249,6 +269,16 @@ def score_table(
     Validation, test evaluation and the example figures read it; post-processing tuning reads
     ``labelled_predictions`` (it tries many settings on the same predictions). Components are
     labelled once per image: the gate only decides whether they are kept.
+
+    Args:
+        model: The trained U-Net (Keras or TFLite).
+        table: Labelled images: ``path`` and ``rles`` (one RLE per ship) columns.
+        input_config: The training's input settings; None: images as they are.
+        postprocess: Threshold, smallest ship, outline, gate and flip TTA to apply.
+        batch_size: Images per forward pass (memory against speed).
+
+    Yields:
+        A ``ScoredImage`` per image that decodes, in the table's order.
     """
     for prediction, truth in labelled_predictions(
         model, table, input_config, postprocess.flip_tta, batch_size
@@ -278,6 +308,17 @@ def evaluate_model(
 
     With ``intervals``, adds ``"intervals"``: 95 % bootstrap intervals over the images for the
     F2, the no-ship baseline and the gain over it (see ``bootstrap_intervals``).
+
+    Args:
+        model: The trained U-Net (Keras or TFLite).
+        table: Labelled images: ``path`` and ``rles`` (one RLE per ship) columns.
+        input_config: The training's input settings; None: images as they are.
+        postprocess: The post-processing scored (tuned on validation images, for a test).
+        batch_size: Images per forward pass (memory against speed).
+        intervals: Also bootstrap the intervals (for test scores: costs a few seconds).
+
+    Returns:
+        ``Scoreboard.results``, with ``"intervals"`` when asked for and any image was scored.
     """
     scoreboard = Scoreboard()
     for scored in score_table(model, table, input_config, postprocess, batch_size):

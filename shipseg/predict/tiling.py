@@ -34,6 +34,12 @@ DEFAULT_LIMIT = 1536
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     """Start offsets of tiles covering ``[0, length)``: step ``tile - overlap``, the last flush.
 
+    Args:
+        length: The scene's side along this axis, in pixels.
+        tile: The tile's side in pixels; a scene no longer than it is one tile.
+        overlap: Pixels neighbouring tiles share, 0 to ``tile - 1`` (the last tile, flush with
+            the border, may share more).
+
     Raises:
         ValueError: When ``overlap`` is not smaller than ``tile``.
     """
@@ -50,6 +56,12 @@ def ramp(length: int, overlap: int, at_start: bool, at_end: bool) -> np.ndarray:
 
     A side that lies on the scene's border (``at_start`` / ``at_end``) stays at 1: no other
     tile covers it. Weights never reach 0, so every pixel has weight.
+
+    Args:
+        length: The tile's side along this axis, in pixels.
+        overlap: Pixels over which the weight falls (capped at half the side).
+        at_start: Whether the tile's first pixel lies on the scene's border (no fall there).
+        at_end: Whether the tile's last pixel lies on the scene's border (no fall there).
     """
     weights = np.ones(length, dtype=np.float32)
     fall = min(overlap, length // 2)
@@ -63,7 +75,14 @@ def ramp(length: int, overlap: int, at_start: bool, at_end: bool) -> np.ndarray:
 
 
 def tiles(height: int, width: int, tile: int, overlap: int) -> list[tuple[slice, slice]]:
-    """Every tile of a scene, as its rows and columns (all of one shape)."""
+    """Every tile of a scene, as its rows and columns (all of one shape).
+
+    Args:
+        height: The scene's height in pixels.
+        width: The scene's width in pixels.
+        tile: The tile's side in pixels (a scene side shorter than it gives shorter tiles).
+        overlap: Pixels neighbouring tiles share (see ``tile_starts``).
+    """
     side_h, side_w = min(tile, height), min(tile, width)
     return [
         (slice(top, top + side_h), slice(left, left + side_w))
@@ -73,7 +92,14 @@ def tiles(height: int, width: int, tile: int, overlap: int) -> list[tuple[slice,
 
 
 def tile_weights(rows: slice, columns: slice, shape: tuple[int, int], overlap: int) -> np.ndarray:
-    """A tile's ``(h, w)`` blending weights: 1 inside, falling towards borders other tiles share."""
+    """A tile's ``(h, w)`` blending weights: 1 inside, falling towards borders other tiles share.
+
+    Args:
+        rows: The tile's rows in the scene (as ``tiles`` gives them).
+        columns: The tile's columns in the scene.
+        shape: The scene's ``(height, width)``, to tell the scene's borders from shared ones.
+        overlap: Pixels neighbouring tiles share, over which the weights fall.
+    """
     height, width = shape
     weight_rows = ramp(rows.stop - rows.start, overlap, rows.start == 0, rows.stop >= height)
     weight_columns = ramp(
@@ -144,6 +170,13 @@ def scene_positions(sizes: list[tuple[int, int]], input_config, limit: int) -> s
 
     An image is tiled when a side is above ``limit`` and the model was trained on crops (a
     model trained on resized images sees every image resized).
+
+    Args:
+        sizes: Each image's ``(height, width)`` in pixels, in the order of their positions.
+        input_config: The training's input settings (``inputs.InputConfig``); None counts
+            as crops.
+        limit: The longest side, in pixels, an image may have and still be predicted whole
+            (``--tile-above``).
     """
     if input_config is not None and input_config.mode == "resize":
         return set()
@@ -163,6 +196,15 @@ def predict_scene_file(
 
     ``postprocess`` (an ``scoring.PostprocessConfig``) gives the flip TTA and each tile's
     gate (its ``ship_threshold``, for a model with a ship head).
+
+    Args:
+        model: The trained U-Net (Keras or TFLite).
+        path: The scene's image file (any size Pillow reads).
+        position: The scene's position among the images of the run, kept in the prediction.
+        postprocess: The post-processing settings (flip TTA and the tiles' ship gate).
+        tile: The tile's side in pixels (``--tile``).
+        overlap: Pixels neighbouring tiles share (``--overlap``).
+        batch_size: Tiles per forward pass (memory against speed).
 
     Returns:
         An ``prediction.Prediction`` of the whole scene (its image included, as uint8).
@@ -199,7 +241,16 @@ def read_scene(source: Path | BinaryIO) -> np.ndarray:
 
 
 def check_scene_options(tile: int, tile_above: int, overlap: int) -> None:
-    """Raises ``UserError`` naming the option when the tiling options are out of range."""
+    """Raises ``UserError`` naming the option when the tiling options are out of range.
+
+    Args:
+        tile: ``--tile``: the tile's side in pixels, at least 1.
+        tile_above: ``--tile-above``: the side above which an image is tiled, at least 1.
+        overlap: ``--overlap``: pixels tiles share, 0 to ``tile - 1``.
+
+    Raises:
+        UserError: For a value out of range, naming its option.
+    """
     for name, value in (("tile", tile), ("tile-above", tile_above)):
         if value < 1:
             raise UserError(f"--{name} must be at least 1")

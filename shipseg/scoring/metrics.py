@@ -105,6 +105,12 @@ def image_has_ships(
     Both gates must open: the top pixel probability reaches ``config.image_threshold``, and,
     for a model with a ship head (``ship_probability`` not None), the head's probability
     reaches ``config.ship_threshold``.
+
+    Args:
+        probabilities: The image's ``(h, w)`` pixel probabilities.
+        config: The post-processing settings whose two gates are applied.
+        ship_probability: The ship head's probability for the image; None for a model
+            without a head (then only the pixel gate counts).
     """
     if probabilities.max(initial=0.0) < config.image_threshold:
         return False
@@ -173,6 +179,12 @@ def image_f2(
     At each threshold t, a true and a predicted ship match when their IoU exceeds t (ships do
     not overlap, so above 0.5 a match is one-to-one); F2 = 5 TP / (5 TP + 4 FN + FP).
 
+    Args:
+        true_labels: ``(h, w)`` integer label image of the true ships (0 is sea, one label
+            per ship).
+        predicted_labels: The predicted ships as a label image of the same shape.
+        thresholds: The IoU thresholds averaged over (the competition's 0.5 to 0.95 by 0.05).
+
     Returns:
         1.0 for no true and no predicted ship; 0.0 for predictions on an empty image or no
         prediction on a ship image; otherwise the mean F2 over ``thresholds``.
@@ -232,6 +244,12 @@ class Scoreboard:
 
         ``ship_score`` is the image-level evidence for a ship (the ship head's probability, or
         the top pixel probability); with it the results include its ROC AUC.
+
+        Args:
+            true_labels: ``(h, w)`` integer label image of the true ships (0 is sea).
+            predicted_labels: The predicted ships after the gate, a label image of that shape.
+            ship_score: The image's ship evidence in [0, 1]; None leaves the ROC AUC out
+                (give it for every image or for none).
         """
         truth, predicted = true_labels > 0, predicted_labels > 0
         intersection = int((truth & predicted).sum())
@@ -380,6 +398,14 @@ def bootstrap_intervals(
     The gap ``f2 - baseline`` is resampled in pairs (the same images for both), which is what
     says whether a model beats "no ship" on these images: on 108 test images a single F2 moves
     by about 0.02 from the draw of images alone.
+
+    Args:
+        f2: Each image's F2 (``Scoreboard.f2_scores``).
+        baseline: Each image's F2 under "no ship anywhere", aligned with ``f2``.
+        resamples: Bootstrap draws: more give steadier bounds, at their cost in time.
+        confidence: The interval's coverage, in (0, 1): 0.95 gives the 2.5th and 97.5th
+            percentiles.
+        seed: Fixes the draws, so a report's intervals are reproducible.
 
     Returns:
         ``{"f2": [low, high], "f2_no_ship_baseline": [low, high], "gain": [low, high]}``.

@@ -76,7 +76,17 @@ class TrainSettings:
 def training_callbacks(
     settings: TrainSettings, out_dir: Path, validated: bool
 ) -> tuple[AtomicCheckpoint, list]:
-    """The checkpoint, and every callback of a training (logs, stopping, budget)."""
+    """The checkpoint, and every callback of a training (logs, stopping, budget).
+
+    Args:
+        settings: Monitor, patience, time budget and verbosity of the training.
+        out_dir: Where the checkpoint (``model.keras``), the epochs' log and ``logs/`` go.
+        validated: Whether whole-image validation runs each epoch: then ``settings.monitor``
+            picks the epoch kept and stops training early; else the last epoch is kept.
+
+    Returns:
+        The checkpoint (which knows the best epoch afterwards) and the list to pass to ``fit``.
+    """
     checkpoint = AtomicCheckpoint(out_dir / "model.keras", settings.monitor if validated else None)
     callbacks = [
         checkpoint,
@@ -164,6 +174,15 @@ def fit_keeping_the_best(
 ) -> None:
     """Runs the fit; a training that diverged or kept no epoch is a one-line error.
 
+    Args:
+        model_builder: The hypermodel that built ``model``; its ``fit`` batches and validates.
+        hp: The fixed hyperparameters the model was built with (batch size, frozen epochs).
+        model: The compiled U-Net to train.
+        dataset: The endless, unbatched ``tf.data`` stream of ``(image, mask)`` crops.
+        settings: Epochs and verbosity.
+        callbacks: Every callback of the training (``training_callbacks``), checkpoint included.
+        checkpoint: The checkpoint among ``callbacks``, asked afterwards which epoch it kept.
+
     Raises:
         errors.UserError: When training stopped on a non-finite loss (naming the best epoch
             kept before it, if any), or ended without any epoch to keep.
@@ -202,7 +221,13 @@ def _finish_history(out_dir: Path) -> pd.DataFrame:
 
 
 def plot_history(history: pd.DataFrame, monitor: str, path: Path) -> None:
-    """Loss and validation scores per epoch; saved atomically."""
+    """Loss and validation scores per epoch; saved atomically.
+
+    Args:
+        history: One row per epoch (``history.csv``): ``epoch``, ``loss`` and the scores.
+        monitor: The score the checkpoint watched, named in the plot's title.
+        path: The PNG file to write.
+    """
     import matplotlib
 
     matplotlib.use("Agg")

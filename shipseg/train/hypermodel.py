@@ -89,6 +89,17 @@ class ShipUNetHyperModel(keras_tuner.HyperModel):
     def fit(self, hp: keras_tuner.HyperParameters, model: keras.Model, x, *args, **kwargs):
         """Trains on the unbatched stream ``x`` with the trial's batch size.
 
+        Args:
+            hp: The trial's hyperparameters: ``batch_size`` and ``encoder_frozen_epochs``.
+            model: The model ``build`` returned for these hyperparameters.
+            x: An endless, unbatched ``tf.data`` stream of ``(image, mask)`` training crops.
+            *args: Passed on to ``keras.Model.fit``.
+            **kwargs: Passed on to ``keras.Model.fit`` (``epochs``, ``callbacks``...); the
+                validation, NaN and freezing callbacks are added to ``callbacks``.
+
+        Returns:
+            The ``History`` of ``keras.Model.fit``.
+
         Raises:
             keras_tuner.errors.FailedTrialError: When the loss becomes NaN or memory runs out.
         """
