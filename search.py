@@ -111,6 +111,10 @@ def _run_options(group) -> None:
                        help="start afresh (default: resume, keeping completed trials)")
     group.add_argument("--multi-gpu", action="store_true",
                        help="train each trial on all local GPUs (MirroredStrategy)")
+    group.add_argument("--mixed-precision", action="store_true",
+                       help="float16 compute, float32 weights and outputs (recent GPUs)")
+    group.add_argument("--jit-compile", action="store_true",
+                       help="compile training steps with XLA (2.5x slower on this CPU)")
     group.add_argument("--verbose", type=int, default=DEFAULTS.verbose, choices=(0, 1, 2))
 # fmt: on
 

@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verbose", type=int, default=defaults.verbose, choices=(0, 1, 2))
     _training_options(parser.add_argument_group("training"), defaults)
     _evaluation_options(parser.add_argument_group("evaluation"))
+    devices = parser.add_argument_group("devices")
+    devices.add_argument("--multi-gpu", action="store_true", help="all local GPUs, mirrored")
+    devices.add_argument("--mixed-precision", action="store_true", help="float16 compute")
+    devices.add_argument("--jit-compile", action="store_true", help="XLA-compiled steps")
     return parser
 
 

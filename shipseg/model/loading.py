@@ -53,6 +53,7 @@ def load_model(path: Path):
             f"{path}: cannot load the model ({type(error).__name__}: "
             f"{str(error).splitlines()[0][:200]})"
         ) from None
+    model = unet.in_float32(model)  # Trained with --mixed-precision: predict in float32.
     # A model with a ship head returns {"ship_probability": mask, "has_ship": probability}.
     output = model.output["ship_probability"] if unet.has_ship_head(model) else model.outputs[0]
     if (

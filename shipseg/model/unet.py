@@ -196,6 +196,7 @@ def compile_unet(
     pixel_loss: str,
     pixel_weight: float,
     ship_loss_weight: float = 0.0,
+    jit_compile: bool = False,
 ) -> None:
     """Compiles with Adam, the weighted loss, and the pixel Dice and IoU metrics.
 
@@ -210,6 +211,8 @@ def compile_unet(
         pixel_weight: Its share ``w`` in [0, 1] of ``w * pixel + (1 - w) * dice``.
         ship_loss_weight: Weight of the ship head's loss beside the pixel loss's 1; ignored
             without a head.
+        jit_compile: Compile the training step with XLA (measured 2.5x slower on this
+            project's CPU; offered for GPUs, where ``benchmarks/gpu_check.py`` measures it).
 
     Raises:
         ValueError: For an unknown ``pixel_loss`` or a ``pixel_weight`` outside [0, 1].
@@ -217,10 +220,16 @@ def compile_unet(
     optimizer = keras.optimizers.Adam(learning_rate)
     pixel = WeightedLoss(pixel_loss, pixel_weight)
     if not has_ship_head(model):
-        model.compile(optimizer=optimizer, loss=pixel, metrics=[DiceScore(), IoUScore()])
+        model.compile(
+            optimizer=optimizer,
+            loss=pixel,
+            metrics=[DiceScore(), IoUScore()],
+            jit_compile=jit_compile,
+        )
         return
     model.compile(
         optimizer=optimizer,
+        jit_compile=jit_compile,
         loss={"ship_probability": pixel, "has_ship": "binary_crossentropy"},
         loss_weights={"ship_probability": 1.0, "has_ship": ship_loss_weight},
         metrics={
@@ -228,3 +237,41 @@ def compile_unet(
             "has_ship": [keras.metrics.BinaryAccuracy(name="accuracy")],
         },
     )
+
+
+def in_float32(model: keras.Model) -> keras.Model:
+    """``model`` computing in float32, with the same weights: how a mixed-precision model loads.
+
+    A model trained under ``mixed_float16`` saves that policy in every layer; loaded as it is,
+    it would compute in float16 on a CPU too (slow there, and not the probabilities the
+    post-processing was tuned on). Its weights are float32 already, so rebuilding it from its
+    config with the policies set to float32 and copying the weights gives the float32 model.
+    A float32 model comes back as it is.
+    """
+    config = model.get_config()
+    if not _uses_mixed_precision(config):
+        return model
+    rebuilt = model.__class__.from_config(_with_float32_policies(config))
+    rebuilt.set_weights(model.get_weights())
+    return rebuilt
+
+
+def _uses_mixed_precision(config) -> bool:
+    if isinstance(config, dict):
+        name = config.get("config", {}).get("name") if config.get("class_name") else None
+        is_policy = "DTypePolicy" in str(config.get("class_name", ""))
+        return (is_policy and str(name).startswith("mixed")) or any(
+            _uses_mixed_precision(value) for value in config.values()
+        )
+    return isinstance(config, list) and any(_uses_mixed_precision(item) for item in config)
+
+
+def _with_float32_policies(config):
+    """A copy of a Keras config with every mixed dtype policy replaced by float32."""
+    if isinstance(config, list):
+        return [_with_float32_policies(item) for item in config]
+    if not isinstance(config, dict):
+        return config
+    if "DTypePolicy" in str(config.get("class_name", "")):
+        return {**config, "config": {**config.get("config", {}), "name": "float32"}}
+    return {key: _with_float32_policies(value) for key, value in config.items()}

@@ -282,6 +282,8 @@ def make_tuner(
         settings.seed,
         settings.max_parameters,
         settings.encoder_weights,
+        mixed_precision=settings.mixed_precision,
+        jit_compile=settings.jit_compile,
     )
     runtime.hide_gpus()
     try:

@@ -95,6 +95,8 @@ class SearchSettings:
     encoder_weights: str = "none"
     seed: int = 0
     multi_gpu: bool = False
+    mixed_precision: bool = False
+    jit_compile: bool = False
     time_budget: str | None = None
     overwrite: bool = False
     verbose: int = 1
@@ -159,6 +161,8 @@ class SearchSettings:
             "space": {d.name: d.describe() for d in self.space},
             "hp_overrides": list(self.hp),
             "multi_gpu": self.multi_gpu,
+            "mixed_precision": self.mixed_precision,
+            "jit_compile": self.jit_compile,
             "time_budget": self.time_budget,
             "versions": runtime.library_versions(),
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),

@@ -69,6 +69,7 @@ def training_stream(data: TrainingData):
     # A GPU may be shared with other workers' trials: take its memory as needed, not all of it.
     for gpu in tf.config.list_physical_devices("GPU"):
         tf.config.experimental.set_memory_growth(gpu, True)
+    runtime.configure_cpu_replicas()  # before the stream starts TensorFlow's devices
     return inputs.training_dataset(data.table, data.input_config, data.seed)
 
 
@@ -88,9 +89,7 @@ def _hparams_callback(execution: TrialExecution, callbacks: list) -> list:
 
 def _build_model(execution: TrialExecution) -> keras.Model:
     """Builds the trial's model (on every GPU with ``multi_gpu``), warm-started if promoted."""
-    import tensorflow as tf
-
-    scope = tf.distribute.MirroredStrategy().scope() if execution.multi_gpu else None
+    scope = runtime.mirrored_strategy().scope() if execution.multi_gpu else None
     with scope or contextlib.nullcontext():
         model = execution.builder.build(execution.hyperparameters)
         if execution.warm_start_weights:

@@ -7,6 +7,7 @@ a plateau, early stopping and the wall-time budget.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ import keras_tuner
 import numpy as np
 import pandas as pd
 
-from shipseg.core import atomic, budget, errors
+from shipseg.core import atomic, budget, errors, runtime
 from shipseg.data import inputs
 from shipseg.model import encoders, space
 from shipseg.train.hypermodel import ShipUNetHyperModel
@@ -60,6 +61,10 @@ class TrainSettings:
         verbose: Keras verbosity.
         deadline: ``time.time()`` at which training stops (the time budget), or None.
         encoder_weights: A pretrained encoder's initial weights (``imagenet``, ``none``, a file).
+        multi_gpu: Train on every local GPU (``runtime.mirrored_strategy``): the batch is the
+            global one, split across the replicas.
+        mixed_precision: Train under ``mixed_float16`` (float16 compute, float32 weights).
+        jit_compile: Compile the training step with XLA.
     """
 
     input_config: inputs.InputConfig
@@ -71,6 +76,9 @@ class TrainSettings:
     verbose: int = 1
     deadline: float | None = None
     encoder_weights: str = "none"
+    multi_gpu: bool = False
+    mixed_precision: bool = False
+    jit_compile: bool = False
 
 
 def training_callbacks(
@@ -134,8 +142,10 @@ def train_model(
 
     Returns:
         ``{"history": DataFrame, "best_epoch": int, "seconds": float,
-        "stopped_by_budget": bool}``.
+        "stopped_by_budget": bool, "replicas": int}`` (``replicas``: the devices trained on).
     """
+    # First, before anything starts TensorFlow's devices (logical CPU replicas need that).
+    strategy = runtime.mirrored_strategy() if settings.multi_gpu else None
     validation = None
     if validation_table is not None:
         validation = WholeImageValidation(validation_table, settings.input_config)
@@ -146,9 +156,12 @@ def train_model(
         settings.images_per_epoch,
         settings.seed,
         encoder_weights=settings.encoder_weights,
+        mixed_precision=settings.mixed_precision,
+        jit_compile=settings.jit_compile,
     )
     hp = space.fixed_hyperparameters(values)
-    model = model_builder.build(hp)
+    with strategy.scope() if strategy else contextlib.nullcontext():
+        model = model_builder.build(hp)
     checkpoint, callbacks = training_callbacks(settings, out_dir, validation is not None)
     start = time.perf_counter()
     dataset = inputs.training_dataset(train_table, settings.input_config, settings.seed)
@@ -160,6 +173,7 @@ def train_model(
         "best_epoch": int(checkpoint.best_epoch) + 1,
         "seconds": seconds,
         "stopped_by_budget": any(isinstance(c, budget.TimeBudget) and c.stopped for c in callbacks),
+        "replicas": int(model.distribute_strategy.num_replicas_in_sync),
     }
 
 

@@ -14,6 +14,7 @@ import keras
 import keras_tuner
 import numpy as np
 
+from shipseg.core import runtime
 from shipseg.model import encoders
 from shipseg.model.space import DEFAULT_SPACE, Dimension
 from shipseg.model.unet import build_unet, compile_unet, has_ship_head
@@ -35,6 +36,9 @@ class ShipUNetHyperModel(keras_tuner.HyperModel):
         max_parameters: Trials whose model has more weights fail at once (memory guard).
         encoder_weights: A pretrained encoder's initial weights: ``"none"``, ``"imagenet"`` or
             a file (see ``shipseg.model.encoders.check_weights``).
+        mixed_precision: Build under Keras's ``mixed_float16`` policy (float16 compute, float32
+            weights and outputs): the speed of recent GPUs' tensor cores.
+        jit_compile: Compile the training step with XLA.
     """
 
     def __init__(
@@ -45,9 +49,13 @@ class ShipUNetHyperModel(keras_tuner.HyperModel):
         seed: int = 0,
         max_parameters: int | None = None,
         encoder_weights: str = "none",
+        mixed_precision: bool = False,
+        jit_compile: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.mixed_precision = mixed_precision
+        self.jit_compile = jit_compile
         self.encoder_weights = encoder_weights
         self.space = tuple(space)
         self.validation = validation
@@ -56,8 +64,35 @@ class ShipUNetHyperModel(keras_tuner.HyperModel):
         self.max_parameters = max_parameters
         self.builds = 0
 
-    def build(self, hp: keras_tuner.HyperParameters) -> keras.Model:  # noqa: D102
+    def build(self, hp: keras_tuner.HyperParameters) -> keras.Model:
+        """Builds and compiles the U-Net that ``hp``'s values describe.
+
+        Which hyperparameter drives which part (``shipseg.model.space.DEFAULT_SPACE``):
+
+        * ``encoder``: the U-Net's own encoder or a pretrained ``keras.applications`` one
+          (its initial weights: this HyperModel's ``encoder_weights``);
+        * ``levels``, ``base_filters``: the depth (poolings) and the first level's width, the
+          filters doubling per level; ``dropout``, ``batch_norm``: inside each block;
+        * ``upsampling``: the decoder's transposed convolutions or bilinear resizing;
+        * ``ship_loss_weight``: above 0 adds the image-level ship head and weighs its loss;
+        * ``learning_rate``: Adam's step; ``pixel_loss``, ``pixel_weight``: the loss, a mix
+          ``w * pixel + (1 - w) * dice`` (``shipseg.model.losses``).
+
+        ``batch_size`` and ``encoder_frozen_epochs`` are read by ``fit``. Each build seeds the
+        initialisation with the next seed of a fixed sequence.
+
+        Args:
+            hp: The trial's hyperparameters (sampled by Keras Tuner, or fixed by ``train.py``).
+
+        Returns:
+            The compiled model.
+
+        Raises:
+            keras_tuner.errors.FailedTrialError: When the model has more weights than
+                ``max_parameters``.
+        """
         values = {dimension.name: dimension.define(hp) for dimension in self.space}
+        runtime.set_precision(self.mixed_precision)
         # Each build (trial or repeated execution) gets the next seed of a fixed sequence, so
         # a run is reproducible and --executions-per-trial averages different initialisations.
         keras.utils.set_random_seed(self.seed + self.builds)
@@ -83,6 +118,7 @@ class ShipUNetHyperModel(keras_tuner.HyperModel):
             values["pixel_loss"],
             values["pixel_weight"],
             values["ship_loss_weight"],
+            jit_compile=self.jit_compile,
         )
         return model
 

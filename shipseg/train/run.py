@@ -128,6 +128,9 @@ class TrainOptions:
     tta: bool = False
     folds: int | None = None
     only_folds: tuple[int, ...] | None = None
+    multi_gpu: bool = False
+    mixed_precision: bool = False
+    jit_compile: bool = False
 
     def __post_init__(self):
         """Raises ``errors.UserError`` (naming the option) for a count out of its range."""
@@ -188,6 +191,9 @@ def load_run(options: TrainOptions) -> Run:
         verbose=options.verbose,
         deadline=None if seconds is None else time.time() + seconds,
         encoder_weights=weights,
+        multi_gpu=options.multi_gpu,
+        mixed_precision=options.mixed_precision,
+        jit_compile=options.jit_compile,
     )
     split = splits.load_split(search_config["split_file"], table)
     print(overlaps.group_summary(overlaps.describe_groups(split.group)))
@@ -213,6 +219,11 @@ def run_config(run: Run, options: TrainOptions, **extra) -> dict:
         "time_budget": options.time_budget,
         "flip_tta": options.tta,
         "seed": run.settings.seed,
+        "devices": {
+            "multi_gpu": run.settings.multi_gpu,
+            "mixed_precision": run.settings.mixed_precision,
+            "jit_compile": run.settings.jit_compile,
+        },
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "versions": runtime.library_versions(),
         **extra,
@@ -277,12 +288,13 @@ def _train_and_evaluate_into(
         run.values, tables["train"], None if full else tables["val"], settings, out_dir
     )
     training.plot_history(trained["history"], settings.monitor, out_dir / "history.png")
-    model = keras.saving.load_model(out_dir / "model.keras")
+    model = unet.in_float32(keras.saving.load_model(out_dir / "model.keras"))
     metrics = evaluate_trained(model, tables, settings.input_config, out_dir, config["flip_tta"])
     metrics.update(
         best_epoch=trained["best_epoch"],
         epochs_run=int(len(trained["history"])),
         stopped_by_budget=trained["stopped_by_budget"],
+        replicas=trained["replicas"],
         train_seconds=round(trained["seconds"], 1),
     )
     if full:
