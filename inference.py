@@ -14,8 +14,8 @@ Writes to ``--out`` (default: ``results/<project>/predictions/``):
                            without ships (the Kaggle format)
     images.csv             one row per image: the ship head's probability (the learnt "is
                            there a ship?"), the top pixel probability, and the ships kept
-    ships.csv              one row per ship: centre, length and width (pixels and metres),
-                           heading, area, oriented box, probabilities (``shipseg.scoring.ships``)
+    ships.csv              one row per ship (``ShipRecord``): centre, length and width (pixels
+                           and metres), heading, area, probabilities, corners, its own RLE
     ships.geojson          the ships' boxes as polygons in pixel coordinates
     scores.json            with ``--labels``: pixel Dice and instance F2 against a ship CSV
     records/<image>.json   each image's rows, written last: a rerun resumes from them

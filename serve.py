@@ -121,7 +121,9 @@ def serve(settings: ServeSettings) -> None:
         log_level="warning",
         timeout_keep_alive=KEEP_ALIVE_S,
         # A deadline on each request's headers and a bound on connections (memory stays bounded).
-        http=connections.protocol(settings.read_timeout, settings.max_connections),
+        http=connections.protocol(
+            settings.read_timeout, settings.max_connections, drain_limit=4 * settings.max_upload
+        ),
     )
 
 

@@ -31,6 +31,7 @@ import inference
 import pipeline
 from shipseg.data import airbus
 from shipseg.model import loading as models
+from shipseg.predict import batch as batch_inference
 
 
 def main() -> None:
@@ -128,7 +129,7 @@ def timed_passes(
         arguments += ["--batch-size", str(options.batch_size)]
         arguments += ["--no-overlays"] if options.no_overlays else []
         args = inference.build_parser().parse_args(arguments)
-        result = batch.run_inference(inference.settings_from(args))
+        result = batch_inference.run_inference(inference.settings_from(args))
         end_to_end.append(result["processed"] / result["seconds"])
     return bare, end_to_end
 

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import io
+import json
 import os
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -159,6 +168,53 @@ def csv_rows(dataset: Path) -> pd.DataFrame:
     return pd.read_csv(dataset / airbus.CSV_NAME, dtype=str, keep_default_na=False)
 
 
+def csv_ships(text: str) -> list[dict]:
+    """The rows of a ``ships.csv`` with the service's JSON values (numbers read, empty cells
+    null, corners parsed), each checked as a ship record."""
+    from shipseg.scoring.ships import ShipRecord
+
+    found = []
+    for row in csv.DictReader(io.StringIO(text)):
+        cells = {name: value or None for name, value in row.items()}
+        cells["corners"] = json.loads(row["corners"])
+        found.append(ShipRecord.model_validate(cells).model_dump(mode="json"))
+    return found
+
+
+def jpeg(width: int = 64, height: int = 48, **options) -> bytes:
+    """A JPEG of noise; ``options`` go to Pillow's JPEG writer."""
+    noise = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, "JPEG", quality=90, **options)
+    return buffer.getvalue()
+
+
+def with_declared_size(data: bytes, width: int, height: int) -> bytes:
+    """A JPEG whose frame header (SOF0) declares another size; the pixel data unchanged."""
+    frame = data.index(b"\xff\xc0")
+    size = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return data[: frame + 5] + size + data[frame + 9 :]
+
+
+def without_scan_data(data: bytes, keep_scan_header: bool = False) -> bytes:
+    """The JPEG's headers and its end marker, without its pixels (nor, maybe, its scan)."""
+    scan = data.index(b"\xff\xda")
+    length = int.from_bytes(data[scan + 2 : scan + 4], "big")
+    return data[: scan + 2 + length if keep_scan_header else scan] + b"\xff\xd9"
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that is only its header: its size, without any pixel data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
 def train_command(results_dir, *extra):
     return [sys.executable, str(ROOT / "train.py"), "--results-dir", str(results_dir), *extra]
 
@@ -195,3 +251,73 @@ def second_run_while_the_first_holds_its_lock(command: list[str], sign: Path):
     first.send_signal(signal.SIGCONT)
     _, stderr = first.communicate(timeout=600)
     return first, second, stderr.decode(errors="replace")
+
+
+class ThreadServer:
+    """uvicorn serving an ASGI app in a thread of the tests' process, on 127.0.0.1.
+
+    Waits on events, not time: ``start`` returns once uvicorn listens, and
+    ``wait_for_connections`` once the server has accepted (or closed) enough connections.
+
+    Args:
+        app: The ASGI application.
+        protocol: The HTTP protocol class (``connections.protocol(...)``).
+    """
+
+    def __init__(self, app, protocol):
+        import uvicorn
+
+        self.changed = threading.Condition()
+        self.open_connections = 0
+        server = self
+
+        class Counted(protocol):
+            def connection_made(self, transport) -> None:
+                super().connection_made(transport)
+                server._count(+1)
+
+            def connection_lost(self, exc) -> None:
+                super().connection_lost(exc)
+                server._count(-1)
+
+        class Server(uvicorn.Server):
+            async def startup(self, sockets=None) -> None:
+                await super().startup(sockets=sockets)
+                server.ready.set()
+
+        self.ready = threading.Event()
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        # A connection left open outlasts the client's patience (60 s of keep-alive).
+        config = uvicorn.Config(
+            app, lifespan="off", log_level="error", timeout_keep_alive=60, http=Counted
+        )
+        self.server = Server(config)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.listener]}, daemon=True
+        )
+
+    def _count(self, change: int) -> None:
+        with self.changed:
+            self.open_connections += change
+            self.changed.notify_all()
+
+    def wait_for_connections(self, count: int, timeout: float = 30) -> None:
+        """Returns once exactly ``count`` connections are open on the server's side."""
+        with self.changed:
+            done = self.changed.wait_for(lambda: self.open_connections == count, timeout)
+        assert done, f"{self.open_connections} connections open, waited for {count}"
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[ThreadServer]:
+        """Serves for the block; stops (and waits for the thread) after it."""
+        self.listener.listen()
+        self.thread.start()
+        assert self.ready.wait(30), "uvicorn did not start"
+        try:
+            yield self
+        finally:
+            self.server.should_exit = True
+            self.thread.join(timeout=30)
+            self.listener.close()

@@ -17,7 +17,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -27,7 +26,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import ROOT, csv_rows, inference_command, run
+from conftest import ROOT, csv_rows, csv_ships, inference_command, run
+from shipseg.scoring import ships
+from waiting import wait_until
 
 TILING = ["--tile-above", "96", "--tile", "64", "--overlap", "16"]
 MAX_UPLOAD_MIB = 0.25
@@ -52,15 +53,18 @@ class Server:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and self.process.poll() is None:
-            try:
-                urllib.request.urlopen(self.url + "/health", timeout=2)
-                return
-            except OSError:
-                time.sleep(0.3)
-        self.stop()
-        raise AssertionError(f"serve.py did not start: {self.process.stdout.read().decode()}")
+        try:  # a readiness probe: the only sign the subprocess gives is its answer
+            wait_until(self._answers, "serve.py to answer /health", 180, self.process)
+        except pytest.fail.Exception:
+            self.stop()
+            pytest.fail(f"serve.py did not start: {self.process.stdout.read().decode()}")
+
+    def _answers(self) -> bool:
+        try:
+            urllib.request.urlopen(self.url + "/health", timeout=2)
+        except OSError:
+            return False
+        return True
 
     def stop(self) -> None:
         self.process.terminate()
@@ -78,6 +82,22 @@ class Server:
     def predict(self, data: bytes, query: str = "", **headers):
         headers = {"Content-Type": "image/png", **headers}
         return self.request(f"/predict{query}", data, headers)
+
+    def health_once(self, condition, what: str, timeout: float = 30) -> tuple[int, dict]:
+        """``GET /health``'s ``(status, body)`` once ``condition(status, body)`` holds.
+
+        Polled, with a deadline: the server is another process, and its counters in
+        ``/health`` are what can be observed of it.
+        """
+        answers = []
+
+        def holds() -> bool:
+            status, _, body = self.request("/health")
+            answers.append((status, json.loads(body)))
+            return condition(*answers[-1])
+
+        wait_until(holds, what, timeout, self.process)
+        return answers[-1]
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +195,7 @@ def test_each_image_gets_the_ships_inference_writes_for_it(
     )
     assert result.returncode == 0, result.stderr[-2000:]
     submission = pd.read_csv(out / "submission.csv", keep_default_na=False)
-    ship_table = pd.read_csv(out / "ships.csv")
+    ship_table = csv_ships((out / "ships.csv").read_text())
     image_table = pd.read_csv(out / "images.csv", keep_default_na=False).set_index("ImageId")
     assert (submission.EncodedPixels != "").sum() >= 3  # enough ships to compare
     for path in images:
@@ -183,20 +203,17 @@ def test_each_image_gets_the_ships_inference_writes_for_it(
         assert status == 200, body
         answer = json.loads(body)
         rles = submission[submission.ImageId == path.name].EncodedPixels
-        assert [ship["rle"] for ship in answer["ships"]] == [rle for rle in rles if rle]
-        expected = ship_table[ship_table.ImageId == path.name]
-        for ship, (_, row) in zip(answer["ships"], expected.iterrows(), strict=True):
-            assert ship["id"] == row.ship
-            for mine, theirs in (
-                ("length_m", "length_m"),
-                ("width_m", "width_m"),
-                ("heading_deg", "heading_deg"),
-                ("confidence", "mean_probability"),
-            ):
-                assert ship[mine] == pytest.approx(row[theirs], abs=1e-6)
-            assert ship["centre"]["row"] == pytest.approx(row["row"], abs=1e-6)
-            assert ship["centre"]["column"] == pytest.approx(row["column"], abs=1e-6)
-            np.testing.assert_allclose(ship["box"], json.loads(row.corners), atol=1e-6)
+        assert [ship["EncodedPixels"] for ship in answer["ships"]] == [rle for rle in rles if rle]
+        expected = [ship for ship in ship_table if ship["ImageId"] == path.name]
+        for ship, row in zip(answer["ships"], expected, strict=True):
+            assert list(ship) == list(row) == list(ships.SHIP_COLUMNS)  # field for field
+            for name, value in ship.items():
+                if name == "corners":
+                    np.testing.assert_allclose(value, row[name], atol=1e-6)
+                elif isinstance(value, float):
+                    assert value == pytest.approx(row[name], abs=1e-6), name
+                else:
+                    assert value == row[name], name
         assert (answer["height"], answer["width"]) == Image.open(path).size[::-1]
         evidence = image_table.loc[path.name]
         assert answer["top_pixel_probability"] == pytest.approx(evidence.top_pixel_probability)
@@ -208,7 +225,7 @@ def test_an_upload_a_geojson_answer_and_an_overlay_describe_the_same_ships(serve
     server, _ = served
     path = images[-1]
     _, _, plain = server.predict(path.read_bytes())
-    ships = json.loads(plain)["ships"]
+    found = json.loads(plain)["ships"]
     boundary = "----shipseg"
     form = (
         f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
@@ -219,14 +236,19 @@ def test_an_upload_a_geojson_answer_and_an_overlay_describe_the_same_ships(serve
         form, "?overlay=1", **{"Content-Type": f"multipart/form-data; boundary={boundary}"}
     )
     uploaded = json.loads(body)
-    assert status == 200 and uploaded["ships"] == ships
+    assert status == 200 and uploaded["ships"] == [{**s, "ImageId": path.name} for s in found]
     assert uploaded["image"] == path.name  # a label only, never a path
     overlay = Image.open(io.BytesIO(base64.b64decode(uploaded["overlay_png"])))
     assert overlay.size == Image.open(path).size
     status, headers, body = server.predict(path.read_bytes(), Accept="application/geo+json")
     collection = json.loads(body)
     assert headers["Content-Type"].startswith("application/geo+json")
-    assert [f["properties"]["ship"] for f in collection["features"]] == [s["id"] for s in ships]
+    assert [f["properties"] for f in collection["features"]] == [
+        {name: value for name, value in ship.items() if name != "corners"} for ship in found
+    ]
+    status, headers, body = server.predict(path.read_bytes(), Accept="text/csv")
+    assert status == 200 and headers["Content-Type"].startswith("text/csv")
+    assert csv_ships(body.decode()) == found
 
 
 def jpeg_bytes(size: int = 64) -> bytes:
@@ -306,8 +328,9 @@ def test_a_client_that_stalls_before_its_headers_end_is_answered_408_and_dropped
 
 def test_sixteen_concurrent_requests_are_all_answered_correctly_in_shared_batches(served, images):
     server, _ = served
-    expected = {
-        path.name: json.loads(server.predict(path.read_bytes())[2])["ships"] for path in images[:4]
+    expected = {  # each ship's ImageId is the ?name= given
+        path.name: json.loads(server.predict(path.read_bytes(), f"?name={path.name}")[2])["ships"]
+        for path in images[:4]
     }
     batches_before = json.loads(server.request("/health")[2])["batches_predicted"]
 
@@ -340,7 +363,10 @@ def test_a_full_service_answers_503_with_retry_after(small_server):
             b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
             b"Content-Length: 5000\r\n\r\n" + jpeg_bytes()[:100]
         )
-        time.sleep(1)  # the first request is admitted and waits for its body
+        # The first request is admitted and waits for its body.
+        small_server.health_once(
+            lambda _, health: health["requests_in_progress"] == 1, "the first request admitted"
+        )
         status, headers, body = small_server.predict(jpeg_bytes(), **{"Content-Type": "image/jpeg"})
     assert status == 503 and headers["Retry-After"] == "1"
     assert "busy" in json.loads(body)["error"]
@@ -351,18 +377,21 @@ def test_serve_holds_two_connections_per_admitted_request_and_eight_more(small_s
     """``--max-pending 1``: 10 connections (the protocol itself: ``test_connections.py``)."""
 
     def health_beside(idle_count: int) -> tuple[int, dict]:
+        """``/health`` once the server has accepted ``idle_count`` idle connections (or refuses)."""
         idle = [
             socket.create_connection(("127.0.0.1", small_server.port)) for _ in range(idle_count)
         ]
         try:
-            time.sleep(0.2)  # each is accepted
-            status, _, body = small_server.request("/health")
+            return small_server.health_once(
+                lambda status, body: status == 503 or body["connections_open"] == idle_count + 1,
+                f"{idle_count} idle connections accepted",
+            )
         finally:
             for connection in idle:
                 connection.close()
-        return status, json.loads(body)
 
-    assert health_beside(9)[0] == 200
+    status, body = health_beside(9)
+    assert status == 200 and body["connections_open"] == 10
     status, body = health_beside(10)
     assert status == 503 and "too many connections (at most 10)" in body["error"]
 
@@ -385,7 +414,7 @@ def test_the_page_shows_the_overlay_and_the_ship_table_of_a_chosen_image(served,
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
     server, _ = served
     path = images[-1]
-    ships = json.loads(server.predict(path.read_bytes())[2])["ships"]
+    found = json.loads(server.predict(path.read_bytes())[2])["ships"]
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
         page = browser.new_page()
@@ -397,9 +426,9 @@ def test_the_page_shows_the_overlay_and_the_ship_table_of_a_chosen_image(served,
         summary = page.inner_text("#summary")
         with page.expect_download() as download:
             page.click("#csv")
-        csv_lines = Path(download.value.path()).read_text().splitlines()
+        downloaded = Path(download.value.path()).read_text()
         browser.close()
     assert size == list(Image.open(path).size)
-    assert cells == [str(ship["id"]) for ship in ships] and len(ships) > 0
-    assert f"{len(ships)} ship" in summary and path.name in summary
-    assert len(csv_lines) == len(ships) + 1 and csv_lines[1].endswith(ships[0]["rle"])
+    assert cells == [str(ship["ship"]) for ship in found] and len(found) > 0
+    assert f"{len(found)} ship" in summary and path.name in summary
+    assert csv_ships(downloaded) == [{**ship, "ImageId": path.name} for ship in found]

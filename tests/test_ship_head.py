@@ -11,9 +11,9 @@ import pytest
 import hypermodel
 import pipeline
 from conftest import ROOT, run
-from shipseg.train import hypermodel as unet_hypermodel
 from shipseg.predict import prediction
 from shipseg.scoring import metrics as scoring
+from shipseg.train import hypermodel as unet_hypermodel
 
 
 @pytest.fixture(scope="module")

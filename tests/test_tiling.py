@@ -72,8 +72,8 @@ def test_a_ship_cut_by_tile_borders_comes_out_as_one_ship():
     labels = scoring.probabilities_to_ships(probabilities, config)
     records = ships.ship_records("scene.png", labels, probabilities)
     assert len(records) == 1
-    assert records[0]["length_px"] == pytest.approx(160, abs=2)
-    assert records[0]["width_px"] == pytest.approx(8, abs=2)
+    assert records[0].length_px == pytest.approx(160, abs=2)
+    assert records[0].width_px == pytest.approx(8, abs=2)
 
 
 def doubting_model(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -95,7 +95,7 @@ def test_tiles_the_ship_head_doubts_add_nothing_and_ships_seen_by_open_tiles_sta
     config = scoring.PostprocessConfig(threshold=0.5, image_threshold=0, min_ship_pixels=0)
     labels = scoring.probabilities_to_ships(gated, config, ship)
     records = ships.ship_records("scene.png", labels, gated)
-    assert len(records) == 1 and records[0]["length_px"] == pytest.approx(50, abs=2)
+    assert len(records) == 1 and records[0].length_px == pytest.approx(50, abs=2)
 
 
 @pytest.mark.slow

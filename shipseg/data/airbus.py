@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import glob
-import io
 import os
 import threading
 from collections.abc import Iterable, Sequence
@@ -131,14 +130,6 @@ def inspect_image_file(path: Path) -> tuple[str | None, tuple[int, int] | None]:
     with open(path, "rb") as handle:
         handle.seek(max(0, os.path.getsize(path) - 2))
         return _checked(*header, handle.read(2))
-
-
-def inspect_image_bytes(data: bytes) -> tuple[str | None, tuple[int, int] | None]:
-    """``inspect_image_file`` for an image held in memory (an upload to the service)."""
-    header = _header(io.BytesIO(data))
-    if header is None:
-        return "not a readable JPEG or PNG image", None
-    return _checked(*header, data[-2:])
 
 
 def _checked(image_format: str, size: tuple[int, int], last_bytes: bytes) -> tuple:

@@ -80,17 +80,22 @@ def describe(
     """One image's ships: its label image and its record (``shipseg.predict.records``).
 
     The record holds the submission rows (one run-length row per ship, in label order), the
-    ``images.csv`` row, one ``ships.csv`` record per ship (same order), the image's shape and
-    its ship evidence.
+    ``images.csv`` row, each ship's ``ships.ShipRecord`` as JSON (same order; read them back
+    with ``records.image_ships``), the image's shape and its ship evidence.
+
+    Args:
+        name: The image's name (its ``ImageId``).
+        prediction: The image's prediction.
+        postprocess: How probabilities become ships.
+        pixel_size: Metres per pixel.
     """
     probabilities = prediction.probabilities
     labels = scoring.probabilities_to_ships(probabilities, postprocess, prediction.ship_probability)
+    found = ships.ship_records(name, labels, probabilities, prediction.ship_probability, pixel_size)
     record = {
         "rows": records.ship_rows(name, labels),
         "image_row": records.image_row(name, prediction, labels),
-        "ships": ships.ship_records(
-            name, labels, probabilities, prediction.ship_probability, pixel_size
-        ),
+        "ships": [ship.model_dump(mode="json") for ship in found],
         "shape": list(labels.shape),
         "ship_score": ship_score(prediction),
     }

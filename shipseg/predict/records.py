@@ -58,6 +58,11 @@ def run_identity(model_path: Path, settings: dict) -> dict:
 def open_run(out_dir: Path, identity: dict, overwrite: bool) -> set[str]:
     """Starts or resumes the run in ``out_dir``; returns the names of the images already done.
 
+    Args:
+        out_dir: The run's output folder.
+        identity: The run's model and settings (``run_identity``).
+        overwrite: Remove an earlier run's outputs first, whatever made them.
+
     Raises:
         UserError: When ``out_dir`` holds a run of another model or other settings (and not
             ``overwrite``).
@@ -84,6 +89,11 @@ def to_redo(paths: list[Path], done: set[str], batch_size: int) -> list[Path]:
     The network's output can differ in its last bits with the batch an image is predicted in
     (TensorFlow's CPU kernels depend on the batch size), so a resumed run predicts whole
     batches again: each image meets the same neighbours and gets the same probabilities.
+
+    Args:
+        paths: Every image of the run, in order.
+        done: The names of the images with a record.
+        batch_size: Images per forward pass.
     """
     redo = []
     for start in range(0, len(paths), batch_size):
@@ -94,7 +104,13 @@ def to_redo(paths: list[Path], done: set[str], batch_size: int) -> list[Path]:
 
 
 def write_record(out_dir: Path, name: str, record: dict) -> None:
-    """Writes one image's record, last of its outputs (its presence means they are complete)."""
+    """Writes one image's record, last of its outputs (its presence means they are complete).
+
+    Args:
+        out_dir: The run's output folder.
+        name: The image's file name.
+        record: What ``detection.describe`` made of it.
+    """
     atomic.write_json_atomically(out_dir / RECORDS / f"{name}.json", record)
 
 
@@ -133,6 +149,11 @@ def image_row(image_id: str, prediction: Prediction, labels: np.ndarray) -> tupl
 
     ``ship_probability`` is the ship head's (empty for a model without a head): the learnt
     answer to "is there a ship?", which gates the image's ships at the tuned threshold.
+
+    Args:
+        image_id: The image's name.
+        prediction: Its prediction.
+        labels: Its label image (0 for sea, ``k`` for ship ``k``).
     """
     return (
         image_id,
@@ -154,14 +175,25 @@ def write_tables(outputs: dict[int, dict], out_dir: Path) -> int:
     images = pd.DataFrame(
         [outputs[position]["image_row"] for position in done], columns=IMAGE_COLUMNS
     )
-    ship_list = [ship for position in done for ship in outputs[position]["ships"]]
-    ship_table = pd.DataFrame(ship_list, columns=list(ships.SHIP_COLUMNS))
-    ship_table["corners"] = ship_table.corners.map(json.dumps)
+    ship_list = [ship for position in done for ship in image_ships(outputs[position])]
     if rows:
-        tables = (("submission.csv", submission), ("images.csv", images), ("ships.csv", ship_table))
-        for name, table in tables:
+        for name, table in (("submission.csv", submission), ("images.csv", images)):
             atomic.write_atomically(
                 out_dir / name, lambda temporary, table=table: table.to_csv(temporary, index=False)
             )
+        atomic.write_text_atomically(out_dir / "ships.csv", ships.csv_text(ship_list))
         atomic.write_text_atomically(out_dir / "ships.geojson", ships.geojson(ship_list))
     return int((submission.EncodedPixels != "").sum())
+
+
+def image_ships(record: dict) -> list[ships.ShipRecord]:
+    """One image's ships, from its record (``detection.describe``'s, or as read back).
+
+    A record written before ship records held their mask gets each ship's from its
+    submission rows (the same ships, in the same order).
+    """
+    masks = [rle for _, rle in record["rows"] if rle]
+    return [
+        ships.ShipRecord.model_validate({"EncodedPixels": rle, **ship})
+        for ship, rle in zip(record["ships"], masks, strict=True)
+    ]

@@ -16,29 +16,65 @@ numbers); the heading is the ship's axis in degrees clockwise from the image's u
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+from collections.abc import Iterable
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
-# ships.csv columns, in order.
-SHIP_COLUMNS = (
-    "ImageId",
-    "ship",
-    "row",
-    "column",
-    "length_px",
-    "width_px",
-    "length_m",
-    "width_m",
-    "heading_deg",
-    "area_px",
-    "mean_probability",
-    "max_probability",
-    "image_ship_probability",
-    "corners",
-)
+from shipseg.data.rle import rle_encode_pixels
+
 # Airbus imagery: 1.5 m per pixel.
 DEFAULT_PIXEL_SIZE = 1.5
+
+
+class ShipRecord(BaseModel):
+    """One predicted ship: the one form of a ship in every output that lists ships.
+
+    Inference's ``ships.csv`` has the fields as columns, in this order (``csv_text``), and its
+    ``ships.geojson`` has them as each box's properties (``geojson``); the service answers
+    with these records (JSON, CSV or GeoJSON) and its page shows and downloads them. The field
+    names are ``ships.csv``'s (``ImageId`` and ``EncodedPixels`` as in the Airbus CSVs).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ImageId: str = Field(description="The image's file name (the service: the image's label).")
+    ship: int = Field(
+        ge=1, description="The ship's number in its image, from 1 (its level in the mask PNG)."
+    )
+    row: float = Field(description="The box's centre: pixel row (0 at the top).")
+    column: float = Field(description="The box's centre: pixel column (0 at the left).")
+    length_px: float = Field(description="Length along the ship's axis, in pixels.")
+    width_px: float = Field(description="Width across the axis (area / length), in pixels.")
+    length_m: float = Field(description="length_px in metres (times the pixel size).")
+    width_m: float = Field(description="width_px in metres (times the pixel size).")
+    heading_deg: float = Field(
+        description="The axis's direction in degrees clockwise from up, 0 to 180 "
+        "(bow and stern are not told apart)."
+    )
+    area_px: int = Field(ge=1, description="The ship's pixels.")
+    mean_probability: float = Field(description="Mean pixel probability over the ship.")
+    max_probability: float = Field(description="Highest pixel probability in the ship.")
+    image_ship_probability: float | None = Field(
+        description="The ship head's probability that the image holds a ship (null for a "
+        "model without a head); the same for every ship of an image."
+    )
+    corners: tuple[tuple[float, float], ...] = Field(
+        min_length=4,
+        max_length=4,
+        description="The box's four corners in order around it, each [row, column] "
+        "(every pixel of the ship lies inside).",
+    )
+    EncodedPixels: str = Field(
+        description="The ship's pixels, run-length encoded as in submission.csv."
+    )
+
+
+# ships.csv columns, in order: the record's fields.
+SHIP_COLUMNS = tuple(ShipRecord.model_fields)
 
 
 def ship_records(
@@ -47,36 +83,49 @@ def ship_records(
     probabilities: np.ndarray,
     image_ship_probability: float | None = None,
     pixel_size: float = DEFAULT_PIXEL_SIZE,
-) -> list[dict]:
-    """One record per ship of ``labels`` (see ``SHIP_COLUMNS``; ``corners`` as (row, column))."""
+) -> list[ShipRecord]:
+    """One record per ship of ``labels``, in label order.
+
+    Args:
+        image_id: The image's name (each record's ``ImageId``).
+        labels: ``(h, w)`` label image: 0 for sea, ``k`` for ship ``k``.
+        probabilities: ``(h, w)`` pixel probabilities.
+        image_ship_probability: The ship head's probability for the image (None without one).
+        pixel_size: Metres per pixel.
+    """
     from skimage.measure import regionprops
 
-    records = []
-    for region in regionprops(labels):  # by label; each ship's pixels from its box alone
-        coords = region.coords.astype(float)
-        box = oriented_box(coords)
-        values = probabilities[region.coords[:, 0], region.coords[:, 1]]
-        records.append(
-            {
-                "ImageId": image_id,
-                "ship": region.label,
-                "row": round(float(box["centre"][0]), 2),
-                "column": round(float(box["centre"][1]), 2),
-                "length_px": round(box["length"], 2),
-                "width_px": round(box["width"], 2),
-                "length_m": round(box["length"] * pixel_size, 2),
-                "width_m": round(box["width"] * pixel_size, 2),
-                "heading_deg": round(box["heading"], 1),
-                "area_px": len(coords),
-                "mean_probability": round(float(values.mean()), 4),
-                "max_probability": round(float(values.max()), 4),
-                "image_ship_probability": (
-                    None if image_ship_probability is None else round(image_ship_probability, 4)
-                ),
-                "corners": [[round(float(v), 2) for v in corner] for corner in box["corners"]],
-            }
+    head = None if image_ship_probability is None else round(image_ship_probability, 4)
+    height = labels.shape[0]
+    return [  # by label; each ship's pixels from its box alone
+        ShipRecord(
+            ImageId=image_id,
+            ship=region.label,
+            **_measures(region.coords, probabilities, pixel_size),
+            image_ship_probability=head,
+            EncodedPixels=rle_encode_pixels(region.coords[:, 0], region.coords[:, 1], height),
         )
-    return records
+        for region in regionprops(labels)
+    ]
+
+
+def _measures(coords: np.ndarray, probabilities: np.ndarray, pixel_size: float) -> dict:
+    """A ship's box and probabilities from its pixels' ``(n, 2)`` coordinates, rounded."""
+    box = oriented_box(coords.astype(float))
+    values = probabilities[coords[:, 0], coords[:, 1]]
+    return {
+        "row": round(float(box["centre"][0]), 2),
+        "column": round(float(box["centre"][1]), 2),
+        "length_px": round(box["length"], 2),
+        "width_px": round(box["width"], 2),
+        "length_m": round(box["length"] * pixel_size, 2),
+        "width_m": round(box["width"] * pixel_size, 2),
+        "heading_deg": round(box["heading"], 1),
+        "area_px": len(coords),
+        "mean_probability": round(float(values.mean()), 4),
+        "max_probability": round(float(values.max()), 4),
+        "corners": [[round(float(v), 2) for v in corner] for corner in box["corners"]],
+    }
 
 
 def oriented_box(coords: np.ndarray) -> dict:
@@ -115,16 +164,33 @@ def oriented_box(coords: np.ndarray) -> dict:
     }
 
 
-def geojson(records: list[dict]) -> str:
+def csv_text(records: Iterable[ShipRecord]) -> str:
+    """The ships as ``ships.csv``: a header of the record's fields, then one row per ship.
+
+    A null (``image_ship_probability`` without a ship head) is an empty cell; ``corners`` is
+    its JSON (``[[row, column], ...]``).
+    """
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(SHIP_COLUMNS)
+    for record in records:
+        fields = record.model_dump(mode="json")
+        fields["corners"] = json.dumps(fields["corners"])
+        writer.writerow("" if value is None else value for value in fields.values())
+    return buffer.getvalue()
+
+
+def geojson(records: Iterable[ShipRecord]) -> str:
     """A GeoJSON FeatureCollection of the ships' boxes, in pixel coordinates (x = column, y = row).
 
-    To georeference, map each (x, y) through the image's affine transform (for example with
+    Each box's properties are its record's fields but ``corners`` (the polygon itself). To
+    georeference, map each (x, y) through the image's affine transform (for example with
     rasterio: ``transform * (x, y)``) and set the collection's CRS to the image's.
     """
     features = []
     for record in records:
-        ring = [[corner[1], corner[0]] for corner in record["corners"]]
-        properties = {key: value for key, value in record.items() if key != "corners"}
+        properties = record.model_dump(mode="json")
+        ring = [[column, row] for row, column in properties.pop("corners")]
         features.append(
             {
                 "type": "Feature",

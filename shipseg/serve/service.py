@@ -5,16 +5,20 @@ fed in batches) and ``create_app`` puts it behind these endpoints:
 
     GET  /health    ready, with the requests in progress
     GET  /model     what is served: the file, its input and tuned post-processing, the limits
-    POST /predict   one image -> its size, ship probability and ships (JSON, or GeoJSON with
-                    ``Accept: application/geo+json``; ``?overlay=1`` adds the overlay PNG)
+    POST /predict   one image -> its size, ship probability and ships (``PredictAnswer`` in
+                    JSON; the ships alone as GeoJSON or CSV with ``Accept:
+                    application/geo+json`` or ``text/csv``; ``?overlay=1`` adds the overlay)
+    POST /ships     ship records (``/predict``'s) back as CSV or GeoJSON: the page's downloads
     GET  /          a page to drop an image on and see its ships
     GET  /docs      the OpenAPI documentation FastAPI writes
 
-Each image takes ``inference.py``'s path: the same decoder, the same whole-image prediction
-(or the same tiles for a scene) and ``detection.describe`` for the ships, so the service
-answers with the ships ``inference.py`` writes for the same file. The event loop only reads
-requests and writes answers; decoding and post-processing run in worker threads and the
-network in its own (``shipseg.serve.batching``), so a slow image holds up no other request.
+(``HEAD`` works wherever ``GET`` does.) Each image takes ``inference.py``'s path: the same
+decoder, the same whole-image prediction (or the same tiles for a scene) and
+``detection.describe`` for the ships, so the service answers with the ship records
+(``ships.ShipRecord``) that ``inference.py`` writes to ``ships.csv`` for the same file. The
+event loop only reads requests and writes answers; decoding and post-processing run in worker
+threads and the network in its own (``shipseg.serve.batching``), so a slow image holds up no
+other request.
 """
 
 from __future__ import annotations
@@ -27,13 +31,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from shipseg.core import errors
 from shipseg.core.errors import RequestError
-from shipseg.data import inputs
+from shipseg.data import airbus, inputs
 from shipseg.model import loading as models
-from shipseg.predict import detection, prediction, tiling
+from shipseg.predict import detection, prediction, records, tiling
 from shipseg.scoring import ships
+from shipseg.scoring.ships import ShipRecord
 from shipseg.serve import batching, uploads
 
 
@@ -69,6 +75,10 @@ class ServeSettings:
         for name in ("max_batch", "max_pending", "max_upload", "max_pixels"):
             if getattr(self, name) < 1:
                 raise errors.UserError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.max_pixels > airbus.MAX_SCENE_PIXELS:
+            raise errors.UserError(
+                f"--max-pixels must be at most {airbus.MAX_SCENE_PIXELS} (the decoders' limit)"
+            )
         if not self.batch_wait_ms >= 0:
             raise errors.UserError("--batch-wait must be at least 0")
         for name in ("read_timeout", "pixel_size"):
@@ -87,15 +97,18 @@ class Detector:
 
     Args:
         settings: The service's settings (the model, batching, tiling, pixel size).
+        model: The network, already loaded (a stand-in, in tests: anything with Keras's
+            ``predict_on_batch``); by default the model file's. Its input handling and
+            post-processing come from the model file's settings either way.
     """
 
-    def __init__(self, settings: ServeSettings):
+    def __init__(self, settings: ServeSettings, model: object | None = None):
         self.settings = settings
         self.model_path = models.find_model(Path(settings.results_dir), settings.model)
         self.input_config, self.postprocess = detection.load_settings(
             self.model_path, dict(settings.overrides)
         )
-        self.model = models.load_model(self.model_path)
+        self.model = models.load_model(self.model_path) if model is None else model
         self.batcher = batching.Batcher(
             self._predict,
             settings.max_batch,
@@ -117,11 +130,18 @@ class Detector:
         Whole images go through TensorFlow's decoder (``inputs``), scenes through Pillow's
         (``tiling.read_scene``), each as ``inference.py`` reads them.
         """
+        from PIL import Image
+
         size = uploads.check_image(data, self.settings.max_pixels)
         try:
             if self.is_scene(size):
                 return tiling.read_scene(io.BytesIO(data))
             return inputs.decode_rgb(data).numpy()
+        except Image.DecompressionBombError:  # Pillow's own limit: the image's size, not its bytes
+            width, height = size[::-1]
+            raise RequestError(
+                413, f"the image is {width} x {height} pixels, over the decoder's limit"
+            ) from None
         except Exception as error:  # The decoders raise InvalidArgumentError, OSError and more.
             message = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
             raise RequestError(400, f"the image does not decode ({message})") from None
@@ -174,19 +194,27 @@ class Detector:
         found: prediction.Prediction,
         overlay: bool,
         start: float,
-    ) -> Answer:
-        """One image's answer (post-processing included: run it off the event loop)."""
+    ) -> PredictAnswer:
+        """One image's answer (post-processing included: run it off the event loop).
+
+        Args:
+            name: The image's label (each ship's ``ImageId``).
+            image: The decoded ``(h, w, 3)`` image.
+            found: Its prediction.
+            overlay: Add the overlay PNG.
+            start: When the request began (``time.perf_counter``), for ``seconds``.
+        """
         labels, record = detection.describe(name, found, self.postprocess, self.settings.pixel_size)
-        return Answer(
-            name=name,
+        png = detection.overlay_png(image, labels) if overlay else None
+        return PredictAnswer(
+            image=name,
             height=int(image.shape[0]),
             width=int(image.shape[1]),
             ship_probability=found.ship_probability,
             top_pixel_probability=record["image_row"][2],
-            ships=tuple(record["ships"]),
-            rles=tuple(rle for _, rle in record["rows"] if rle),
-            overlay_png=detection.overlay_png(image, labels) if overlay else None,
-            seconds=time.perf_counter() - start,
+            ships=records.image_ships(record),
+            seconds=round(time.perf_counter() - start, 4),
+            overlay_png=None if png is None else base64.b64encode(png).decode("ascii"),
         )
 
     def describe_model(self) -> dict:
@@ -217,55 +245,26 @@ def shown_path(model_path: Path, results_dir: Path) -> str:
         return model_path.name
 
 
-@dataclasses.dataclass(frozen=True)
-class Answer:
-    """What the service found in one image (``ships`` and ``rles`` in the same order)."""
+class PredictAnswer(BaseModel):
+    """``POST /predict``'s JSON answer: the image, its ship evidence and its ships."""
 
-    name: str
-    height: int
-    width: int
-    ship_probability: float | None
-    top_pixel_probability: float
-    ships: tuple[dict, ...]
-    rles: tuple[str, ...]
-    overlay_png: bytes | None
-    seconds: float
+    model_config = ConfigDict(frozen=True)
 
-    def json(self) -> dict:
-        """The JSON answer: the image, its ship evidence, each ship (and the overlay)."""
-        body = {
-            "image": self.name,
-            "height": self.height,
-            "width": self.width,
-            "ship_probability": self.ship_probability,
-            "top_pixel_probability": self.top_pixel_probability,
-            "ships": [
-                ship_json(ship, rle) for ship, rle in zip(self.ships, self.rles, strict=True)
-            ],
-            "seconds": round(self.seconds, 4),
-        }
-        if self.overlay_png is not None:
-            body["overlay_png"] = base64.b64encode(self.overlay_png).decode("ascii")
-        return body
-
-    def geojson(self) -> str:
-        """The ships as a GeoJSON FeatureCollection in pixel coordinates (as ``ships.geojson``)."""
-        return ships.geojson(list(self.ships))
-
-
-def ship_json(record: dict, rle: str) -> dict:
-    """One ship of the answer: ``ships.csv``'s record with its run-length mask."""
-    return {
-        "id": record["ship"],
-        "centre": {"row": record["row"], "column": record["column"]},
-        "box": record["corners"],
-        "length_m": record["length_m"],
-        "width_m": record["width_m"],
-        "length_px": record["length_px"],
-        "width_px": record["width_px"],
-        "heading_deg": record["heading_deg"],
-        "area_px": record["area_px"],
-        "confidence": record["mean_probability"],
-        "max_probability": record["max_probability"],
-        "rle": rle,
-    }
+    image: str = Field(
+        description="The image's label: ?name=, else the upload's file name, else 'upload'."
+    )
+    height: int = Field(description="The image's height in pixels.")
+    width: int = Field(description="The image's width in pixels.")
+    ship_probability: float | None = Field(
+        description="The ship head's probability that the image holds a ship (null for a "
+        "model without a head)."
+    )
+    top_pixel_probability: float = Field(description="The image's highest pixel probability.")
+    ships: list[ShipRecord] = Field(
+        description="The ships found, as inference.py lists them in ships.csv."
+    )
+    seconds: float = Field(description="Time taken, from the request's start to the answer.")
+    overlay_png: str | None = Field(
+        None,
+        description="With ?overlay=1: the image in grey with its ships in red, as base64 PNG.",
+    )

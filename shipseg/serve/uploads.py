@@ -3,9 +3,10 @@
 Every check answers a ``RequestError`` with the 4xx status that names the problem, before
 anything is decoded: a body over the byte limit is cut off as it arrives (413), a client that
 stops sending is dropped (408), a header that promises more pixels than allowed is refused
-before the pixels exist (413: a decompression bomb), and only JPEG and PNG, the formats
-``inference.py`` reads, get through (400 for anything else, truncated JPEGs included). The
-image's name is a label for the answer only; no request can name a file on the server.
+before the pixels exist (413: a decompression bomb, whatever else is wrong with it), and only
+complete JPEGs and PNGs, the formats ``inference.py`` reads, get through (400 for anything
+else: a JPEG cut before its end marker, or one with no image data). The image's name is a
+label for the answer only; no request can name a file on the server.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import re
 from collections.abc import AsyncIterator
 
 from shipseg.core.errors import RequestError
-from shipseg.data import airbus
 
 RAW_TYPES = ("image/jpeg", "image/png", "application/octet-stream")
 MULTIPART = "multipart/form-data"
@@ -26,6 +26,15 @@ CONTENT_TYPE_HELP = (
     "send the image as the body with Content-Type image/jpeg, image/png or "
     "application/octet-stream, or as a multipart/form-data upload (curl -F file=@image.jpg)"
 )
+
+JPEG_START = b"\xff\xd8\xff"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# JPEG markers: the frame headers that give the size, and those without a length field.
+_JPEG_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
+_SCAN, _END = 0xDA, 0xD9
+# The end of a scan's entropy-coded data: a marker, not a stuffed 0xFF00 nor a restart.
+_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 
 
 async def read_body(
@@ -88,18 +97,78 @@ def image_bytes(content_type: str | None, body: bytes) -> tuple[bytes, str | Non
 def check_image(data: bytes, max_pixels: int) -> tuple[int, int]:
     """The image's ``(height, width)`` from its header, once it is a complete JPEG or PNG.
 
+    The size is read first, from the header alone (no decoder sees a larger image than
+    ``max_pixels``), then the structure: a JPEG needs image data (a scan) and its end marker
+    (bytes after it are ignored, as decoders ignore them), a PNG its image data.
+
     Raises:
-        RequestError: 400 for anything but a complete JPEG or PNG, 413 beyond ``max_pixels``.
+        RequestError: 413 beyond ``max_pixels``, 400 for anything but a complete JPEG or PNG.
     """
-    problem, size = airbus.inspect_image_bytes(data)
-    if problem is not None:
-        raise RequestError(400, f"the upload is not a usable image: {problem}")
-    height, width = size
-    if height * width > max_pixels:
+    if data.startswith(JPEG_START):
+        size, problem = _read_jpeg(data)
+    elif data.startswith(PNG_SIGNATURE):
+        size, problem = _read_png(data)
+    else:
+        size, problem = None, "not a readable JPEG or PNG image"
+    if size is not None and size[0] * size[1] > max_pixels:
+        height, width = size
         raise RequestError(
             413, f"the image is {width} x {height} pixels, over the limit of {max_pixels} pixels"
         )
-    return height, width
+    if size is None or 0 in size:
+        problem = problem or "its header declares no image size"
+    if problem is not None:
+        raise RequestError(400, f"the upload is not a usable image: {problem}")
+    return size
+
+
+def _read_jpeg(data: bytes) -> tuple[tuple[int, int] | None, str | None]:
+    """A JPEG's declared ``(height, width)`` (None if none) and its problem (None if none).
+
+    Walks the segments from the start marker: a frame header (SOFn) gives the size; a scan
+    (SOS) is followed by its entropy-coded data up to the next marker; the end marker (EOI)
+    ends the image.
+    """
+    size, scans, position = None, 0, 2
+    while position + 2 <= len(data):
+        if data[position] != 0xFF:
+            return size, "damaged JPEG (no marker where a segment starts)"
+        marker = data[position + 1]
+        if marker == _END:
+            return size, None if scans else "the JPEG holds no image data (no scan)"
+        if marker == 0xFF or marker in _JPEG_STANDALONE:  # a fill byte, or no length follows
+            position += 1 if marker == 0xFF else 2
+            continue
+        length = int.from_bytes(data[position + 2 : position + 4], "big")
+        if marker in _JPEG_FRAMES and length >= 7 and position + 9 <= len(data):
+            size = (
+                int.from_bytes(data[position + 5 : position + 7], "big"),
+                int.from_bytes(data[position + 7 : position + 9], "big"),
+            )
+        position += 2 + max(length, 2)
+        if marker == _SCAN:
+            found = _NEXT_MARKER.search(data, position)
+            if found is None:
+                break
+            scans += found.start() > position  # a scan without data adds no pixels
+            position = found.start()
+    return size, "truncated JPEG (no end marker)"
+
+
+def _read_png(data: bytes) -> tuple[tuple[int, int] | None, str | None]:
+    """A PNG's declared ``(height, width)`` (None if none) and its problem (None if none)."""
+    if data[12:16] != b"IHDR" or len(data) < 24:
+        return None, "damaged PNG (no IHDR header)"
+    size = (int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big"))
+    position = 8
+    while position + 8 <= len(data):
+        kind = data[position + 4 : position + 8]
+        if kind == b"IDAT":
+            return size, None
+        if kind == b"IEND":
+            break
+        position += 12 + int.from_bytes(data[position : position + 4], "big")
+    return size, "the PNG holds no image data (no IDAT chunk)"
 
 
 def safe_name(name: str | None, default: str = "upload") -> str:
