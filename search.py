@@ -94,6 +94,8 @@ def _space_options(group) -> None:
     group.add_argument("--encoder-weights", default=DEFAULTS.encoder_weights,
                        metavar=encoders.WEIGHT_CHOICES, help="pretrained encoders' initial "
                        "weights; with weights the encoder is mobilenet_v2 unless --hp encoder=")
+    group.add_argument("--start-from", help="the first trial's hyperparameters: best_hparams.json, "
+                       "a trial.json or a JSON object (default: the space's defaults)")
     group.add_argument("--objective", choices=trials.OBJECTIVES, default=DEFAULTS.objective,
                        help="on whole val images: pixel Dice, instance F2 at fixed thresholds, "
                        "or F2 with the ship / no-ship threshold tuned (what train.py reaches)")

@@ -105,7 +105,7 @@ def test_with_pretrained_weights_the_search_uses_the_pretrained_encoder_unless_t
 
     assert values()["encoder"] == ("unet",)
     assert values(pretrained=True)["encoder"] == ("mobilenet_v2",)
-    assert values(pretrained=True)["encoder_frozen_epochs"] == (0, 2)  # searched with one
+    assert values(pretrained=True)["encoder_frozen_epochs"] == (0, 1, 2, 4)  # searched with one
     chosen = values(overrides=["encoder=unet,resnet50"], pretrained=True)
     assert chosen["encoder"] == ("unet", "resnet50")
 
@@ -138,6 +138,7 @@ def test_hypermodel_builds_the_fixed_configuration():
         "pixel_loss": "focal",
         "pixel_weight": 0.75,
         "batch_size": 4,
+        "ship_loss_weight": 0.0,
     }
     space = hypermodel.search_space([f"{k}={v}" for k, v in values.items()])
     model = hypermodel.ShipUNetHyperModel(space).build(hypermodel.fixed_hyperparameters(values))
@@ -168,3 +169,22 @@ def test_a_diverging_trial_is_marked_failed():
     ).repeat()
     with pytest.raises(keras_tuner.errors.FailedTrialError, match="NaN"):
         builder.fit(hp, model, stream, epochs=1, verbose=0)
+
+
+def test_each_dimensions_start_value_is_its_default_kept_inside_a_narrowed_range():
+    space = {d.name: d for d in hypermodel.search_space(["learning_rate=1e-4:5e-4", "levels=3"])}
+    assert space["learning_rate"].start_value() == 5e-4  # the default 1e-3, brought inside
+    assert space["levels"].start_value() == 3  # fixed by the override
+    assert space["upsampling"].start_value() == "transpose"
+    pretrained = {d.name: d.start_value() for d in hypermodel.search_space(pretrained=True)}
+    assert pretrained["learning_rate"] == 3e-4 and pretrained["encoder_frozen_epochs"] == 2
+    assert pretrained["base_filters"] == 16 and pretrained["upsampling"] == "resize"
+
+
+def test_the_space_defaults_are_keras_tuners_defaults_too():
+    hp = keras_tuner.HyperParameters()
+    for dimension in hypermodel.search_space():
+        dimension.define(hp)
+    defaults = {p.name: p.default for p in hp.space}
+    assert defaults["levels"] == 4 and defaults["learning_rate"] == 1e-3
+    assert defaults["batch_norm"] is True and defaults["ship_loss_weight"] == 0.5

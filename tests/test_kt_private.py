@@ -21,6 +21,8 @@ PRIVATE_METHODS = {
     ("Oracle", "_get_oracle_fname"): [],
     ("Oracle", "_get_trial_dir"): ["trial_id"],
     ("Oracle", "_save_trial"): ["trial"],
+    ("Oracle", "_random_values"): [],
+    ("Oracle", "_duplicate"): ["values"],
 }
 
 
@@ -107,3 +109,36 @@ def test_the_searchs_oracle_writes_its_state_and_its_trials_atomically(tmp_path,
     assert Path(f"project/trial_{trial.trial_id}/trial.json") in written
     reloaded = json.loads((tmp_path / "project" / "oracle.json").read_text())
     assert reloaded == json.loads(json.dumps(oracle.get_state()))
+
+
+def _start_tuner(directory, overwrite: bool) -> keras_tuner.Tuner:
+    def build(hp):
+        hp.Int("a", 1, 9, default=5)
+        hp.Choice("b", ["x", "y"], default="y")
+        hp.Float("c", 0.0, 1.0, default=0.25)
+
+    oracle = tuning.BudgetedRandomSearchOracle(
+        objective=keras_tuner.Objective("score", "max"), max_trials=10, seed=1
+    )
+    oracle.start_values = {"a": 3, "b": "x", "c": 0.5}
+    return keras_tuner.Tuner(
+        oracle=oracle, hypermodel=build, directory=str(directory), project_name="p",
+        overwrite=overwrite,
+    )  # fmt: skip
+
+
+def test_the_oracles_first_trial_is_the_start_and_a_resumed_search_does_not_start_again(
+    tmp_path,
+):
+    tuner = _start_tuner(tmp_path, overwrite=True)
+    first = tuner.oracle.create_trial("tuner0")
+    assert first.hyperparameters.values == {"a": 3, "b": "x", "c": 0.5}
+    tuner.oracle.update_trial(first.trial_id, {"score": 0.5})
+    tuner.oracle.end_trial(first)
+    second = tuner.oracle.create_trial("tuner0")
+    assert second.hyperparameters.values != first.hyperparameters.values
+    tuner.save()
+    resumed = _start_tuner(tmp_path, overwrite=False)
+    again = resumed.oracle.create_trial("tuner0")
+    assert again.hyperparameters.values != first.hyperparameters.values
+    assert {t.trial_id for t in resumed.oracle.trials.values()} == {first.trial_id, second.trial_id}

@@ -451,3 +451,60 @@ def test_a_split_without_validation_images_names_the_overlap_groups_when_they_ar
     assert "group 0: 9 images (e.g. 000.jpg)" in message and "--val-fraction" not in message
     many = _split(list(range(10)), ["train"] * 9 + ["test"])
     assert "a larger --val-fraction" in split_problem(many, images, images.iloc[:0], settings)
+
+
+def test_the_first_trial_is_the_spaces_defaults_and_every_trial_keeps_its_image_scores(
+    finished_search,
+):
+    from shipseg.search import evidence
+
+    project, _ = finished_search
+    start = json.loads((project / "search_config.json").read_text())["start_values"]
+    assert start["levels"] == 2 and start["base_filters"] == 4  # the command's --hp win
+    assert start["learning_rate"] == 1e-3 and start["batch_norm"] is True  # the defaults
+    first = json.loads((project / "tuner" / "trial_0000" / "trial.json").read_text())
+    values = first["hyperparameters"]["values"]
+    assert {name: values[name] for name in start} == start
+    trials = pd.read_csv(project / "trials.csv", dtype={"trial_id": str})
+    done = trials[trials.status == "COMPLETED"].trial_id
+    val_images = len(pd.read_csv(project / "split.csv").query("split == 'val'"))
+    for trial_id in done:
+        scores = evidence.image_scores(project, trial_id)
+        assert scores is not None and len(scores) == val_images, trial_id
+    report = (project / "report.md").read_text()
+    assert "## How sure is the winner" in report and "Rank agreement of the first rung" in report
+    summary = json.loads((project / "search_summary.json").read_text())
+    assert summary["winner"]["winner"] == trials.trial_id.iloc[0]
+
+
+def _settings(tmp_path, start_from=None, hp=()):
+    from shipseg.data.inputs import InputConfig
+    from shipseg.search.settings import SearchSettings
+
+    return SearchSettings(
+        data_dir=None, project="p", input_config=InputConfig(), hp=hp, start_from=start_from,
+        results_dir=str(tmp_path),
+    )  # fmt: skip
+
+
+def test_start_from_reads_best_hparams_a_trial_json_or_a_plain_object(tmp_path):
+    best = tmp_path / "best_hparams.json"
+    best.write_text(json.dumps({"hyperparameters": {"levels": 3, "learning_rate": 5e-4}}))
+    trial = tmp_path / "trial.json"
+    trial.write_text(json.dumps({"hyperparameters": {"values": {"levels": 5, "tuner/epochs": 2}}}))
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps({"pixel_weight": 1}))
+    assert _settings(tmp_path, str(best)).start_values()["learning_rate"] == 5e-4
+    assert _settings(tmp_path, str(trial)).start_values()["levels"] == 5
+    values = _settings(tmp_path, str(plain)).start_values()
+    assert values["pixel_weight"] == 1.0 and values["levels"] == 4  # the rest: the defaults
+    assert _settings(tmp_path, str(best), hp=("levels=4",)).start_values()["levels"] == 4
+
+
+def test_a_start_outside_the_space_is_a_one_line_error_naming_the_file_and_value(tmp_path):
+    outside = tmp_path / "outside.json"
+    outside.write_text(json.dumps({"learning_rate": 0.5}))
+    with pytest.raises(errors.UserError, match=r"outside.json: learning_rate=0.5 is outside"):
+        _settings(tmp_path, str(outside)).start_values()
+    with pytest.raises(errors.UserError, match="missing.json"):
+        _settings(tmp_path, str(tmp_path / "missing.json")).start_values()

@@ -34,6 +34,8 @@ class Dimension:
         help: One line for ``--help``.
         allowed: For a ``choice`` of names: every name a user may ask for (default: ``values``),
             when the default range is narrower (the pretrained encoders).
+        default: The trusted value: the search's first trial (``start_value``) and Keras
+            Tuner's default. None: the low end, or the first choice.
     """
 
     name: str
@@ -44,15 +46,46 @@ class Dimension:
     limits: tuple | None = None
     help: str = ""
     allowed: tuple | None = None
+    default: object = None
+
+    @property
+    def fixed(self) -> bool:
+        """Whether the search has one value to try (``--hp name=value``)."""
+        ranged = self.kind in ("int", "float")
+        return len(self.values) == 1 or (ranged and self.values[0] == self.values[1])
+
+    def start_value(self):
+        """The trusted value within this dimension's current range.
+
+        ``default`` where the range holds it; else the range's nearest end (a narrowed range),
+        or its first choice (restricted choices).
+        """
+        if self.fixed:
+            return self.values[0]
+        if self.kind in ("int", "float"):
+            low, high = self.values
+            value = low if self.default is None else min(max(self.default, low), high)
+            return int(value) if self.kind == "int" else float(value)
+        if self.kind == "bool":
+            return bool(self.default) if self.default is not None else False
+        return self.default if self.default in self.values else self.values[0]
+
+    def contains(self, value) -> bool:
+        """Whether ``value`` is one this dimension's trials may take."""
+        if self.kind in ("int", "float") and not self.fixed:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                return False
+            return self.values[0] <= value <= self.values[1]
+        return value in self.values
 
     def define(self, hp: keras_tuner.HyperParameters):
         """Registers this dimension with ``hp`` and returns the trial's value."""
-        if len(self.values) == 1 or (
-            self.kind in ("int", "float") and self.values[0] == self.values[1]
-        ):
+        if self.fixed:
             return hp.Fixed(self.name, self.values[0])
+        default = self.start_value()
         if self.kind == "int":
-            return hp.Int(self.name, self.values[0], self.values[1], step=int(self.step or 1))
+            step = int(self.step or 1)
+            return hp.Int(self.name, self.values[0], self.values[1], step=step, default=default)
         if self.kind == "float":
             sampling = "log" if self.log else "linear"
             return hp.Float(
@@ -61,10 +94,11 @@ class Dimension:
                 self.values[1],
                 step=None if self.log else self.step,
                 sampling=sampling,
+                default=default,
             )
         if self.kind == "bool":
-            return hp.Boolean(self.name)
-        return hp.Choice(self.name, list(self.values))
+            return hp.Boolean(self.name, default=default)
+        return hp.Choice(self.name, list(self.values), default=default)
 
     def describe(self) -> str:
         """The range as a user would write it (``2:5``, ``8,16,32``)."""
@@ -122,6 +156,10 @@ class Dimension:
         return dataclasses.replace(self, kind="choice", values=values, log=False)
 
 
+# The defaults are a configuration known to train well: the search's first trial (what every
+# later trial is judged against) and what ``--hp`` leaves a dimension at when it narrows others.
+# From scratch: the from-scratch recipe's U-Net (4 levels, 8 filters, batch 8, with the ship
+# head); with pretrained weights ``PRETRAINED_DEFAULTS`` below (the pretrained recipe).
 DEFAULT_SPACE: tuple[Dimension, ...] = (
     Dimension(
         "levels",
@@ -129,6 +167,7 @@ DEFAULT_SPACE: tuple[Dimension, ...] = (
         (3, 5),
         limits=(MIN_LEVELS, MAX_LEVELS),
         help="U-Net depth: number of down-sampling levels",
+        default=4,
     ),
     Dimension(
         "base_filters",
@@ -136,12 +175,31 @@ DEFAULT_SPACE: tuple[Dimension, ...] = (
         (8, 16, 32),
         limits=(1, 512),
         help="filters of the first level, doubling per level",
+        default=8,
     ),
     Dimension(
-        "dropout", "float", (0.0, 0.3), step=0.1, limits=(0.0, 0.9), help="spatial dropout rate"
+        "dropout",
+        "float",
+        (0.0, 0.3),
+        step=0.1,
+        limits=(0.0, 0.9),
+        help="spatial dropout rate",
+        default=0.0,
     ),
-    Dimension("batch_norm", "bool", (True, False), help="batch normalisation after convolutions"),
-    Dimension("upsampling", "choice", ("transpose", "resize"), help="decoder upsampling"),
+    Dimension(
+        "batch_norm",
+        "bool",
+        (True, False),
+        help="batch normalisation after convolutions",
+        default=True,
+    ),
+    Dimension(
+        "upsampling",
+        "choice",
+        ("transpose", "resize"),
+        help="decoder upsampling",
+        default="transpose",
+    ),
     Dimension(
         "learning_rate",
         "float",
@@ -149,8 +207,15 @@ DEFAULT_SPACE: tuple[Dimension, ...] = (
         log=True,
         limits=(1e-6, 1.0),
         help="Adam learning rate",
+        default=1e-3,
     ),
-    Dimension("pixel_loss", "choice", tuple(PIXEL_LOSSES), help="pixel-wise part of the loss"),
+    Dimension(
+        "pixel_loss",
+        "choice",
+        tuple(PIXEL_LOSSES),
+        help="pixel-wise part of the loss",
+        default="bce",
+    ),
     Dimension(
         "pixel_weight",
         "float",
@@ -158,8 +223,16 @@ DEFAULT_SPACE: tuple[Dimension, ...] = (
         step=0.25,
         limits=(0.0, 1.0),
         help="loss = w * pixel_loss + (1 - w) * dice",
+        default=0.5,
     ),
-    Dimension("batch_size", "choice", (4, 8, 16), limits=(1, 4096), help="training batch size"),
+    Dimension(
+        "batch_size",
+        "choice",
+        (4, 8, 16),
+        limits=(1, 4096),
+        help="training batch size",
+        default=8,
+    ),
     Dimension(
         "ship_loss_weight",
         "float",
@@ -167,6 +240,7 @@ DEFAULT_SPACE: tuple[Dimension, ...] = (
         step=0.25,
         limits=(0.0, 10.0),
         help="weight of the image-level ship head's loss; 0: no head (pixel maximum decides)",
+        default=0.5,
     ),
     Dimension(
         "encoder",
@@ -181,6 +255,7 @@ DEFAULT_SPACE: tuple[Dimension, ...] = (
         (0, 2),
         limits=(0, 10_000),
         help="first epochs with a pretrained encoder's weights fixed (searched only with one)",
+        default=2,
     ),
 )
 # Hyperparameters added after searches were run: their value when a saved configuration lacks
@@ -191,6 +266,20 @@ ADDED_LATER = {"ship_loss_weight": 0.0, "encoder": encoders.PLAIN, "encoder_froz
 # The encoder of a search given pretrained weights and no ``encoder`` override: the one the
 # real-data recipe measured (docs/results.md) and whose ImageNet file ../shared/weights holds.
 PRETRAINED_DEFAULT = "mobilenet_v2"
+# With pretrained weights: the ranges that make sense for an ImageNet encoder (its features
+# need small steps: the searched 4e-4 to 8e-4 were high for it, docs/results.md), each
+# dimension's default the pretrained recipe's value (docs/results.md: +0.065 to +0.075 over
+# "no ship" on three seeds).
+PRETRAINED_SPACE = {
+    "levels": ("3:5", 4),
+    "base_filters": ("8,16,32", 16),
+    "dropout": ("0:0.2", 0.1),
+    "upsampling": ("transpose,resize", "resize"),
+    "learning_rate": ("5e-5:1e-3", 3e-4),
+    "pixel_weight": ("0.25:1", 0.5),
+    "ship_loss_weight": ("0.25:1", 0.5),
+    "encoder_frozen_epochs": ("0,1,2,4", 2),
+}
 
 
 def search_space(overrides: Sequence[str] = (), pretrained: bool = False) -> tuple[Dimension, ...]:
@@ -207,6 +296,8 @@ def search_space(overrides: Sequence[str] = (), pretrained: bool = False) -> tup
     space = {dimension.name: dimension for dimension in DEFAULT_SPACE}
     if pretrained:
         space["encoder"] = space["encoder"].parse(PRETRAINED_DEFAULT)
+        for name, (text, default) in PRETRAINED_SPACE.items():
+            space[name] = dataclasses.replace(space[name].parse(text), default=default)
     for override in overrides:
         name, separator, text = override.partition("=")
         name = name.strip()

@@ -169,6 +169,13 @@ def iou_matrix(true_labels: np.ndarray, predicted_labels: np.ndarray) -> np.ndar
     return intersection / np.maximum(union, 1)
 
 
+def image_dice(true_labels: np.ndarray, predicted_labels: np.ndarray) -> float:
+    """One image's pixel Dice: 1 where both are empty (nothing to find, nothing predicted)."""
+    truth, predicted = true_labels > 0, predicted_labels > 0
+    total = int(truth.sum()) + int(predicted.sum())
+    return 1.0 if total == 0 else 2.0 * int((truth & predicted).sum()) / total
+
+
 def image_f2(
     true_labels: np.ndarray,
     predicted_labels: np.ndarray,
@@ -344,6 +351,24 @@ def found_by_size(largest_ships: Sequence[int], predicted: Sequence[bool]) -> di
         inside = (largest > 0) & (largest >= low) & (largest < high)
         counts[name] = [int((inside & predicted).sum()), int(inside.sum())]
     return counts
+
+
+def gated_f2(
+    scores: Sequence[float],
+    f2_open: Sequence[float],
+    f2_closed: Sequence[float],
+    threshold: float,
+) -> np.ndarray:
+    """Each image's F2 under an image-level threshold (``best_gate``'s): open where reached.
+
+    Args:
+        scores: Per-image ship evidence.
+        f2_open: Per-image F2 with the image's ships kept.
+        f2_closed: Per-image F2 with nothing predicted.
+        threshold: Images whose score reaches it keep their ships.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    return np.where(scores >= threshold, np.asarray(f2_open), np.asarray(f2_closed))
 
 
 def best_gate(

@@ -102,3 +102,20 @@ class AtomicOracleFiles:
         atomic.write_text_atomically(
             trial_path(self, trial.trial_id), json.dumps(trial.get_state())
         )
+
+
+class StartsFromValues:
+    """Mixed in before a Keras Tuner oracle: its first new configuration is ``start_values``.
+
+    Every algorithm draws its new configurations in the private ``_random_values`` (Hyperband's
+    first rounds, random search, Bayesian optimisation's initial points); this one returns the
+    start there until a trial holds it. Keras Tuner records every configuration it hands out
+    (``_duplicate``), in its saved state too, so a resumed search does not start again.
+    """
+
+    start_values: dict | None = None
+
+    def _random_values(self):
+        if self.start_values is not None and not self._duplicate(self.start_values):
+            return dict(self.start_values)
+        return super()._random_values()

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from shipseg.core import atomic
+from shipseg.search import evidence
 
 # Below this many completed trials the report says the importances are not to be trusted.
 FEW_TRIALS = 30
@@ -74,6 +75,7 @@ def write_report(trials: pd.DataFrame, objective: str, names: list[str], project
         could be measured (three or more completed trials and a hyperparameter that varied).
     """
     completed = trials[(trials.status == "COMPLETED") & trials[objective].notna()]
+    verdict = evidence.judge_winner(trials, objective, project_dir, start_values(project_dir))
     weights = importances(completed, objective, names)
     if len(weights):
         _plot(weights, objective, project_dir / "importance.png")
@@ -88,6 +90,13 @@ def write_report(trials: pd.DataFrame, objective: str, names: list[str], project
         "",
         "![trials](trials.png)",
         "",
+        "## How sure is the winner",
+        "",
+        *evidence.verdict_lines(verdict),
+        "",
+        "Margins are paired over the same validation images at each trial's best epoch; the "
+        "interval is a 95 % bootstrap over images (`shipseg/search/evidence.py`).",
+        "",
         "## What mattered",
         "",
         *_importance_lines(weights, len(completed)),
@@ -95,6 +104,12 @@ def write_report(trials: pd.DataFrame, objective: str, names: list[str], project
     path = project_dir / "report.md"
     atomic.write_text_atomically(path, "\n".join(lines) + "\n")
     return path
+
+
+def start_values(project_dir: Path) -> dict | None:
+    """The search's first, trusted configuration, as ``search_config.json`` records it."""
+    path = project_dir / "search_config.json"
+    return atomic.read_json(path).get("start_values") if path.is_file() else None
 
 
 def _importance_lines(weights: pd.Series, completed: int) -> list[str]:

@@ -141,7 +141,7 @@ def write_report(results_dir: str, project: str) -> None:
     if not trials_path.is_file():
         raise errors.UserError(f"{trials_path}: no trials to report on (run the search first)")
     objective = atomic.read_json(project_dir / "search_config.json")["objective"]
-    trials = pd.read_csv(trials_path, dtype={"trial_id": str})
+    trials = pd.read_csv(trials_path, dtype={"trial_id": str, "continued_from": str})
     names = [dimension.name for dimension in DEFAULT_SPACE]
     with locks.hold(project_dir, "--project"):
         print(f"Wrote {report.write_report(trials, objective, names, project_dir)}")
@@ -277,7 +277,7 @@ def make_tuner(
     project_dir, input_config = settings.project_dir, settings.input_config
     unet = ShipUNetHyperModel(
         settings.space,
-        WholeImageValidation(val_table, input_config),
+        WholeImageValidation(val_table, input_config, monitor=settings.objective),
         settings.images_per_epoch,
         settings.seed,
         settings.max_parameters,
@@ -295,6 +295,7 @@ def make_tuner(
             algorithm=settings.tuner,
             oracle_settings=search_settings.oracle_settings(settings),
             trial_epochs=settings.max_epochs,
+            start_values=settings.start_values(),
             executions_per_trial=settings.executions_per_trial,
             directory=str(project_dir),
             project_name="tuner",

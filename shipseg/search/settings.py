@@ -72,6 +72,8 @@ class SearchSettings:
         initial_trials: Bayesian optimisation's random trials, None for the default
             (``bayesian_initial_trials``).
         time_budget: The project's wall-time budget as written (``90m``), or None.
+        start_from: A file of the first trial's hyperparameters (``best_hparams.json``, a
+            trial's ``trial.json`` or a plain object), or None for the space's defaults.
     """
 
     data_dir: str | None
@@ -97,6 +99,7 @@ class SearchSettings:
     multi_gpu: bool = False
     mixed_precision: bool = False
     jit_compile: bool = False
+    start_from: str | None = None
     time_budget: str | None = None
     overwrite: bool = False
     verbose: int = 1
@@ -125,6 +128,31 @@ class SearchSettings:
     def space(self) -> tuple[Dimension, ...]:
         """The search space with ``hp`` applied (a pretrained encoder when weights are given)."""
         return search_space(self.hp, pretrained=self.encoder_weights != "none")
+
+    def start_values(self) -> dict:
+        """The first trial's hyperparameters: ``start_from``'s, else the space's defaults.
+
+        A dimension that ``--hp`` fixes keeps its one value; ``start_from`` may leave out
+        hyperparameters (they take their defaults) but not go outside the space.
+
+        Raises:
+            errors.UserError: Naming the file and the hyperparameter outside the space.
+        """
+        given = {} if self.start_from is None else read_start(Path(self.start_from))
+        values = {}
+        for dimension in self.space:
+            value = given.get(dimension.name, dimension.start_value())
+            if dimension.fixed:
+                value = dimension.values[0]
+            elif dimension.kind == "float" and isinstance(value, int | float):
+                value = float(value)
+            if not dimension.contains(value):
+                raise errors.UserError(
+                    f"--start-from {self.start_from}: {dimension.name}={value} is outside the "
+                    f"search space ({dimension.describe()}); widen it with --hp {dimension.name}="
+                )
+            values[dimension.name] = value
+        return values
 
     @property
     def bayesian_initial_trials(self) -> int:
@@ -163,6 +191,8 @@ class SearchSettings:
             "multi_gpu": self.multi_gpu,
             "mixed_precision": self.mixed_precision,
             "jit_compile": self.jit_compile,
+            "start_from": self.start_from,
+            "start_values": self.start_values(),
             "time_budget": self.time_budget,
             "versions": runtime.library_versions(),
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
@@ -269,3 +299,18 @@ def project_name(project: str | None, data_dir: str | None) -> str:
     if project:
         return project
     return Path(data_dir).resolve().name if data_dir else "synthetic"
+
+
+def read_start(path: Path) -> dict:
+    """Hyperparameters from ``best_hparams.json``, a Keras Tuner ``trial.json`` or a plain object.
+
+    Raises:
+        errors.UserError: For a missing or unreadable file, or one holding no object of values.
+    """
+    data = atomic.read_json(path)
+    if isinstance(data, dict) and isinstance(data.get("hyperparameters"), dict):
+        data = data["hyperparameters"]  # best_hparams.json, or a trial.json (with "values")
+        data = data.get("values", data) if isinstance(data.get("values"), dict) else data
+    if not isinstance(data, dict):
+        raise errors.UserError(f"{path}: expected a JSON object of hyperparameters")
+    return {name: value for name, value in data.items() if not name.startswith("tuner/")}

@@ -16,7 +16,7 @@ import pandas as pd
 
 from shipseg.core import atomic
 from shipseg.model import space
-from shipseg.search import report
+from shipseg.search import evidence, report
 
 OBJECTIVES = ("val_dice", "val_f2", "val_f2_tuned")
 
@@ -110,7 +110,9 @@ def export_results(
         atomic.write_json_atomically(project_dir / "best_hparams.json", best)
         plot_trials(trials, objective, project_dir / "trials.png")
         report.write_report(trials, objective, names, project_dir)
+    verdict = evidence.judge_winner(trials, objective, project_dir, settings.get("start_values"))
     summary = {
+        "winner": {**verdict, "lines": evidence.verdict_lines(verdict)},
         "wall_seconds": round(wall_seconds, 2),
         "trial_seconds": round(float(trials.duration_s.sum()), 2) if len(trials) else 0.0,
         "fit_seconds": round(float(trials.fit_s.sum()), 2) if len(trials) else 0.0,
@@ -198,6 +200,10 @@ def print_summary(trials: pd.DataFrame, project_dir: Path, objective: str, top: 
     ):
         print(f"\nBest {min(top, len(trials))} of {len(trials)} trials (by {objective}):")
         print(trials[columns].head(top).to_string(index=False))
+    summary = project_dir / "search_summary.json"
+    if summary.is_file():
+        print("\nHow sure is the winner (report.md says more):")
+        print("\n".join(atomic.read_json(summary).get("winner", {}).get("lines", [])))
     print(
         f"\nResults in {project_dir}: trials.csv, best_hparams.json, trials.png, report.md; "
         f"TensorBoard: tensorboard --logdir {project_dir.parent}"

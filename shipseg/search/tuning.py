@@ -30,7 +30,7 @@ from keras_tuner import oracles
 
 from shipseg.core import atomic, budget
 from shipseg.data import inputs
-from shipseg.search import isolation, kt_private
+from shipseg.search import evidence, isolation, kt_private
 
 
 @dataclasses.dataclass
@@ -154,10 +154,11 @@ def _build_index(trial_id: str, execution: int, executions_per_trial: int) -> in
     return number * executions_per_trial + execution
 
 
-class BudgetedOracle(kt_private.AtomicOracleFiles):
-    """Makes a Keras Tuner oracle hand out no trial once a wall-clock deadline passes.
+class BudgetedOracle(kt_private.StartsFromValues, kt_private.AtomicOracleFiles):
+    """Makes a Keras Tuner oracle start from a trusted configuration and stop at a deadline.
 
-    Mixed in before one of Keras Tuner's oracles (``ORACLES``). The deadline is not part of the
+    Mixed in before one of Keras Tuner's oracles (``ORACLES``). Its first trial is
+    ``start_values`` (``kt_private.StartsFromValues``), when given. The deadline is not part of the
     oracle's saved state: each run sets it from what is left of the project's ``--time-budget``
     (see ``shipseg.core.budget.SearchBudget``). In a distributed search the chief's oracle decides
     for every worker.
@@ -203,6 +204,8 @@ class IsolatedTuner(keras_tuner.Tuner):
         oracle_settings: Arguments of its Keras Tuner oracle (objective, max_epochs, ...).
         trial_epochs: Epochs of every trial where the algorithm does not choose them (random
             search, Bayesian optimisation); Hyperband's trials take theirs from the oracle.
+        start_values: The first trial's hyperparameters (every one of the space), or None for
+            Keras Tuner's own first draw.
         **kwargs: Passed to ``keras_tuner.Tuner`` (directory, project_name, overwrite, ...).
     """
 
@@ -215,6 +218,7 @@ class IsolatedTuner(keras_tuner.Tuner):
         algorithm: str = "hyperband",
         oracle_settings: dict | None = None,
         trial_epochs: int = 1,
+        start_values: dict | None = None,
         **kwargs,
     ):
         self.search_budget = search_budget
@@ -224,6 +228,7 @@ class IsolatedTuner(keras_tuner.Tuner):
         self.trial_epochs = trial_epochs
         oracle = ORACLES[algorithm](**(oracle_settings or {}))
         oracle.deadline = self.deadline
+        oracle.start_values = start_values
         super().__init__(oracle=oracle, hypermodel=unet_hypermodel, **kwargs)
         self.multi_gpu = multi_gpu
         self.training_data = training_data
@@ -255,6 +260,10 @@ class IsolatedTuner(keras_tuner.Tuner):
             **kwargs,
             "epochs": values.get("tuner/epochs", self.trial_epochs),
             "initial_epoch": values.get("tuner/initial_epoch", 0),
+            # Each validation image's scores at the trial's best epoch: the paired margins.
+            "image_scores_path": str(
+                Path(self.get_trial_dir(trial.trial_id)) / evidence.IMAGE_SCORES
+            ),
         }
         # One checkpoint for the best epoch over all executions, as Keras Tuner does.
         checkpoint = kt_private.AtomicSaveBestEpoch(

@@ -131,7 +131,9 @@ class ShipUNetHyperModel(keras_tuner.HyperModel):
             x: An endless, unbatched ``tf.data`` stream of ``(image, mask)`` training crops.
             *args: Passed on to ``keras.Model.fit``.
             **kwargs: Passed on to ``keras.Model.fit`` (``epochs``, ``callbacks``...); the
-                validation, NaN and freezing callbacks are added to ``callbacks``.
+                validation, NaN and freezing callbacks are added to ``callbacks``. One is
+                this method's own: ``image_scores_path``, where the validation writes each
+                image's scores at the best epoch (see ``WholeImageValidation``).
 
         Returns:
             The ``History`` of ``keras.Model.fit``.
@@ -142,13 +144,9 @@ class ShipUNetHyperModel(keras_tuner.HyperModel):
         import tensorflow as tf
 
         batch_size = hp.get("batch_size")
-        callbacks = list(kwargs.pop("callbacks", []))
-        if self.validation is not None:
-            validation = _copy_validation(self.validation, callbacks)
-            callbacks.insert(0, validation)
-        callbacks.insert(1 if self.validation is not None else 0, keras.callbacks.TerminateOnNaN())
-        if encoders.has_encoder(model) and hp.get("encoder_frozen_epochs") > 0:
-            callbacks.insert(0, encoders.FreezeEncoder(hp.get("encoder_frozen_epochs")))
+        callbacks = self._callbacks(
+            hp, model, list(kwargs.pop("callbacks", [])), kwargs.pop("image_scores_path", None)
+        )
         kwargs.setdefault("steps_per_epoch", max(1, math.ceil(self.images_per_epoch / batch_size)))
         kwargs.setdefault("shuffle", False)  # tf.data shuffles; Keras would only warn about it
         batches = x.batch(batch_size, drop_remainder=True)
@@ -170,6 +168,15 @@ class ShipUNetHyperModel(keras_tuner.HyperModel):
             )
         return history
 
+    def _callbacks(self, hp, model: keras.Model, callbacks: list, image_scores_path) -> list:
+        """The fit's callbacks: freezing, validation and the NaN stop before the caller's."""
+        if self.validation is not None:
+            callbacks.insert(0, _copy_validation(self.validation, callbacks, image_scores_path))
+        callbacks.insert(1 if self.validation is not None else 0, keras.callbacks.TerminateOnNaN())
+        if encoders.has_encoder(model) and hp.get("encoder_frozen_epochs") > 0:
+            callbacks.insert(0, encoders.FreezeEncoder(hp.get("encoder_frozen_epochs")))
+        return callbacks
+
 
 def _with_ship_targets(images, masks):
     """Targets for a model with a ship head: the mask, and whether the crop holds a ship pixel."""
@@ -179,7 +186,9 @@ def _with_ship_targets(images, masks):
     return images, {"ship_probability": masks, "has_ship": has_ship}
 
 
-def _copy_validation(template: WholeImageValidation, callbacks) -> WholeImageValidation:
+def _copy_validation(
+    template: WholeImageValidation, callbacks: list, image_scores_path: str | None
+) -> WholeImageValidation:
     """A fresh validation callback for one trial, drawing images into the trial's TensorBoard."""
     tensorboard = next((c for c in callbacks if isinstance(c, keras.callbacks.TensorBoard)), None)
     return WholeImageValidation(
@@ -189,4 +198,6 @@ def _copy_validation(template: WholeImageValidation, callbacks) -> WholeImageVal
         template.batch_size,
         image_log_dir=tensorboard.log_dir if tensorboard is not None else template.image_log_dir,
         images_to_log=len(template.logged_positions),
+        monitor=template.monitor,
+        image_scores_path=image_scores_path or template.image_scores_path,
     )

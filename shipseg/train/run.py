@@ -351,6 +351,14 @@ def evaluate_trained(
     }
 
 
+def print_verdict(project_dir: Path) -> None:
+    """Prints how sure the search was of the configuration ``--best`` retrains (if it says)."""
+    summary = project_dir / "search_summary.json"
+    lines = atomic.read_json(summary).get("winner", {}).get("lines") if summary.is_file() else None
+    if lines:
+        print("The search's winner, as its report judges it:", *lines, sep="\n")
+
+
 def run_training(options: TrainOptions) -> dict:
     """Retrains, tunes post-processing on val, evaluates on test; writes ``final/``.
 
@@ -358,6 +366,8 @@ def run_training(options: TrainOptions) -> dict:
         The content of ``metrics.json``.
     """
     run = load_run(options)
+    if options.best:
+        print_verdict(run.project_dir)
     # Every validation image up to a few thousand (share-keeping sample beyond): early
     # stopping, the checkpoint and the post-processing all hang on these scores, and on 40
     # images the val Dice of one training swung between 0.06 and 0.50 from epoch to epoch.

@@ -7,9 +7,13 @@ scoring path of ``evaluation``, and adds ``val_*`` values to the epoch's logs.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
+import numpy as np
 import pandas as pd
 
+from shipseg.core import atomic
 from shipseg.data import inputs
 from shipseg.predict import prediction
 from shipseg.predict.drawing import mask_overlay
@@ -48,6 +52,11 @@ class WholeImageValidation(keras.callbacks.Callback):
         batch_size: Images per forward pass.
         image_log_dir: TensorBoard directory for the mask images, or None.
         images_to_log: How many validation images to draw (ship images first).
+        monitor: The score that picks the best epoch (``val_f2_tuned``...), for
+            ``image_scores_path``.
+        image_scores_path: Where to write each image's scores (``ImageId``, ``f2``,
+            ``f2_tuned``, ``dice``) whenever ``monitor`` improves, so that two trials can be
+            compared image by image at their best epochs; None writes nothing.
     """
 
     def __init__(
@@ -58,8 +67,13 @@ class WholeImageValidation(keras.callbacks.Callback):
         batch_size: int = 4,
         image_log_dir: str | None = None,
         images_to_log: int = 4,
+        monitor: str | None = None,
+        image_scores_path: str | None = None,
     ):
         super().__init__()
+        self.monitor = monitor
+        self.image_scores_path = image_scores_path
+        self.best_monitored = -np.inf
         self.table = table.reset_index(drop=True)
         self.input_config = input_config
         self.postprocess = postprocess
@@ -75,7 +89,8 @@ class WholeImageValidation(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):  # noqa: D102
         scoreboard = scoring.Scoreboard()
-        drawn, gate = [], {"scores": [], "open": [], "closed": []}
+        drawn = []
+        gate = {"scores": [], "open": [], "closed": [], "dice": [], "position": []}
         for scored in prediction.score_table(
             self.model, self.table, self.input_config, self.postprocess, self.batch_size
         ):
@@ -84,22 +99,46 @@ class WholeImageValidation(keras.callbacks.Callback):
             gate["scores"].append(evidence)
             gate["open"].append(scoring.image_f2(scored.truth, scored.ungated))
             gate["closed"].append(0.0 if scored.truth.any() else 1.0)
+            gate["dice"].append(scoring.image_dice(scored.truth, scored.predicted))
             position = scored.prediction.position
+            gate["position"].append(position)
             if position in self.logged_positions and self.image_log_dir:
                 drawn.append((self.table.path[position], scored.truth > 0, scored.predicted > 0))
         self.last_results = scoreboard.results()
+        threshold = None
         if self.last_results["images"]:
             # What the model scores once train.py tunes its image-level threshold: the metric
             # that sees a better ship / no-ship decision, which a fixed 0.5 gate hides.
-            self.last_results["f2_tuned"] = scoring.best_gate(
+            threshold, self.last_results["f2_tuned"] = scoring.best_gate(
                 gate["scores"], gate["open"], gate["closed"]
-            )[1]
+            )
         if logs is not None:
             for name, value in self.last_results.items():
                 if name not in COUNTS:
                     logs[f"val_{name}"] = value
+            self._keep_image_scores(logs, scoreboard, gate, threshold)
         if drawn:
             self._log_images(epoch, drawn)
+
+    def _keep_image_scores(self, logs: dict, scoreboard, gate: dict, threshold) -> None:
+        """Writes each image's scores when the monitored score improves (see the class)."""
+        value = logs.get(self.monitor, np.nan) if self.monitor else np.nan
+        if not self.image_scores_path or threshold is None or not value > self.best_monitored:
+            return
+        self.best_monitored = value
+        table = pd.DataFrame(
+            {
+                "ImageId": self.table.ImageId.to_numpy()[gate["position"]],
+                "f2": scoreboard.f2_scores,
+                "f2_tuned": scoring.gated_f2(
+                    gate["scores"], gate["open"], gate["closed"], threshold
+                ),
+                "dice": gate["dice"],
+            }
+        )
+        atomic.write_atomically(
+            Path(self.image_scores_path), lambda path: table.to_csv(path, index=False)
+        )
 
     def _log_images(self, epoch: int, drawn) -> None:
         import tensorflow as tf
