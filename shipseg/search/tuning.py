@@ -19,7 +19,6 @@ import zlib
 from pathlib import Path
 
 from shipseg.core import runtime  # noqa: I001  (first: the fork server imports this module)
-from shipseg.train.hypermodel import ShipUNetHyperModel
 
 runtime.import_tensorflow_quietly()
 
@@ -31,6 +30,7 @@ from keras_tuner import oracles
 from shipseg.core import atomic, budget
 from shipseg.data import inputs
 from shipseg.search import evidence, isolation, kt_private
+from shipseg.train.hypermodel import ShipUNetHyperModel
 
 
 @dataclasses.dataclass
