@@ -72,7 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--results-dir", default=DEFAULTS.results_dir)
     parser.add_argument("--out", help="output folder (default: results/<project>/predictions)")
-    parser.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        help="images per forward pass (default: 2 on a CPU; on a GPU, "
+        "half the most that fit in its memory)",
+    )
     cli.add_postprocess_options(parser.add_argument_group("post-processing"))
     _output_options(parser)
     cli.add_scene_options(parser.add_argument_group("large scenes"))

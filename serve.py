@@ -50,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     batching = parser.add_argument_group("batching and limits")
     batching.add_argument(
-        "--max-batch", type=int, default=defaults.max_batch, help="most images in one prediction"
+        "--max-batch",
+        type=int,
+        help="most images in one prediction (default: 8 on a CPU, what fits a GPU's memory)",
     )
     batching.add_argument(
         "--batch-wait",

@@ -14,7 +14,6 @@ import struct
 import subprocess
 import sys
 import threading
-import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -242,10 +241,10 @@ def second_run_while_the_first_holds_its_lock(command: list[str], sign: Path):
     Returns:
         ``(first, second, first_stderr)``: the finished first process, the second's result.
     """
+    from waiting import wait_until
+
     first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 300
-    while not sign.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(sign.exists, f"{sign} (the first run holding its lock)", 300, process=first)
     first.send_signal(signal.SIGSTOP)
     second = run(command)
     first.send_signal(signal.SIGCONT)

@@ -44,14 +44,15 @@ class InferenceSettings:
     """Everything one inference is told, built once from its command line (``--help``).
 
     ``overrides`` are the post-processing flags over the model's tuned values, as
-    ``(name, value)`` pairs (see ``detection.load_settings``).
+    ``(name, value)`` pairs (see ``detection.load_settings``). ``batch_size`` None sizes the
+    batches to the device (``prediction.device_batch_size``: 2 on a CPU, what fits a GPU).
     """
 
     images: tuple[str, ...]
     model: str | None = None
     results_dir: str = "results"
     out: str | None = None
-    batch_size: int = 2
+    batch_size: int | None = None
     labels: str | None = None
     overlays: bool = True
     pixel_size: float = ships.DEFAULT_PIXEL_SIZE
@@ -63,7 +64,7 @@ class InferenceSettings:
 
     def __post_init__(self):
         """Raises ``errors.UserError`` (naming the option) for a setting out of its range."""
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise errors.UserError("--batch-size must be at least 1")
         tiling.check_scene_options(self.tile, self.tile_above, self.overlap)
 
@@ -182,12 +183,10 @@ def run_inference(settings: InferenceSettings) -> dict:
     model_path = models.find_model(Path(settings.results_dir), settings.model)
     input_config, postprocess = load_settings(model_path, settings)
     scorer = LabelScorer(load_labels(settings.labels))
+    model, settings = _load_model(model_path, settings)
     identity = records.run_identity(
         model_path, _settings_record(input_config, postprocess, settings)
     )
-    model = models.load_model(model_path)
-    if records.run_identity(model_path, identity["settings"]) != identity:
-        raise errors.UserError(f"{model_path}: replaced while it was being loaded; run again")
     out_dir = Path(settings.out) if settings.out else default_output_dir(model_path)
     with locks.hold(out_dir, "--out"):
         done = records.open_run(out_dir, identity, settings.overwrite)
@@ -225,6 +224,21 @@ def run_inference(settings: InferenceSettings) -> dict:
         "scores": scores,
         "seconds": seconds,
     }
+
+
+def _load_model(model_path: Path, settings: InferenceSettings):
+    """The model, and the settings with the batch size sized to the device if none was given.
+
+    Raises:
+        errors.UserError: When the file changed while it was loaded (a training finishing).
+    """
+    loaded = records.run_identity(model_path, {})
+    model = models.load_model(model_path)
+    if records.run_identity(model_path, {}) != loaded:
+        raise errors.UserError(f"{model_path}: replaced while it was being loaded; run again")
+    if settings.batch_size is None:
+        settings = dataclasses.replace(settings, batch_size=prediction.device_batch_size(model))
+    return model, settings
 
 
 def _resume(readable: list[Path], done: dict, batch_size: int) -> list[Path]:

@@ -8,7 +8,7 @@ predictions into ``shipseg.scoring.metrics``'s scores.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -22,11 +22,56 @@ from shipseg.scoring.metrics import (
     Scoreboard,
     bootstrap_intervals,
     image_has_ships,
-    ships_from_probabilities,
+    ungated_ships,
 )
 
 # U-Nets of up to 5 levels halve the image 5 times: inputs are padded to a multiple of this.
 SIZE_MULTIPLE = 32
+# Images per forward pass on a CPU: on two cores a larger batch buys no throughput (the
+# service's one-image batches beat inference.py's batches of 2, docs/benchmarks.md).
+CPU_BATCH = 2
+
+
+def largest_batch(fits: Callable[[int], bool], limit: int = 32) -> int:
+    """The largest power of two up to ``limit`` for which ``fits(n)`` holds; 1 at least.
+
+    Args:
+        fits: Whether a forward pass of ``n`` images fits in the device's memory.
+        limit: The largest batch worth having (beyond it a GPU gains little throughput).
+    """
+    size = 1
+    while size * 2 <= limit and fits(size * 2):
+        size *= 2
+    return size
+
+
+def device_batch_size(model, side: int = 768, cpu_batch: int = CPU_BATCH, limit: int = 32) -> int:
+    """Images per forward pass for the device the model runs on, sized to its memory.
+
+    On a CPU, ``cpu_batch``. On a GPU, half the largest power-of-two batch of ``side`` x
+    ``side`` images whose forward pass fits in the GPU's memory, found by trying: the half
+    leaves room for larger scenes' tiles and for the allocator's fragments.
+
+    Args:
+        model: A Keras model (other models, such as TFLite's, run on the CPU).
+        side: The images' side in pixels (the Airbus tiles: 768).
+        cpu_batch: The batch on a CPU.
+        limit: The largest batch tried.
+    """
+    import keras
+    import tensorflow as tf
+
+    if not isinstance(model, keras.Model) or not tf.config.list_physical_devices("GPU"):
+        return cpu_batch
+
+    def fits(size: int) -> bool:
+        try:
+            model.predict_on_batch(np.zeros((size, side, side, 3), np.float32))
+        except (tf.errors.ResourceExhaustedError, MemoryError):
+            return False
+        return True
+
+    return max(1, largest_batch(fits, limit) // 2)
 
 
 def pad_to_multiple(images: np.ndarray, multiple: int = SIZE_MULTIPLE) -> np.ndarray:
@@ -284,7 +329,7 @@ def score_table(
         model, table, input_config, postprocess.flip_tta, batch_size
     ):
         probabilities = prediction.probabilities
-        ungated = ships_from_probabilities(probabilities, postprocess)
+        ungated = ungated_ships(probabilities, postprocess)
         gate_open = image_has_ships(probabilities, postprocess, prediction.ship_probability)
         yield ScoredImage(prediction, truth, ungated, gate_open)
 

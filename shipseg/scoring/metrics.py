@@ -133,10 +133,10 @@ def probabilities_to_ships(
     """
     if not image_has_ships(probabilities, config, ship_probability):
         return np.zeros(probabilities.shape, dtype=np.int32)
-    return ships_from_probabilities(probabilities, config)
+    return ungated_ships(probabilities, config)
 
 
-def ships_from_probabilities(probabilities: np.ndarray, config: PostprocessConfig) -> np.ndarray:
+def ungated_ships(probabilities: np.ndarray, config: PostprocessConfig) -> np.ndarray:
     """The label image of the ships in a probability map, before the image-level gate."""
     ships = split_ships(probabilities > config.threshold, config.min_ship_pixels)
     return outlines.shape_ships(ships, config.ship_shape)

@@ -331,6 +331,7 @@ class TrialTiming:
     strategy: str | None = None
     stopped_by_budget: bool = False
     epochs_completed: int = 0
+    losses: list[float] = dataclasses.field(default_factory=list)
 
     def add(self, result: dict) -> None:
         """Counts one execution's result from ``execute_trial``."""
@@ -339,6 +340,7 @@ class TrialTiming:
         self.strategy = result["strategy"]
         self.stopped_by_budget |= result["stopped_by_budget"]
         self.epochs_completed = result["epochs_completed"]
+        self.losses = result["history"].get("loss", [])  # each epoch's, of the last execution
 
     def record(self, tuner_id: str) -> dict:
         """The content of ``timing.json``."""

@@ -42,6 +42,9 @@ from shipseg.scoring import ships
 from shipseg.scoring.ships import ShipRecord
 from shipseg.serve import batching, uploads
 
+# Most images in one forward pass on a CPU: concurrent requests share passes up to this.
+CPU_MAX_BATCH = 8
+
 
 @dataclasses.dataclass(frozen=True)
 class ServeSettings:
@@ -50,14 +53,15 @@ class ServeSettings:
     Memory stays bounded: at most ``max_pending`` requests are admitted at once and
     ``max_connections`` connections held (beyond either: 503 and ``Retry-After``), each
     holding at most ``max_upload`` bytes and ``max_pixels`` decoded pixels (3 bytes each), and
-    one scene is tiled at a time.
+    one scene is tiled at a time. ``max_batch`` None sizes batches to the device: 8 on a CPU,
+    on a GPU what fits its memory (``prediction.device_batch_size``).
     """
 
     model: str | None = None
     results_dir: str = "results"
     host: str = "127.0.0.1"
     port: int = 8000
-    max_batch: int = 8
+    max_batch: int | None = None
     batch_wait_ms: float = 10.0
     max_pending: int = 32
     max_upload: int = 32 * 2**20
@@ -73,7 +77,7 @@ class ServeSettings:
     def __post_init__(self):
         """Raises ``errors.UserError`` (naming the option) for a setting out of its range."""
         for name in ("max_batch", "max_pending", "max_upload", "max_pixels"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise errors.UserError(f"--{name.replace('_', '-')} must be at least 1")
         if self.max_pixels > airbus.MAX_SCENE_PIXELS:
             raise errors.UserError(
@@ -109,11 +113,14 @@ class Detector:
             self.model_path, dict(settings.overrides)
         )
         self.model = models.load_model(self.model_path) if model is None else model
+        self.max_batch = settings.max_batch or prediction.device_batch_size(
+            self.model, cpu_batch=CPU_MAX_BATCH
+        )
         self.batcher = batching.Batcher(
             self._predict,
-            settings.max_batch,
+            self.max_batch,
             settings.batch_wait_ms / 1000,
-            settings.max_pending * settings.max_batch,
+            settings.max_pending * self.max_batch,
         )
         self._scene_turn = asyncio.Lock()  # One scene at a time: its maps are the largest thing.
         probe = np.zeros((1, 32, 32, 3), np.float32)
@@ -172,7 +179,7 @@ class Detector:
             scene,
             self.settings.tile,
             self.settings.overlap,
-            self.settings.max_batch,
+            self.max_batch,
             gate=self.postprocess.ship_threshold,
         )
         return prediction.Prediction(0, probabilities, ship)
@@ -227,6 +234,7 @@ class Detector:
         for name in ("model", "results_dir", "host", "port", "overrides"):
             limits.pop(name)
         limits["max_connections"] = self.settings.max_connections
+        limits["max_batch"] = self.max_batch  # as sized to the device
         return {
             "model": shown_path(self.model_path, Path(self.settings.results_dir)),
             "format": "tflite" if self.model_path.suffix == ".tflite" else "keras",

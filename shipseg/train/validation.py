@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import keras
+import keras_tuner
 import numpy as np
 import pandas as pd
 
@@ -104,6 +105,11 @@ class WholeImageValidation(keras.callbacks.Callback):
             gate["position"].append(position)
             if position in self.logged_positions and self.image_log_dir:
                 drawn.append((self.table.path[position], scored.truth > 0, scored.predicted > 0))
+        if not np.all(np.isfinite(gate["scores"])):
+            # A diverged network predicts NaN before its loss shows it: stop it, saying so.
+            raise keras_tuner.errors.FailedTrialError(
+                "the network's predictions became NaN or infinite; trial stopped"
+            )
         self.last_results = scoreboard.results()
         threshold = None
         if self.last_results["images"]:
