@@ -30,8 +30,7 @@ import pipeline
 from shipseg import cli
 from shipseg.core import atomic
 from shipseg.data import airbus, splits
-from shipseg.model import exporting as export
-from shipseg.model import loading as models
+from shipseg.model import exporting, loading
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +40,7 @@ class ExportSettings:
     model: str | None = None
     results_dir: str = "results"
     out: str | None = None
-    image_size: int = export.DEFAULT_IMAGE_SIZE
+    image_size: int = exporting.DEFAULT_IMAGE_SIZE
     parity_images: tuple[str, ...] | None = None
 
     def __post_init__(self):
@@ -88,21 +87,21 @@ def settings_from(args: argparse.Namespace) -> ExportSettings:
 
 def run_export(settings: ExportSettings) -> dict:
     """Loads the model, exports it, and prints where and how close the exports are."""
-    model_path = models.find_model(Path(settings.results_dir), settings.model)
+    model_path = loading.find_model(Path(settings.results_dir), settings.model)
     if model_path.suffix != ".keras":
         raise errors.UserError(f"{model_path}: export takes the .keras model that train.py wrote")
-    model = models.load_model(model_path)
+    model = loading.load_model(model_path)
     config_path = model_path.parent / "config.json"
     config = atomic.read_json(config_path) if config_path.is_file() else {}
     size = settings.image_size
     images = parity_images(settings.parity_images, config, size)
-    out_dir = Path(settings.out) if settings.out else models.project_folder(model_path) / "export"
+    out_dir = Path(settings.out) if settings.out else loading.project_folder(model_path) / "export"
     print(f"Exporting {model_path} at {size} x {size} to {out_dir} ...")
-    record = export.export_model(model, model_path, out_dir, size, config, images)
+    record = exporting.export_model(model, model_path, out_dir, size, config, images)
     differences = record["parity_max_abs_difference"]
     print(
-        f"Wrote {out_dir / export.SAVED_MODEL}, {out_dir / export.TFLITE} and "
-        f"{out_dir / export.EXPORT_JSON}; largest difference from the .keras model on "
+        f"Wrote {out_dir / exporting.SAVED_MODEL}, {out_dir / exporting.TFLITE} and "
+        f"{out_dir / exporting.EXPORT_JSON}; largest difference from the .keras model on "
         f"{len(images)} images: SavedModel {differences['saved_model']:.1e}, "
         f"TFLite {differences['tflite']:.1e}"
     )

@@ -30,7 +30,7 @@ runtime.import_tensorflow_quietly()
 from shipseg import cli
 from shipseg.core import locks
 from shipseg.model import encoders
-from shipseg.search import trials as results
+from shipseg.search import trials
 from shipseg.train.run import TrainOptions, find_project, run_folds, run_training
 
 
@@ -84,7 +84,7 @@ def _training_options(group, defaults: TrainOptions) -> None:
     )
     group.add_argument(
         "--monitor",
-        choices=results.OBJECTIVES,
+        choices=trials.OBJECTIVES,
         help="score that picks the best epoch and stops early (default: the search's objective)",
     )
     group.add_argument(

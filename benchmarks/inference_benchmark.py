@@ -30,7 +30,7 @@ import hypermodel
 import inference
 import pipeline
 from shipseg.data import airbus
-from shipseg.model import loading as models
+from shipseg.model import loading
 from shipseg.predict import batch as batch_inference
 
 
@@ -102,7 +102,7 @@ def timed_passes(
     Alternating means a machine that slows down or speeds up during the run (a shared virtual
     machine does) biases neither side.
     """
-    model = models.load_model(model_path)
+    model = loading.load_model(model_path)
     batches = [
         np.stack(
             [

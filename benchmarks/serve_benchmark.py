@@ -31,13 +31,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from shipseg.data import airbus  # noqa: E402
-from shipseg.model import loading as models
+from shipseg.model import loading
 
 
 def main() -> None:
     options = build_parser().parse_args()
     paths = airbus.list_images([options.images])[: options.count]
-    model = models.find_model(ROOT / "results", options.model)
+    model = loading.find_model(ROOT / "results", options.model)
     bodies = [path.read_bytes() for path in paths]
     rows, peak = serve_rows(model, bodies, options)
     inference_rate = inference_images_per_second(model, paths)

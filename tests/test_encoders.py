@@ -234,11 +234,11 @@ def test_a_search_asking_for_an_unknown_encoder_is_one_line(synthetic_dataset, t
 @pytest.mark.parametrize("name", PRETRAINED)
 @pytest.mark.slow
 def test_exported_models_repeat_the_encoders_input_scaling(name, tmp_path):
-    from shipseg.model import exporting as export
+    from shipseg.model import exporting
 
     model = build(name, levels=2)
     model.save(tmp_path / "model.keras")
-    record = export.export_model(
+    record = exporting.export_model(
         model, tmp_path / "model.keras", tmp_path / "export", 32, {}, images(2, 32)
     )
     assert max(record["parity_max_abs_difference"].values()) <= 1e-4

@@ -12,8 +12,7 @@ import pytest
 
 import pipeline
 from conftest import ROOT, inference_command, run
-from shipseg.model import exporting as export
-from shipseg.model import loading as models
+from shipseg.model import exporting, loading
 from shipseg.predict import prediction
 
 # Inference with thresholds that keep whatever the barely trained tiny model sees.
@@ -32,9 +31,9 @@ def exported(trained_project, tmp_path_factory):
 
 def test_export_writes_a_saved_model_a_tflite_file_and_the_training_settings(exported):
     project, out, result = exported
-    assert (out / export.SAVED_MODEL / "saved_model.pb").is_file()
-    assert (out / export.TFLITE).stat().st_size > 0
-    record = json.loads((out / export.EXPORT_JSON).read_text())
+    assert (out / exporting.SAVED_MODEL / "saved_model.pb").is_file()
+    assert (out / exporting.TFLITE).stat().st_size > 0
+    record = json.loads((out / exporting.EXPORT_JSON).read_text())
     config = json.loads((project / "final" / "config.json").read_text())
     assert record["postprocess"] == config["postprocess"]
     assert record["input"] == config["input"] and record["status"] == "complete"
@@ -48,14 +47,14 @@ def test_exported_models_predict_what_the_keras_model_predicts(exported, synthet
     import tensorflow as tf
 
     project, out, _ = exported
-    model = models.load_model(project / "final" / "model.keras")
+    model = loading.load_model(project / "final" / "model.keras")
     paths = sorted((Path(synthetic_dataset) / "train_v2").glob("*.jpg"))[:4]
     images = np.stack([pipeline.decode_image(str(path)).numpy() for path in paths])
     expected = model.predict_on_batch(images)
-    saved = tf.saved_model.load(str(out / export.SAVED_MODEL))
+    saved = tf.saved_model.load(str(out / exporting.SAVED_MODEL))
     for outputs in (
         saved.serve(images),
-        export.TFLiteModel(out / export.TFLITE).predict_on_batch(images),
+        exporting.TFLiteModel(out / exporting.TFLITE).predict_on_batch(images),
     ):
         outputs = outputs if isinstance(outputs, dict) else {"ship_probability": outputs}
         expected_outputs = (
@@ -67,7 +66,7 @@ def test_exported_models_predict_what_the_keras_model_predicts(exported, synthet
 
 def test_the_tflite_model_pads_smaller_images_and_refuses_larger_ones(exported):
     _, out, _ = exported
-    model = export.TFLiteModel(out / export.TFLITE)
+    model = exporting.TFLiteModel(out / exporting.TFLITE)
     probabilities, _ = prediction.predict_batch(model, np.full((2, 40, 50, 3), 90, np.float32))
     assert probabilities.shape == (2, 40, 50)
     assert np.isfinite(probabilities).all()
@@ -84,7 +83,7 @@ def test_inference_from_the_tflite_file_lists_the_same_ships_as_from_keras(
     tables = {}
     for name, model in (
         ("keras", project / "final" / "model.keras"),
-        ("tflite", out / export.TFLITE),
+        ("tflite", out / exporting.TFLITE),
     ):
         folder = tmp_path / name
         command = inference_command(

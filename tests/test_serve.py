@@ -107,11 +107,11 @@ def low_thresholds(trained_project, images) -> list[str]:
     The same flags go to ``inference.py`` and the service: the tiny model's tuned thresholds
     often keep no ship at all, which would leave nothing to compare.
     """
-    from shipseg.model import loading as models
+    from shipseg.model import loading
     from shipseg.predict import prediction
 
     project, _ = trained_project
-    model = models.load_model(project / "final" / "model.keras")
+    model = loading.load_model(project / "final" / "model.keras")
     pixels = [
         prediction.predict_images(model, [np.asarray(Image.open(path).convert("RGB"))])[0]
         for path in images[:4]

@@ -9,8 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from shipseg.core.errors import UserError
-from shipseg.model import exporting as export
-from shipseg.model import unet
+from shipseg.model import exporting, unet
 
 
 def find_model(results_dir: Path, model: str | None) -> Path:
@@ -41,7 +40,7 @@ def load_model(path: Path):
     """
     if path.suffix == ".tflite":
         try:
-            return export.TFLiteModel(path)
+            return exporting.TFLiteModel(path)
         except (ValueError, RuntimeError, StopIteration) as error:
             raise UserError(f"{path}: cannot load the TFLite model ({error})") from None
     import keras

@@ -24,7 +24,7 @@ import pandas as pd
 from shipseg.core import atomic, errors, locks, runtime
 from shipseg.data import airbus
 from shipseg.data.rle import ships_to_label_image
-from shipseg.model import loading as models
+from shipseg.model import loading
 from shipseg.predict import detection, drawing, prediction, records, tiling
 from shipseg.predict.prediction import Prediction
 from shipseg.scoring import metrics as scoring
@@ -180,7 +180,7 @@ def run_inference(settings: InferenceSettings) -> dict:
         "scores": dict or None, "seconds": float}``.
     """
     paths = input_images(settings)
-    model_path = models.find_model(Path(settings.results_dir), settings.model)
+    model_path = loading.find_model(Path(settings.results_dir), settings.model)
     input_config, postprocess = load_settings(model_path, settings)
     scorer = LabelScorer(load_labels(settings.labels))
     model, settings = _load_model(model_path, settings)
@@ -233,7 +233,7 @@ def _load_model(model_path: Path, settings: InferenceSettings):
         errors.UserError: When the file changed while it was loaded (a training finishing).
     """
     loaded = records.run_identity(model_path, {})
-    model = models.load_model(model_path)
+    model = loading.load_model(model_path)
     if records.run_identity(model_path, {}) != loaded:
         raise errors.UserError(f"{model_path}: replaced while it was being loaded; run again")
     if settings.batch_size is None:
@@ -496,7 +496,7 @@ def _yield_to_the_network() -> None:
 
 def default_output_dir(model_path: Path) -> Path:
     """``results/<project>/predictions`` for a model of ``train.py``, else beside the model."""
-    return models.project_folder(model_path) / "predictions"
+    return loading.project_folder(model_path) / "predictions"
 
 
 def report_scores(scoreboard: scoring.Scoreboard, unlabelled: list[str], out_dir: Path) -> dict:

@@ -17,7 +17,7 @@ import numpy as np
 from shipseg.core import atomic
 from shipseg.core.errors import UserError
 from shipseg.data.inputs import InputConfig
-from shipseg.model import exporting as export
+from shipseg.model import exporting
 from shipseg.predict import drawing, records
 from shipseg.predict.prediction import Prediction, ship_score
 from shipseg.scoring import metrics as scoring
@@ -47,7 +47,7 @@ def load_settings(
         UserError: For an overriding probability outside [0, 1] (named as its flag).
     """
     exported = model_path.suffix == ".tflite"
-    config_path = model_path.parent / (export.EXPORT_JSON if exported else "config.json")
+    config_path = model_path.parent / (exporting.EXPORT_JSON if exported else "config.json")
     config = atomic.read_json(config_path) if config_path.is_file() else {}
     if not config:
         print(

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from shipseg.core import errors
 from shipseg.core.errors import RequestError
 from shipseg.data import airbus, inputs
-from shipseg.model import loading as models
+from shipseg.model import loading
 from shipseg.predict import detection, prediction, records, tiling
 from shipseg.scoring import ships
 from shipseg.scoring.ships import ShipRecord
@@ -108,11 +108,11 @@ class Detector:
 
     def __init__(self, settings: ServeSettings, model: object | None = None):
         self.settings = settings
-        self.model_path = models.find_model(Path(settings.results_dir), settings.model)
+        self.model_path = loading.find_model(Path(settings.results_dir), settings.model)
         self.input_config, self.postprocess = detection.load_settings(
             self.model_path, dict(settings.overrides)
         )
-        self.model = models.load_model(self.model_path) if model is None else model
+        self.model = loading.load_model(self.model_path) if model is None else model
         self.max_batch = settings.max_batch or prediction.device_batch_size(
             self.model, cpu_batch=CPU_MAX_BATCH
         )

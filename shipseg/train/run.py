@@ -23,7 +23,7 @@ from shipseg.data import airbus, inputs, kfold, overlaps, splits
 from shipseg.model import encoders, space, unet
 from shipseg.predict import drawing, prediction
 from shipseg.predict.postprocess import tune_postprocess
-from shipseg.train import fitting as training
+from shipseg.train import fitting
 
 # Validation images train.py scores per epoch by default: all of them on any dataset of up to
 # this many (the whole Airbus validation split would be sampled down to it).
@@ -100,7 +100,7 @@ class Run:
     hparams_path: Path
     table: pd.DataFrame
     split: pd.DataFrame
-    settings: training.TrainSettings
+    settings: fitting.TrainSettings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,7 +181,7 @@ def load_run(options: TrainOptions) -> Run:
     )
     encoders.check_weights([values["encoder"]], weights)
     table = airbus.read_dataset(search_config["resolved_data_dir"])
-    settings = training.TrainSettings(
+    settings = fitting.TrainSettings(
         input_config=inputs.InputConfig(**search_config["input"]),
         monitor=options.monitor or search_config["objective"],
         epochs=options.epochs,
@@ -235,7 +235,7 @@ def train_and_evaluate(
     tables: dict[str, pd.DataFrame],
     out_dir: Path,
     config: dict,
-    settings: training.TrainSettings | None = None,
+    settings: fitting.TrainSettings | None = None,
 ) -> dict:
     """Trains on ``tables["train"]``, tunes post-processing on ``"val"``, scores ``"test"``.
 
@@ -270,7 +270,7 @@ def _train_and_evaluate_into(
     tables: dict[str, pd.DataFrame],
     out_dir: Path,
     config: dict,
-    settings: training.TrainSettings,
+    settings: fitting.TrainSettings,
 ) -> dict:
     """``train_and_evaluate``'s work, in the staging folder ``out_dir``.
 
@@ -284,10 +284,10 @@ def _train_and_evaluate_into(
         f"Training {run.values} on {len(tables['train'])} images for up to {settings.epochs} "
         f"epochs (checkpoint on {settings.monitor}); writing to {out_dir} until it completes"
     )
-    trained = training.train_model(
+    trained = fitting.train_model(
         run.values, tables["train"], None if full else tables["val"], settings, out_dir
     )
-    training.plot_history(trained["history"], settings.monitor, out_dir / "history.png")
+    fitting.plot_history(trained["history"], settings.monitor, out_dir / "history.png")
     model = unet.in_float32(keras.saving.load_model(out_dir / "model.keras"))
     metrics = evaluate_trained(model, tables, settings.input_config, out_dir, config["flip_tta"])
     metrics.update(
