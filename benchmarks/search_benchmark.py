@@ -66,15 +66,15 @@ class MemoryProbe:
         self.memory, self.total_memory, self.trial_peaks, self.seconds = [], [], [], []
 
     def install(self) -> None:
-        """Measures after ``IsolatedHyperband.on_trial_end``, for the rest of this process."""
-        original_on_trial_end = tuning.IsolatedHyperband.on_trial_end
+        """Measures after ``IsolatedTuner.on_trial_end``, for the rest of this process."""
+        original_on_trial_end = tuning.IsolatedTuner.on_trial_end
         probe = self
 
         def on_trial_end(tuner, trial):
             original_on_trial_end(tuner, trial)
             probe.measure(Path(tuner.get_trial_dir(trial.trial_id)))
 
-        tuning.IsolatedHyperband.on_trial_end = on_trial_end
+        tuning.IsolatedTuner.on_trial_end = on_trial_end
 
     def measure(self, trial_dir: Path) -> None:
         start = time.perf_counter()

@@ -62,6 +62,8 @@ def test_a_model_trained_mixed_reloads_computing_in_float32_with_the_same_probab
     images, _ = tiny_batches()
     mixed = model.predict(images, verbose=0)
     model.save(tmp_path / "model.keras")
+    in_training = loading.load_model(tmp_path / "model.keras")  # train.py: still mixed here
+    assert {layer.compute_dtype for layer in in_training.layers} == {"float32"}
     runtime.set_precision(False)  # a CPU inference process: float32 by default
     loaded = loading.load_model(tmp_path / "model.keras")
     assert {layer.compute_dtype for layer in loaded.layers} == {"float32"}

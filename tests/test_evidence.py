@@ -108,3 +108,17 @@ def test_each_images_gated_f2_averages_to_the_best_gates_f2():
     closed = (rng.uniform(0, 1, 40) > 0.3).astype(float)
     threshold, best = metrics.best_gate(scores_, opened, closed)
     assert metrics.gated_f2(scores_, opened, closed, threshold).mean() == pytest.approx(best)
+
+
+def test_a_search_without_trials_has_no_winner_to_judge(tmp_path):
+    verdict = evidence.judge_winner(pd.DataFrame(), "val_dice", tmp_path, None)
+    assert verdict["winner"] is None
+    assert evidence.verdict_lines(verdict) == ["No completed trial: no winner to judge."]
+
+
+def test_a_project_without_a_recorded_start_still_names_its_runner_up(tmp_path):
+    trials = pd.DataFrame(
+        {"trial_id": ["0001", "0000"], "status": "COMPLETED", "val_f2": [0.8, 0.7]}
+    ).assign(levels=[4, 3], continued_from="")
+    verdict = evidence.judge_winner(trials, "val_f2", tmp_path, None)
+    assert (verdict["winner"], verdict["start"], verdict["runner_up"]) == ("0001", None, "0000")

@@ -338,3 +338,9 @@ def test_records_are_kept_by_file_name_so_a_png_does_not_reuse_a_jpgs(tmp_path):
     records.open_run(tmp_path, identity, overwrite=False)
     records.write_record(tmp_path, "a.jpg", {"rows": []})
     assert records.open_run(tmp_path, identity, overwrite=False) == {"a.jpg"}
+
+
+def test_a_resumed_folder_keeps_the_batch_size_it_was_started_with(tmp_path):
+    assert batch._earlier_batch_size(tmp_path) is None
+    (tmp_path / records.RUN_FILE).write_text(json.dumps({"settings": {"batch_size": 4}}))
+    assert batch._earlier_batch_size(tmp_path) == 4

@@ -493,11 +493,12 @@ def test_start_from_reads_best_hparams_a_trial_json_or_a_plain_object(tmp_path):
     trial = tmp_path / "trial.json"
     trial.write_text(json.dumps({"hyperparameters": {"values": {"levels": 5, "tuner/epochs": 2}}}))
     plain = tmp_path / "plain.json"
-    plain.write_text(json.dumps({"pixel_weight": 1}))
+    plain.write_text(json.dumps({"pixel_weight": 1, "levels": 3.0}))
     assert _settings(tmp_path, str(best)).start_values()["learning_rate"] == 5e-4
     assert _settings(tmp_path, str(trial)).start_values()["levels"] == 5
     values = _settings(tmp_path, str(plain)).start_values()
-    assert values["pixel_weight"] == 1.0 and values["levels"] == 4  # the rest: the defaults
+    assert values["pixel_weight"] == 1.0 and values["levels"] == 3
+    assert isinstance(values["levels"], int) and values["batch_size"] == 8  # the rest: defaults
     assert _settings(tmp_path, str(best), hp=("levels=4",)).start_values()["levels"] == 4
 
 
@@ -508,3 +509,16 @@ def test_a_start_outside_the_space_is_a_one_line_error_naming_the_file_and_value
         _settings(tmp_path, str(outside)).start_values()
     with pytest.raises(errors.UserError, match="missing.json"):
         _settings(tmp_path, str(tmp_path / "missing.json")).start_values()
+
+
+def test_a_project_searched_in_another_space_says_which_ranges_moved_and_how_to_resume(tmp_path):
+    settings = _settings(tmp_path)
+    record = settings.record()
+    old_space = {**record["space"], "learning_rate": "0.0001:0.003 (log)"}
+    (tmp_path / "search_config.json").write_text(json.dumps({**record, "space": old_space}))
+    new = {**record, "space": {**record["space"], "learning_rate": "5e-05:0.001 (log)"}}
+    with pytest.raises(errors.UserError) as raised:
+        search_settings.check_resumable(tmp_path, new)
+    message = str(raised.value)
+    assert "learning_rate 0.0001:0.003 (log) -> 5e-05:0.001 (log)" in message
+    assert "--hp learning_rate=0.0001:0.003" in message and "--overwrite" in message

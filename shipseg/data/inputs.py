@@ -3,7 +3,7 @@
 Training reads random crops at full resolution (most of them holding a ship pixel), flipped
 and turned; evaluation reads whole images, decoded on a few threads.
 How images become input is one ``InputConfig``, recorded with every run so that training,
-evaluation and inference all repeat it. The table comes from ``shipseg.dataset``; the masks are
+evaluation and inference all repeat it. The table comes from ``shipseg.data.airbus``; the masks are
 decoded from the same RLE strings, in the graph, so no mask is ever stored.
 """
 

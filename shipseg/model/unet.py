@@ -251,7 +251,13 @@ def in_float32(model: keras.Model) -> keras.Model:
     config = model.get_config()
     if not _uses_mixed_precision(config):
         return model
-    rebuilt = model.__class__.from_config(_with_float32_policies(config))
+    # The models' own configs name no policy: they take the global one, float32 here.
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")
+    try:
+        rebuilt = model.__class__.from_config(_with_float32_policies(config))
+    finally:
+        keras.config.set_dtype_policy(policy)
     rebuilt.set_weights(model.get_weights())
     return rebuilt
 

@@ -183,11 +183,11 @@ def run_inference(settings: InferenceSettings) -> dict:
     model_path = loading.find_model(Path(settings.results_dir), settings.model)
     input_config, postprocess = load_settings(model_path, settings)
     scorer = LabelScorer(load_labels(settings.labels))
-    model, settings = _load_model(model_path, settings)
+    out_dir = Path(settings.out) if settings.out else default_output_dir(model_path)
+    model, settings = _load_model(model_path, settings, out_dir)
     identity = records.run_identity(
         model_path, _settings_record(input_config, postprocess, settings)
     )
-    out_dir = Path(settings.out) if settings.out else default_output_dir(model_path)
     with locks.hold(out_dir, "--out"):
         done = records.open_run(out_dir, identity, settings.overwrite)
         sizes, skipped = check_files(paths)
@@ -226,8 +226,11 @@ def run_inference(settings: InferenceSettings) -> dict:
     }
 
 
-def _load_model(model_path: Path, settings: InferenceSettings):
+def _load_model(model_path: Path, settings: InferenceSettings, out_dir: Path):
     """The model, and the settings with the batch size sized to the device if none was given.
+
+    A folder being resumed keeps the batch size it was started with (the batches shape the
+    last bits of the network's output, so a resumed run must repeat them).
 
     Raises:
         errors.UserError: When the file changed while it was loaded (a training finishing).
@@ -237,8 +240,18 @@ def _load_model(model_path: Path, settings: InferenceSettings):
     if records.run_identity(model_path, {}) != loaded:
         raise errors.UserError(f"{model_path}: replaced while it was being loaded; run again")
     if settings.batch_size is None:
-        settings = dataclasses.replace(settings, batch_size=prediction.device_batch_size(model))
+        batch_size = None if settings.overwrite else _earlier_batch_size(out_dir)
+        batch_size = batch_size or prediction.device_batch_size(model)
+        settings = dataclasses.replace(settings, batch_size=batch_size)
     return model, settings
+
+
+def _earlier_batch_size(out_dir: Path) -> int | None:
+    """The batch size an earlier inference into ``out_dir`` recorded, if there is one."""
+    run_file = out_dir / records.RUN_FILE
+    if not run_file.is_file():
+        return None
+    return atomic.read_json(run_file).get("settings", {}).get("batch_size")
 
 
 def _resume(readable: list[Path], done: dict, batch_size: int) -> list[Path]:
@@ -267,7 +280,7 @@ def predict_images(
     The images at the positions in ``scenes`` are predicted tile by tile, one at a time.
 
     Args:
-        model: The loaded U-Net (Keras or TFLite, ``models.load_model``).
+        model: The loaded U-Net (Keras or TFLite, ``loading.load_model``).
         paths: The image files to predict (``list[Path]``), in order: positions index it.
         scenes: Positions in ``paths`` of the large scenes to tile (``tiling.scene_positions``).
         input_config: The training's ``InputConfig`` (crop or resize); None: images as they are.

@@ -67,8 +67,8 @@ def device_batch_size(model, side: int = 768, cpu_batch: int = CPU_BATCH, limit:
     def fits(size: int) -> bool:
         try:
             model.predict_on_batch(np.zeros((size, side, side, 3), np.float32))
-        except (tf.errors.ResourceExhaustedError, MemoryError):
-            return False
+        except (tf.errors.ResourceExhaustedError, tf.errors.InternalError, MemoryError):
+            return False  # cuDNN reports some allocation failures as internal errors
         return True
 
     return max(1, largest_batch(fits, limit) // 2)

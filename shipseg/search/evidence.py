@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from shipseg.model.space import DEFAULT_SPACE
 from shipseg.scoring import metrics
 
 # The per-image column that stands for each objective (per-image Dice for the pixel Dice).
@@ -125,15 +126,17 @@ def judge_winner(
         ``paired_margin`` dicts or None, "column": the per-image score compared,
         "rank_agreement": ``rank_agreement``'s dict or None}``.
     """
-    completed = trials[(trials.status == "COMPLETED") & trials[objective].notna()]
     column = IMAGE_COLUMNS[objective]
     verdict = {"winner": None, "start": None, "runner_up": None, "column": column}
-    verdict.update(over_start=None, over_runner_up=None)
+    verdict.update(over_start=None, over_runner_up=None, rank_agreement=None)
+    if trials.empty:
+        return verdict
+    completed = trials[(trials.status == "COMPLETED") & trials[objective].notna()]
     verdict["rank_agreement"] = rank_agreement(trials, objective)
     if completed.empty:
         return verdict
     winner = completed.iloc[0]
-    names = list(start_values or {})
+    names = [d.name for d in DEFAULT_SPACE if d.name in trials]
     verdict["winner"] = str(winner.trial_id)
     start = [
         r for _, r in completed.iterrows() if start_values and same_configuration(r, start_values)

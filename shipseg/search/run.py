@@ -116,13 +116,15 @@ def search_project(
         resolved_data_dir=str(Path(data_dir).resolve()),
         started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         tuner_role=role,
+        # The chief's oracle hands out the start: a worker needs no --start-from file.
+        start_values=settings.start_values() if role != "worker" else None,
         images={name: int((split.split == name).sum()) for name in splits.SPLIT_NAMES},
         overlap_groups=overlaps.describe_groups(split.group),
     )
     if role != "worker":
         atomic.write_json_atomically(project_dir / "search_config.json", record)
     keras.utils.set_random_seed(settings.seed)
-    tuner = make_tuner(settings, *search_tables(table, split, settings))
+    tuner = make_tuner(settings, *search_tables(table, split, settings), record["start_values"])
     start = time.perf_counter()
     tuner.search(callbacks=[_tensorboard(project_dir)], verbose=settings.verbose)
     wall_seconds = time.perf_counter() - start
@@ -260,24 +262,11 @@ def search_budget(settings: SearchSettings) -> budget.SearchBudget | None:
     return project_budget
 
 
-def make_tuner(
-    settings: SearchSettings, train_table: pd.DataFrame, val_table: pd.DataFrame
-) -> tuning.IsolatedTuner:
-    """The ``--tuner`` search over the ship U-Net HyperModel, stored under ``project_dir/tuner``.
-
-    Args:
-        settings: The search's settings: algorithm, space, budgets, seed and ``--overwrite``.
-        train_table: The training images (``read_dataset`` rows), streamed to each trial.
-        val_table: The validation images, each scored whole after every epoch of a trial.
-
-    Raises:
-        errors.UserError: When ``--max-parameters`` rules out even the smallest model, or a
-            resumed project's saved tuner state cannot be read.
-    """
-    project_dir, input_config = settings.project_dir, settings.input_config
-    unet = ShipUNetHyperModel(
+def _hypermodel(settings: SearchSettings, val_table: pd.DataFrame) -> ShipUNetHyperModel:
+    """The HyperModel every trial builds and fits, validating on ``val_table``."""
+    return ShipUNetHyperModel(
         settings.space,
-        WholeImageValidation(val_table, input_config, monitor=settings.objective),
+        WholeImageValidation(val_table, settings.input_config, monitor=settings.objective),
         settings.images_per_epoch,
         settings.seed,
         settings.max_parameters,
@@ -285,6 +274,29 @@ def make_tuner(
         mixed_precision=settings.mixed_precision,
         jit_compile=settings.jit_compile,
     )
+
+
+def make_tuner(
+    settings: SearchSettings,
+    train_table: pd.DataFrame,
+    val_table: pd.DataFrame,
+    start_values: dict | None = None,
+) -> tuning.IsolatedTuner:
+    """The ``--tuner`` search over the ship U-Net HyperModel, stored under ``project_dir/tuner``.
+
+    Args:
+        settings: The search's settings: algorithm, space, budgets, seed and ``--overwrite``.
+        train_table: The training images (``read_dataset`` rows), streamed to each trial.
+        val_table: The validation images, each scored whole after every epoch of a trial.
+        start_values: The first trial's hyperparameters (``SearchSettings.start_values``);
+            None on a worker, whose trials the chief's oracle hands out.
+
+    Raises:
+        errors.UserError: When ``--max-parameters`` rules out even the smallest model, or a
+            resumed project's saved tuner state cannot be read.
+    """
+    project_dir, input_config = settings.project_dir, settings.input_config
+    unet = _hypermodel(settings, val_table)
     runtime.hide_gpus()
     try:
         tuner = tuning.IsolatedTuner(
@@ -295,7 +307,7 @@ def make_tuner(
             algorithm=settings.tuner,
             oracle_settings=search_settings.oracle_settings(settings),
             trial_epochs=settings.max_epochs,
-            start_values=settings.start_values(),
+            start_values=start_values,
             executions_per_trial=settings.executions_per_trial,
             directory=str(project_dir),
             project_name="tuner",

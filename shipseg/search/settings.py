@@ -146,6 +146,8 @@ class SearchSettings:
                 value = dimension.values[0]
             elif dimension.kind == "float" and isinstance(value, int | float):
                 value = float(value)
+            elif dimension.kind == "int" and isinstance(value, float) and value.is_integer():
+                value = int(value)
             if not dimension.contains(value):
                 raise errors.UserError(
                     f"--start-from {self.start_from}: {dimension.name}={value} is outside the "
@@ -192,7 +194,6 @@ class SearchSettings:
             "mixed_precision": self.mixed_precision,
             "jit_compile": self.jit_compile,
             "start_from": self.start_from,
-            "start_values": self.start_values(),
             "time_budget": self.time_budget,
             "versions": runtime.library_versions(),
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
@@ -232,10 +233,25 @@ def check_resumable(project_dir: Path, record: dict) -> bool:
     if changed:
         raise errors.UserError(
             f"{config_path}: this project was searched with other settings "
-            f"({', '.join(changed)}); "
+            f"({', '.join(_describe_change(key, previous, record) for key in changed)}); "
             "rerun with --overwrite to start afresh, or choose another --project"
         )
     return True
+
+
+def _describe_change(key: str, previous: dict, record: dict) -> str:
+    """A changed setting in words; for the space, each changed range and the --hp restoring it.
+
+    The default space itself changes between versions (the pretrained one did on 2026-12-07):
+    the message then says which ranges moved, so ``--hp`` can bring the old ones back.
+    """
+    if key != "space" or not isinstance(previous.get(key), dict):
+        return key
+    old, new = previous[key], record[key]
+    moved = [name for name in {**old, **new} if old.get(name) != new.get(name)]
+    ranges = ", ".join(f"{name} {old.get(name)} -> {new.get(name)}" for name in moved)
+    restore = " ".join(f"--hp {name}={old[name].split(' ')[0]}" for name in moved if old.get(name))
+    return f"space: {ranges}; to resume as before: {restore}"
 
 
 def oracle_settings(settings: SearchSettings) -> dict:

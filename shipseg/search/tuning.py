@@ -306,7 +306,9 @@ class IsolatedTuner(keras_tuner.Tuner):
             build_index=_build_index(trial.trial_id, execution, self.executions_per_trial),
             builder=self.hypermodel,
             callbacks=callbacks,
-            fit_kwargs=fit_kwargs,
+            # The per-image scores follow the checkpoint: an execution writes them only past
+            # the best score the earlier executions reached.
+            fit_kwargs={**fit_kwargs, "image_scores_best": float(checkpoint.best_value)},
             warm_start_weights=kt_private.checkpoint_path(self, parent) if parent else None,
             build_config_path=kt_private.build_config_path(self, trial.trial_id),
             multi_gpu=self.multi_gpu,

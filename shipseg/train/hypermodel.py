@@ -133,7 +133,8 @@ class ShipUNetHyperModel(keras_tuner.HyperModel):
             **kwargs: Passed on to ``keras.Model.fit`` (``epochs``, ``callbacks``...); the
                 validation, NaN and freezing callbacks are added to ``callbacks``. One is
                 this method's own: ``image_scores_path``, where the validation writes each
-                image's scores at the best epoch (see ``WholeImageValidation``).
+                image's scores at the best epoch (see ``WholeImageValidation``), and
+                ``image_scores_best``, the score an earlier execution's file already holds.
 
         Returns:
             The ``History`` of ``keras.Model.fit``.
@@ -144,9 +145,8 @@ class ShipUNetHyperModel(keras_tuner.HyperModel):
         import tensorflow as tf
 
         batch_size = hp.get("batch_size")
-        callbacks = self._callbacks(
-            hp, model, list(kwargs.pop("callbacks", [])), kwargs.pop("image_scores_path", None)
-        )
+        scores_file = kwargs.pop("image_scores_path", None), kwargs.pop("image_scores_best", None)
+        callbacks = self._callbacks(hp, model, list(kwargs.pop("callbacks", [])), scores_file)
         kwargs.setdefault("steps_per_epoch", max(1, math.ceil(self.images_per_epoch / batch_size)))
         kwargs.setdefault("shuffle", False)  # tf.data shuffles; Keras would only warn about it
         batches = x.batch(batch_size, drop_remainder=True)
@@ -168,10 +168,10 @@ class ShipUNetHyperModel(keras_tuner.HyperModel):
             )
         return history
 
-    def _callbacks(self, hp, model: keras.Model, callbacks: list, image_scores_path) -> list:
+    def _callbacks(self, hp, model: keras.Model, callbacks: list, scores_file: tuple) -> list:
         """The fit's callbacks: freezing, validation and the NaN stop before the caller's."""
         if self.validation is not None:
-            callbacks.insert(0, _copy_validation(self.validation, callbacks, image_scores_path))
+            callbacks.insert(0, _copy_validation(self.validation, callbacks, *scores_file))
         callbacks.insert(1 if self.validation is not None else 0, keras.callbacks.TerminateOnNaN())
         if encoders.has_encoder(model) and hp.get("encoder_frozen_epochs") > 0:
             callbacks.insert(0, encoders.FreezeEncoder(hp.get("encoder_frozen_epochs")))
@@ -187,11 +187,14 @@ def _with_ship_targets(images, masks):
 
 
 def _copy_validation(
-    template: WholeImageValidation, callbacks: list, image_scores_path: str | None
+    template: WholeImageValidation,
+    callbacks: list,
+    image_scores_path: str | None,
+    image_scores_best: float | None,
 ) -> WholeImageValidation:
     """A fresh validation callback for one trial, drawing images into the trial's TensorBoard."""
     tensorboard = next((c for c in callbacks if isinstance(c, keras.callbacks.TensorBoard)), None)
-    return WholeImageValidation(
+    validation = WholeImageValidation(
         template.table,
         template.input_config,
         template.postprocess,
@@ -201,3 +204,6 @@ def _copy_validation(
         monitor=template.monitor,
         image_scores_path=image_scores_path or template.image_scores_path,
     )
+    if image_scores_best is not None:
+        validation.best_monitored = image_scores_best
+    return validation

@@ -107,7 +107,7 @@ class Run:
 class TrainOptions:
     """What one ``train.py`` run is told (see ``--help``), built once from its command line.
 
-    ``training.TrainSettings`` is what the fit itself needs, resolved against the search's
+    ``fitting.TrainSettings`` is what the fit itself needs, resolved against the search's
     project in ``load_run``.
     """
 
