@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve a trained ship U-Net over HTTP: a JSON / GeoJSON API and a web page.",
         formatter_class=cli.HelpFormatter,
     )
-    defaults = ServeSettings()
+    defaults = cli.defaults_of(ServeSettings)
     parser.add_argument(
         "--model",
         help="a .keras model or export.py's .tflite file "

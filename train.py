@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         "a plain {name: value} object) instead of the best trial",
     )
     parser.add_argument("--project", help="results/<project> of the search (default: the latest)")
-    defaults = TrainOptions()
+    defaults = cli.defaults_of(TrainOptions)
     parser.add_argument("--results-dir", default=defaults.results_dir)
     parser.add_argument("--seed", type=int, help="default: the search's seed")
     parser.add_argument("--verbose", type=int, default=defaults.verbose, choices=(0, 1, 2))
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _training_options(group, defaults: TrainOptions) -> None:
+def _training_options(group, defaults) -> None:
     """How long to train, on what, and which epoch to keep."""
     group.add_argument("--epochs", type=int, default=defaults.epochs, help="most epochs")
     group.add_argument(

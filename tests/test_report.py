@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 
-from shipseg.search import report
+from shipseg.search import evidence, report
 
 NAMES = ["levels", "learning_rate", "dropout", "pixel_loss", "batch_norm"]
 
@@ -38,7 +38,7 @@ def test_the_one_hyperparameter_that_drives_the_score_ranks_first():
 
 def test_a_report_of_few_trials_carries_a_caveat_and_the_importance_plot(tmp_path):
     trials = trials_where_only_the_learning_rate_matters(8)
-    path = report.write_report(trials, "val_dice", NAMES, tmp_path)
+    path = report.write_report(trials, "val_dice", NAMES, tmp_path, judged(trials, tmp_path))
     text = path.read_text()
     assert "## Best trials" in text and "| trial_id | val_dice |" in text
     assert "Caveat: only 8 completed trials" in text
@@ -52,5 +52,11 @@ def test_nothing_varied_means_no_importance_rather_than_a_made_up_one(tmp_path):
     assert report.importances(trials, "val_dice", NAMES).empty
     assert (
         "no importance to report"
-        in report.write_report(trials, "val_dice", NAMES, tmp_path).read_text()
+        in report.write_report(
+            trials, "val_dice", NAMES, tmp_path, judged(trials, tmp_path)
+        ).read_text()
     )
+
+
+def judged(trials, project_dir):
+    return evidence.judge_winner(trials, "val_dice", project_dir, None)

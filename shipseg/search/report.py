@@ -57,7 +57,9 @@ def _numeric(column: pd.Series) -> pd.Series:
     return column.astype(float)
 
 
-def write_report(trials: pd.DataFrame, objective: str, names: list[str], project_dir: Path) -> Path:
+def write_report(
+    trials: pd.DataFrame, objective: str, names: list[str], project_dir: Path, verdict: dict
+) -> Path:
     """Writes ``report.md`` and ``importance.png`` into ``project_dir``; returns the report.
 
     Args:
@@ -69,13 +71,13 @@ def write_report(trials: pd.DataFrame, objective: str, names: list[str], project
         names: The hyperparameters to show and weigh (``space.DEFAULT_SPACE``'s names).
         project_dir: The search's existing project folder, written into atomically; the
             report links the ``trials.png`` beside it.
+        verdict: How sure the winner is (``evidence.judge_winner``), shown in words.
 
     Returns:
         The path of ``report.md``. ``importance.png`` is written only when an importance
         could be measured (three or more completed trials and a hyperparameter that varied).
     """
     completed = trials[(trials.status == "COMPLETED") & trials[objective].notna()]
-    verdict = evidence.judge_winner(trials, objective, project_dir, start_values(project_dir))
     weights = importances(completed, objective, names)
     if len(weights):
         _plot(weights, objective, project_dir / "importance.png")
@@ -104,12 +106,6 @@ def write_report(trials: pd.DataFrame, objective: str, names: list[str], project
     path = project_dir / "report.md"
     atomic.write_text_atomically(path, "\n".join(lines) + "\n")
     return path
-
-
-def start_values(project_dir: Path) -> dict | None:
-    """The search's first, trusted configuration, as ``search_config.json`` records it."""
-    path = project_dir / "search_config.json"
-    return atomic.read_json(path).get("start_values") if path.is_file() else None
 
 
 def _importance_lines(weights: pd.Series, completed: int) -> list[str]:

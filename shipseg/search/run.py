@@ -19,7 +19,7 @@ import pandas as pd
 from shipseg.core import atomic, budget, errors, locks, runtime
 from shipseg.data import airbus, overlaps, splits, synthetic
 from shipseg.model.space import DEFAULT_SPACE
-from shipseg.search import isolation, report, tuning
+from shipseg.search import evidence, isolation, report, tuning
 from shipseg.search import settings as search_settings
 from shipseg.search import trials as results
 from shipseg.search.settings import SearchSettings
@@ -142,11 +142,13 @@ def write_report(results_dir: str, project: str) -> None:
     trials_path = project_dir / "trials.csv"
     if not trials_path.is_file():
         raise errors.UserError(f"{trials_path}: no trials to report on (run the search first)")
-    objective = atomic.read_json(project_dir / "search_config.json")["objective"]
+    config = atomic.read_json(project_dir / "search_config.json")
     trials = pd.read_csv(trials_path, dtype={"trial_id": str, "continued_from": str})
     names = [dimension.name for dimension in DEFAULT_SPACE]
+    objective, start = config["objective"], config.get("start_values")
+    verdict = evidence.judge_winner(trials, objective, project_dir, start)
     with locks.hold(project_dir, "--project"):
-        print(f"Wrote {report.write_report(trials, objective, names, project_dir)}")
+        print(f"Wrote {report.write_report(trials, objective, names, project_dir, verdict)}")
 
 
 def search_data_dir(settings: SearchSettings) -> Path:

@@ -109,8 +109,9 @@ def export_results(
         }
         atomic.write_json_atomically(project_dir / "best_hparams.json", best)
         plot_trials(trials, objective, project_dir / "trials.png")
-        report.write_report(trials, objective, names, project_dir)
     verdict = evidence.judge_winner(trials, objective, project_dir, settings.get("start_values"))
+    if best is not None:
+        report.write_report(trials, objective, names, project_dir, verdict)
     summary = {
         "winner": {**verdict, "lines": evidence.verdict_lines(verdict)},
         "wall_seconds": round(wall_seconds, 2),
