@@ -122,3 +122,36 @@ def test_a_project_without_a_recorded_start_still_names_its_runner_up(tmp_path):
     ).assign(levels=[4, 3], continued_from="")
     verdict = evidence.judge_winner(trials, "val_f2", tmp_path, None)
     assert (verdict["winner"], verdict["start"], verdict["runner_up"]) == ("0001", None, "0000")
+
+
+def write_scores(project_dir, shifts: dict[str, float], seed: int = 4) -> None:
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(0, 1, 108)
+    for trial_id, shift in shifts.items():
+        folder = project_dir / "tuner" / f"trial_{trial_id}"
+        folder.mkdir(parents=True)
+        noisy = base + shift + rng.normal(0, 0.15, 108)
+        scores(noisy).to_csv(folder / evidence.IMAGE_SCORES, index=False)
+
+
+def two_trials(scores_: list[float]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {"trial_id": ["0001", "0000"], "status": "COMPLETED", "val_f2_tuned": scores_}
+    ).assign(levels=[5, 4], continued_from="")
+
+
+def test_a_winner_within_noise_of_the_start_leaves_the_start_to_be_retrained(tmp_path):
+    write_scores(tmp_path, {"0001": 0.01, "0000": 0.0})
+    verdict = evidence.judge_winner(two_trials([0.81, 0.80]), "val_f2_tuned", tmp_path, {"levels": 4})
+    assert verdict["winner"] == "0001" and not verdict["over_start"]["distinct"]
+    assert verdict["chosen"] == "0000"
+    assert "`train.py --best` retrains trial 0000: the start" in "\n".join(
+        evidence.verdict_lines(verdict)
+    )
+
+
+def test_a_winner_clearly_above_the_start_is_the_one_retrained(tmp_path):
+    write_scores(tmp_path, {"0001": 0.2, "0000": 0.0})
+    verdict = evidence.judge_winner(two_trials([0.9, 0.7]), "val_f2_tuned", tmp_path, {"levels": 4})
+    assert verdict["over_start"]["distinct"] and verdict["chosen"] == "0001"
+    assert "beats the start" in verdict["chosen_because"]

@@ -159,7 +159,30 @@ def judge_winner(
         )
         if mine is not None and theirs is not None:
             verdict[f"over_{key}"] = paired_margin(mine, theirs, column)
+    verdict["chosen"], verdict["chosen_because"] = chosen_trial(verdict)
     return verdict
+
+
+def chosen_trial(verdict: dict) -> tuple[str | None, str]:
+    """The trial ``train.py --best`` retrains, and why: the winner only on evidence.
+
+    The start is the configuration the user trusted before searching. The winner is the
+    highest of many noisy scores, so it beats the start by some margin even when it is no
+    better (on the sample, 108 validation images move F2 by a few hundredths). A challenger
+    therefore replaces the start only when its paired interval over the start is above zero.
+    """
+    winner, start, margin = verdict["winner"], verdict["start"], verdict["over_start"]
+    if winner is None:
+        return None, "no completed trial"
+    if start is None:
+        return winner, "the best score (no start configuration among the completed trials)"
+    if start == winner:
+        return winner, "the best score, and the start"
+    if margin is None:
+        return winner, "the best score (no per-image scores to judge it against the start)"
+    if margin["interval"][0] > 0:
+        return winner, "it beats the start on the same validation images"
+    return start, "the start: the winner cannot be told apart from it, so the trusted one stays"
 
 
 def verdict_lines(verdict: dict) -> list[str]:
@@ -184,6 +207,10 @@ def verdict_lines(verdict: dict) -> list[str]:
                 f"{verdict['column']} [95 %: {low:+.3f}, {high:+.3f}] on {margin['images']} "
                 f"validation images{plain}."
             )
+    if verdict.get("chosen"):
+        lines.append(
+            f"- `train.py --best` retrains trial {verdict['chosen']}: {verdict['chosen_because']}."
+        )
     agreement = verdict["rank_agreement"]
     lines.append(
         "- Rank agreement of the first rung with the final scores: not measurable (fewer than "

@@ -94,23 +94,23 @@ def export_results(
         if len(trials)
         else trials
     )
+    verdict = evidence.judge_winner(trials, objective, project_dir, settings.get("start_values"))
     best = None
-    if len(completed):
-        winner = completed.iloc[0]
+    if verdict["chosen"] is not None:
+        chosen = completed[completed.trial_id.astype(str) == verdict["chosen"]].iloc[0]
         names = [d.name for d in space.DEFAULT_SPACE]
         best = {
-            "trial_id": winner.trial_id,
+            "trial_id": chosen.trial_id,
             "objective": objective,
-            "score": float(winner[objective]),
-            "hyperparameters": {name: _plain(winner[name]) for name in names},
-            "epochs": int(winner.epochs),
-            "best_epoch": int(winner.best_epoch),
+            "score": float(chosen[objective]),
+            "chosen_because": verdict["chosen_because"],
+            "hyperparameters": {name: _plain(chosen[name]) for name in names},
+            "epochs": int(chosen.epochs),
+            "best_epoch": int(chosen.best_epoch),
             "search_config": str((project_dir / "search_config.json").resolve()),
         }
         atomic.write_json_atomically(project_dir / "best_hparams.json", best)
         plot_trials(trials, objective, project_dir / "trials.png")
-    verdict = evidence.judge_winner(trials, objective, project_dir, settings.get("start_values"))
-    if best is not None:
         report.write_report(trials, objective, names, project_dir, verdict)
     summary = {
         "winner": {**verdict, "lines": evidence.verdict_lines(verdict)},
