@@ -142,7 +142,9 @@ def two_trials(scores_: list[float]) -> pd.DataFrame:
 
 def test_a_winner_within_noise_of_the_start_leaves_the_start_to_be_retrained(tmp_path):
     write_scores(tmp_path, {"0001": 0.01, "0000": 0.0})
-    verdict = evidence.judge_winner(two_trials([0.81, 0.80]), "val_f2_tuned", tmp_path, {"levels": 4})
+    verdict = evidence.judge_winner(
+        two_trials([0.81, 0.80]), "val_f2_tuned", tmp_path, {"levels": 4}
+    )
     assert verdict["winner"] == "0001" and not verdict["over_start"]["distinct"]
     assert verdict["chosen"] == "0000"
     assert "`train.py --best` retrains trial 0000: the start" in "\n".join(
