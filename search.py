@@ -19,6 +19,7 @@ from shipseg import cli
 from shipseg.data.inputs import InputConfig
 from shipseg.model import encoders
 from shipseg.model.space import DEFAULT_SPACE
+from shipseg.predict import latency
 from shipseg.search import trials, tuning
 from shipseg.search.run import run_search, write_report
 from shipseg.search.settings import REAL_DEFAULTS as REAL
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_options(parser.add_argument_group("data"))
     _budget_options(parser.add_argument_group("search budget"))
     _space_options(parser.add_argument_group("search space"))
+    _speed_options(parser.add_argument_group("speed"))
     _run_options(parser.add_argument_group("run"))
     return parser
 
@@ -99,6 +101,18 @@ def _space_options(group) -> None:
     group.add_argument("--objective", choices=trials.OBJECTIVES, default=DEFAULTS.objective,
                        help="on whole val images: pixel Dice, instance F2 at fixed thresholds, "
                        "or F2 with the ship / no-ship threshold tuned (what train.py reaches)")
+
+
+def _speed_options(group) -> None:
+    """How each trial's model is timed, and the latency it must meet."""
+    group.add_argument("--latency-format", choices=latency.FORMATS, default=DEFAULTS.latency_format,
+                       help="time each trial's model as Keras or as TFLite (batch 1)")
+    group.add_argument("--latency-size", type=int, default=DEFAULTS.latency_size,
+                       help="side of the square image each model is timed on")
+    group.add_argument("--latency-runs", type=int, default=DEFAULTS.latency_runs,
+                       help="timed calls at most (after 3 warm-up calls; fewer past 3 s)")
+    group.add_argument("--max-latency", help="a latency budget, e.g. 100ms: a trial's model "
+                       "slower an image is recorded as over it, not trained, and cannot win")
 
 
 def _run_options(group) -> None:

@@ -20,6 +20,7 @@ The work itself is ``shipseg.train.run``'s; this script reads the command line.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -50,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--hparams",
         help="a JSON file of hyperparameters (best_hparams.json or "
         "a plain {name: value} object) instead of the best trial",
+    )
+    source.add_argument("--trial", metavar="ID", help="this trial of the search (trials.csv)")
+    parser.add_argument(
+        "--max-latency",
+        help="with --best: the best trial whose model the search timed at or under this, "
+        "e.g. 100ms (judged against the start as the search's winner is)",
     )
     parser.add_argument("--project", help="results/<project> of the search (default: the latest)")
     defaults = cli.defaults_of(TrainOptions)
@@ -143,8 +150,14 @@ def run_command(options: TrainOptions) -> None:
     """K-fold cross-validation with ``--folds``, one training otherwise, owning the project.
 
     The project's lock keeps a second training, or a search of the same project, out.
+    ``--trial`` and ``--max-latency`` choose the search's trial first (a file beside
+    ``best_hparams.json`` records which, and why).
     """
-    with locks.hold(find_project(Path(options.results_dir), options.project), "--project"):
+    project_dir = find_project(Path(options.results_dir), options.project)
+    with locks.hold(project_dir, "--project"):
+        if options.trial is not None or options.max_latency is not None:
+            chosen = trials.choose_trial(project_dir, options.trial, options.max_latency_ms)
+            options = dataclasses.replace(options, hparams=str(chosen), best=False)
         run_folds(options) if options.folds is not None else run_training(options)
 
 

@@ -105,6 +105,10 @@ TINY = [
     "base_filters=4",
     "--hp",
     "batch_size=8",
+    "--latency-size",
+    "32",
+    "--latency-runs",
+    "3",
     "--verbose",
     "0",
 ]

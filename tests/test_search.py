@@ -91,6 +91,58 @@ def test_tensorboard_gets_scalars_hparams_and_mask_images(finished_search):
     assert any("hparams" in tag for tag in tags)
 
 
+def test_every_trial_records_how_fast_its_model_is(finished_search):
+    project, _ = finished_search
+    trials = pd.read_csv(project / "trials.csv", dtype={"trial_id": str})
+    assert (trials.latency_format == "keras").all() and (trials.latency_runs == 3).all()
+    assert (trials.latency_median_ms > 0).all()
+    assert (trials.latency_p95_ms >= trials.latency_median_ms).all()
+    assert (trials.latency_images_per_s > 0).all() and (trials.gflops > 0).all()
+    assert (trials.parameters > 0).all() and (trials.file_mib > 0).all()
+    assert not trials.over_latency_budget.any()
+    summary = json.loads((project / "search_summary.json").read_text())
+    assert summary["front"] and set(summary["front"]) <= set(trials.trial_id)
+    assert "## Accuracy against latency" in (project / "report.md").read_text()
+    assert (project / "front.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "latency_median_ms" in event_tags(project / "logs")
+
+
+@pytest.mark.slow
+def test_resuming_a_finished_search_keeps_every_trials_timing(finished_search, tmp_path):
+    project, _ = finished_search
+    shutil.copytree(project, tmp_path / "tiny")
+    columns = ["trial_id", "latency_median_ms", "latency_p95_ms", "gflops", "parameters"]
+    before = pd.read_csv(project / "trials.csv", dtype={"trial_id": str})[columns]
+    config = json.loads((project / "search_config.json").read_text())
+    rerun = run(search_command(config["data_dir"], tmp_path, "--max-epochs", "2", "--factor", "2"))
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    after = pd.read_csv(tmp_path / "tiny" / "trials.csv", dtype={"trial_id": str})[columns]
+    pd.testing.assert_frame_equal(
+        before.sort_values("trial_id").reset_index(drop=True),
+        after.sort_values("trial_id").reset_index(drop=True),
+    )
+
+
+@pytest.mark.slow
+def test_a_model_over_the_latency_budget_is_not_trained_and_cannot_be_best(
+    synthetic_dataset, tmp_path
+):
+    result = run(search_command(synthetic_dataset, tmp_path, "--max-epochs", "2", "--factor", "2",
+                                "--max-latency", "0.0001ms"))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    project = tmp_path / "tiny"
+    trials = pd.read_csv(project / "trials.csv", dtype={"trial_id": str})
+    assert (trials.status == "OVER_LATENCY_BUDGET").all() and trials.over_latency_budget.all()
+    assert (trials.fit_s == 0).all() and trials.val_dice.isna().all()
+    assert (trials.latency_median_ms > 0.0001).all()
+    assert not (project / "best_hparams.json").exists()
+    summary = json.loads((project / "search_summary.json").read_text())
+    assert summary["over_latency_budget"] == len(trials) and summary["completed"] == 0
+    train = run([sys.executable, str(ROOT / "train.py"), "--best", "--project", "tiny",
+                 "--results-dir", str(tmp_path)])  # fmt: skip
+    assert train.returncode == 2 and "best_hparams.json: file not found" in train.stderr
+
+
 @pytest.mark.slow
 def test_bad_settings_give_one_line_errors(synthetic_dataset, tmp_path):
     cases = [

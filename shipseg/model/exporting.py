@@ -55,11 +55,20 @@ def export_model(
         model.export(
             staging / SAVED_MODEL, "tf_saved_model", verbose=False, input_signature=signature
         )
-        model.export(staging / TFLITE, "litert", verbose=False, input_signature=signature)
+        write_tflite(model, staging / TFLITE, image_size)
         record = _record(model, model_path, image_size, config)
         record["parity_max_abs_difference"] = parity(model, staging, parity_images)
         atomic.write_json_atomically(staging / EXPORT_JSON, record)
     return record
+
+
+def write_tflite(model, path: Path, image_size: int) -> Path:
+    """Writes ``model`` as a float32 TFLite file for ``image_size`` square images, any batch."""
+    import tensorflow as tf
+
+    signature = [tf.TensorSpec((None, image_size, image_size, 3), tf.float32, name="image")]
+    model.export(path, "litert", verbose=False, input_signature=signature)
+    return path
 
 
 def _record(model, model_path: Path, image_size: int, config: dict) -> dict:

@@ -104,7 +104,7 @@ class Prediction(NamedTuple):
 _FORWARD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _forward_function(model):
+def forward_function(model):
     """``model`` called in inference mode, compiled once per input shape it meets.
 
     Not ``predict_on_batch``: Keras traces that with ``reduce_retracing``, so after two image
@@ -128,7 +128,7 @@ def _forward_function(model):
 
 def _forward(model, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """One forward pass: ``(n, h, w)`` probabilities, and ``(n,)`` ship probabilities or None."""
-    output = _forward_function(model)(images)
+    output = forward_function(model)(images)
     if isinstance(output, dict):
         return (
             np.array(output["ship_probability"])[..., 0],  # copies: TTA adds to them

@@ -129,6 +129,7 @@ def judge_winner(
     column = IMAGE_COLUMNS[objective]
     verdict = {"winner": None, "start": None, "runner_up": None, "column": column}
     verdict.update(over_start=None, over_runner_up=None, rank_agreement=None)
+    verdict.update(chosen=None, chosen_because="no completed trial")
     if trials.empty:
         return verdict
     completed = trials[(trials.status == "COMPLETED") & trials[objective].notna()]

@@ -1,4 +1,7 @@
-"""What mattered in a search: ``report.md`` with the best trials and each hyperparameter's weight.
+"""What a search found: ``report.md``, from the best trials to each hyperparameter's weight.
+
+Its sections: the best trials, how sure the winner is (``evidence``), the front of accuracy
+against latency (``front``), and what mattered.
 
 The importance of a hyperparameter is how much worse a random forest fitted to the trials
 (hyperparameters and epochs trained -> objective) predicts the objective once that
@@ -17,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from shipseg.core import atomic
-from shipseg.search import evidence
+from shipseg.search import evidence, front
 
 # Below this many completed trials the report says the importances are not to be trusted.
 FEW_TRIALS = 30
@@ -58,7 +61,12 @@ def _numeric(column: pd.Series) -> pd.Series:
 
 
 def write_report(
-    trials: pd.DataFrame, objective: str, names: list[str], project_dir: Path, verdict: dict
+    trials: pd.DataFrame,
+    objective: str,
+    names: list[str],
+    project_dir: Path,
+    verdict: dict,
+    budget_ms: float | None = None,
 ) -> Path:
     """Writes ``report.md`` and ``importance.png`` into ``project_dir``; returns the report.
 
@@ -72,6 +80,7 @@ def write_report(
         project_dir: The search's existing project folder, written into atomically; the
             report links the ``trials.png`` beside it.
         verdict: How sure the winner is (``evidence.judge_winner``), shown in words.
+        budget_ms: The search's latency budget (``--max-latency``), or None.
 
     Returns:
         The path of ``report.md``. ``importance.png`` is written only when an importance
@@ -79,6 +88,9 @@ def write_report(
     """
     completed = trials[(trials.status == "COMPLETED") & trials[objective].notna()]
     weights = importances(completed, objective, names)
+    timed = front.front_table(trials, objective)
+    if len(timed):
+        front.plot_front(timed, objective, project_dir / "front.png", project_dir, budget_ms)
     if len(weights):
         _plot(weights, objective, project_dir / "importance.png")
     lines = [
@@ -98,6 +110,10 @@ def write_report(
         "",
         "Margins are paired over the same validation images at each trial's best epoch; the "
         "interval is a 95 % bootstrap over images (`shipseg/search/evidence.py`).",
+        "",
+        "## Accuracy against latency",
+        "",
+        *_front_lines(trials, objective, budget_ms),
         "",
         "## What mattered",
         "",
@@ -128,6 +144,43 @@ def _importance_lines(weights: pd.Series, completed: int) -> list[str]:
             "hyperparameters that varied the most, not necessarily those that matter: run a "
             f"longer search (at least {FEW_TRIALS} trials) before reading much into it.",
         ]
+    return lines
+
+
+def _front_lines(trials: pd.DataFrame, objective: str, budget_ms: float | None) -> list[str]:
+    """The words and table for the front (``front.png``, drawn beside ``report.md``).
+
+    Args:
+        trials: ``trials.csv``'s table.
+        objective: The score column.
+        budget_ms: The search's latency budget, or None.
+    """
+    table = front.front_table(trials, objective)
+    if table.empty:
+        return ["No completed trial was timed."]
+    over = int((trials.status == front.OVER_BUDGET).sum()) if "status" in trials else 0
+    row = table.iloc[0]
+    side = int(row.latency_image_size)
+    lines = [
+        f"Each model timed as deployed ({row.latency_format}): a {side} x {side} image at batch 1 "
+        f"after warm-up, the median of the timed calls (`shipseg/predict/latency.py`); "
+        f"images/s at batch {int(row.latency_serving_batch)}.",
+        "",
+        "![front](front.png)",
+        "",
+        f"The front, {int(table.on_front.sum())} of {len(table)} timed trials (no other trial "
+        "is both as fast and as accurate):",
+        "",
+    ]
+    columns = {
+        "trial_id": "trial", objective: objective, front.LATENCY: "ms (median)",
+        "latency_p95_ms": "ms (p95)", "latency_images_per_s": "images/s",
+        "gflops": "GFLOPs", "parameters": "parameters", "file_mib": "MiB",
+    }  # fmt: skip
+    lines.append(_markdown(table[table.on_front][list(columns)].rename(columns=columns)))
+    if budget_ms is not None:
+        over_text = "1 trial" if over == 1 else f"{over} trials"
+        lines += ["", f"Latency budget {budget_ms:g} ms: {over_text} over it, never trained."]
     return lines
 
 

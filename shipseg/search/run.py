@@ -139,16 +139,15 @@ def search_project(
 def write_report(results_dir: str, project: str) -> None:
     """``--report``: writes an existing project's ``report.md`` from its ``trials.csv``."""
     project_dir = Path(results_dir) / project
-    trials_path = project_dir / "trials.csv"
-    if not trials_path.is_file():
-        raise errors.UserError(f"{trials_path}: no trials to report on (run the search first)")
+    trials = results.read_trials(project_dir)
     config = atomic.read_json(project_dir / "search_config.json")
-    trials = pd.read_csv(trials_path, dtype={"trial_id": str, "continued_from": str})
     names = [dimension.name for dimension in DEFAULT_SPACE]
     objective, start = config["objective"], config.get("start_values")
     verdict = evidence.judge_winner(trials, objective, project_dir, start)
+    budget_ms = search_settings.budget_ms(config)
     with locks.hold(project_dir, "--project"):
-        print(f"Wrote {report.write_report(trials, objective, names, project_dir, verdict)}")
+        path = report.write_report(trials, objective, names, project_dir, verdict, budget_ms)
+        print(f"Wrote {path}")
 
 
 def search_data_dir(settings: SearchSettings) -> Path:
@@ -310,6 +309,7 @@ def make_tuner(
             oracle_settings=search_settings.oracle_settings(settings),
             trial_epochs=settings.max_epochs,
             start_values=start_values,
+            latency_check=tuning.LatencyCheck(settings.latency_protocol, settings.max_latency_ms),
             executions_per_trial=settings.executions_per_trial,
             directory=str(project_dir),
             project_name="tuner",

@@ -20,6 +20,7 @@ from shipseg.data.inputs import InputConfig
 from shipseg.model import encoders
 from shipseg.model.space import Dimension, search_space
 from shipseg.model.unet import check_input_size
+from shipseg.predict import latency
 
 # On the synthetic default, a budget that ends in a few minutes on two CPU cores.
 SYNTHETIC_DEFAULTS = {"input_size": 128, "max_epochs": 6, "images_per_epoch": 192}
@@ -45,7 +46,12 @@ RESUME_KEYS = (
     "val_images",
     "executions_per_trial",
     "encoder_weights",
+    "latency_format",
+    "latency_size",
+    "max_latency",
 )
+# What a project searched before a setting existed had, for resuming it.
+BEFORE_KEYS = {"tuner": "hyperband", "latency_format": "keras", "latency_size": 768}
 # ... of which these only matter to Hyperband (--max-trials may grow on resume, as the budget).
 HYPERBAND_KEYS = ("factor", "iterations")
 # Counts that must be at least 1 (None: not given, where that is allowed).
@@ -57,6 +63,8 @@ COUNTS = (
     "images_per_epoch",
     "val_images",
     "initial_trials",
+    "latency_runs",
+    "latency_size",
 )
 
 
@@ -74,6 +82,11 @@ class SearchSettings:
         time_budget: The project's wall-time budget as written (``90m``), or None.
         start_from: A file of the first trial's hyperparameters (``best_hparams.json``, a
             trial's ``trial.json`` or a plain object), or None for the space's defaults.
+        latency_format: What each trial's model is timed as (``latency.FORMATS``).
+        latency_size: The side of the square image each trial's model is timed on.
+        latency_runs: Timed calls at most (fewer past a few seconds, ``LatencyProtocol``).
+        max_latency: The latency budget as written (``100ms``): a trial whose model takes
+            longer an image is recorded as over it, is not trained, and cannot win.
     """
 
     data_dir: str | None
@@ -101,6 +114,10 @@ class SearchSettings:
     jit_compile: bool = False
     start_from: str | None = None
     time_budget: str | None = None
+    latency_format: str = "keras"
+    latency_size: int = latency.LatencyProtocol.image_size
+    latency_runs: int = latency.LatencyProtocol.runs
+    max_latency: str | None = None
     overwrite: bool = False
     verbose: int = 1
 
@@ -118,6 +135,25 @@ class SearchSettings:
                 budget.parse_duration(self.time_budget)
             except ValueError as error:
                 raise errors.UserError(f"--time-budget: {error}") from None
+        if self.latency_format not in latency.FORMATS:
+            raise errors.UserError(f"--latency-format must be one of {', '.join(latency.FORMATS)}")
+        if self.max_latency is not None:
+            try:
+                latency.parse_milliseconds(self.max_latency)
+            except ValueError as error:
+                raise errors.UserError(f"--max-latency: {error}") from None
+
+    @property
+    def latency_protocol(self) -> latency.LatencyProtocol:
+        """How each trial's model is timed."""
+        return latency.LatencyProtocol(
+            format=self.latency_format, image_size=self.latency_size, runs=self.latency_runs
+        )
+
+    @property
+    def max_latency_ms(self) -> float | None:
+        """The latency budget in milliseconds an image, or None without one."""
+        return None if self.max_latency is None else latency.parse_milliseconds(self.max_latency)
 
     @property
     def project_dir(self) -> Path:
@@ -195,6 +231,10 @@ class SearchSettings:
             "jit_compile": self.jit_compile,
             "start_from": self.start_from,
             "time_budget": self.time_budget,
+            "latency_format": self.latency_format,
+            "latency_size": self.latency_size,
+            "latency_runs": self.latency_runs,
+            "max_latency": self.max_latency,
             "versions": runtime.library_versions(),
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         }
@@ -216,6 +256,10 @@ def check_space(settings: SearchSettings) -> None:
         check_input_size(settings.input_config.size, int(max(space["levels"].values)))
     except ValueError as error:
         raise errors.UserError(f"--input-size: {error}") from None
+    try:
+        check_input_size(settings.latency_size, int(max(space["levels"].values)))
+    except ValueError as error:
+        raise errors.UserError(f"--latency-size: {error}") from None
     runtime.hide_gpus()  # checking the weights builds the encoders: not on the trials' GPU
     encoders.check_weights(space["encoder"].values, settings.encoder_weights)
 
@@ -225,8 +269,8 @@ def check_resumable(project_dir: Path, record: dict) -> bool:
     config_path = project_dir / "search_config.json"
     if not config_path.is_file():
         return False
-    # Projects searched before --tuner existed were all Hyperband searches.
-    previous = {"tuner": "hyperband", **atomic.read_json(config_path)}
+    # Projects searched before an option existed ran with its BEFORE_KEYS value.
+    previous = {**BEFORE_KEYS, **atomic.read_json(config_path)}
     hyperband = record["tuner"] == "hyperband"
     keys = [key for key in RESUME_KEYS if hyperband or key not in HYPERBAND_KEYS]
     changed = [key for key in keys if previous.get(key) != record.get(key)]
@@ -252,6 +296,12 @@ def _describe_change(key: str, previous: dict, record: dict) -> str:
     ranges = ", ".join(f"{name} {old.get(name)} -> {new.get(name)}" for name in moved)
     restore = " ".join(f"--hp {name}={old[name].split(' ')[0]}" for name in moved if old.get(name))
     return f"space: {ranges}; to resume as before: {restore}"
+
+
+def budget_ms(record: dict) -> float | None:
+    """The latency budget in milliseconds of a ``search_config.json`` record, or None."""
+    written = record.get("max_latency")
+    return None if written is None else latency.parse_milliseconds(written)
 
 
 def oracle_settings(settings: SearchSettings) -> dict:

@@ -6,6 +6,7 @@ that a resumed or distributed search exports exactly what Keras Tuner recorded.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -14,11 +15,15 @@ import keras_tuner
 import numpy as np
 import pandas as pd
 
-from shipseg.core import atomic
+from shipseg.core import atomic, errors
 from shipseg.model import space
-from shipseg.search import evidence, report
+from shipseg.predict import latency
+from shipseg.search import evidence, front, report
+from shipseg.search import settings as search_settings
 
 OBJECTIVES = ("val_dice", "val_f2", "val_f2_tuned")
+# The status of a trial whose model was over the latency budget (it was never trained).
+OVER_LATENCY_BUDGET = front.OVER_BUDGET
 
 
 def trials_table(tuner: keras_tuner.Tuner, objective: str) -> pd.DataFrame:
@@ -58,11 +63,116 @@ def trials_table(tuner: keras_tuner.Tuner, objective: str) -> pd.DataFrame:
         # A trial the time budget cut short still counts, with the epochs it finished.
         row["stopped_by_budget"] = bool(timing.get("stopped_by_budget", False))
         row["epochs_completed"] = timing.get("epochs_completed", np.nan)
+        row.update(_latency_columns(timing))
+        if row["over_latency_budget"]:  # never trained: its reported score is no score
+            row.update({"status": OVER_LATENCY_BUDGET, objective: np.nan})
         rows.append(row)
     table = pd.DataFrame(rows)
     if table.empty:
         return table
     return table.sort_values(objective, ascending=False, na_position="last").reset_index(drop=True)
+
+
+def hparams_record(row: pd.Series, objective: str, project_dir: Path, because: str) -> dict:
+    """What ``best_hparams.json`` (or a file like it) holds of a trial's row of ``trials.csv``.
+
+    Args:
+        row: The trial's row.
+        objective: The search's score column.
+        project_dir: The search's folder.
+        because: Why this trial was chosen, in words.
+    """
+    return {
+        "trial_id": str(row.trial_id),
+        "objective": objective,
+        "score": None if pd.isna(row[objective]) else float(row[objective]),
+        "chosen_because": because,
+        "hyperparameters": {d.name: _plain(row[d.name]) for d in space.DEFAULT_SPACE},
+        "epochs": None if pd.isna(row.epochs) else int(row.epochs),
+        "best_epoch": None if pd.isna(row.best_epoch) else int(row.best_epoch),
+        "search_config": str((project_dir / "search_config.json").resolve()),
+    }
+
+
+def choose_trial(project_dir: Path, trial_id: str | None, max_latency_ms: float | None) -> Path:
+    """Writes the hyperparameters of a named trial, or of the best one within a latency budget.
+
+    The best within the budget is judged as the search's own winner is (``evidence``): among
+    the completed trials timed at or under ``max_latency_ms``, the top score replaces the
+    start only if it beats it on the same validation images.
+
+    Args:
+        project_dir: The search's folder (its ``trials.csv`` and ``search_config.json``).
+        trial_id: A trial of ``trials.csv`` (any status), or None.
+        max_latency_ms: The budget in milliseconds an image (the search's timing), or None.
+
+    Returns:
+        The written file (``trial_<id>_hparams.json`` or ``best_hparams_within_<ms>ms.json``),
+        which ``train.py`` reads as it reads ``best_hparams.json``.
+
+    Raises:
+        errors.UserError: For an unknown trial, or no completed trial within the budget.
+    """
+    config = atomic.read_json(project_dir / "search_config.json")
+    objective, table = config["objective"], read_trials(project_dir)
+    if trial_id is not None:
+        rows = table[table.trial_id == trial_id]
+        if rows.empty:
+            raise errors.UserError(
+                f"{project_dir / 'trials.csv'}: no trial {trial_id} (trials: "
+                f"{', '.join(sorted(table.trial_id))})"
+            )
+        record = hparams_record(rows.iloc[0], objective, project_dir, "named with --trial")
+        path = project_dir / f"trial_{trial_id}_hparams.json"
+    else:
+        record, path = _best_within(table, config, project_dir, max_latency_ms)
+    atomic.write_json_atomically(path, record)
+    print(f"Training trial {record['trial_id']} ({record['chosen_because']}): {path}")
+    return path
+
+
+def _best_within(table: pd.DataFrame, config: dict, project_dir: Path, max_ms: float) -> tuple:
+    """The record and file name of the best completed trial within ``max_ms``."""
+    objective = config["objective"]
+    timed = table[(table.status == "COMPLETED") & table[objective].notna()]
+    if front.LATENCY not in timed or timed[front.LATENCY].isna().all():
+        raise errors.UserError(
+            f"{project_dir}: its trials were not timed (searched before 2026-12-07)"
+        )
+    within = timed[timed[front.LATENCY] <= max_ms]
+    if within.empty:
+        fastest = timed[front.LATENCY].min()
+        raise errors.UserError(
+            f"--max-latency {max_ms:g} ms: no completed trial of {project_dir} is that fast "
+            f"(the fastest: {fastest:.1f} ms an image)"
+        )
+    verdict = evidence.judge_winner(within, objective, project_dir, config.get("start_values"))
+    row = within[within.trial_id.astype(str) == verdict["chosen"]].iloc[0]
+    because = f"within {max_ms:g} ms ({row[front.LATENCY]:.1f} ms): {verdict['chosen_because']}"
+    record = hparams_record(row, objective, project_dir, because)
+    return record, project_dir / f"best_hparams_within_{max_ms:g}ms.json"
+
+
+def read_trials(project_dir: Path) -> pd.DataFrame:
+    """A search's ``trials.csv``, trial ids as text, best first."""
+    path = project_dir / "trials.csv"
+    if not path.is_file():
+        raise errors.UserError(f"{path}: no trials to report on (run the search first)")
+    return pd.read_csv(path, dtype={"trial_id": str, "continued_from": str})
+
+
+def front_ids(trials: pd.DataFrame, objective: str) -> list:
+    """The trials on the front of accuracy against latency, fastest first."""
+    table = front.front_table(trials, objective)
+    return list(table.trial_id[table.on_front]) if len(table) else []
+
+
+def _latency_columns(timing: dict) -> dict:
+    """A trial's latency columns (``latency.Latency.columns``), NaN where it was not timed."""
+    fields = [field.name for field in dataclasses.fields(latency.Latency)]
+    record = timing.get("latency") or dict.fromkeys(fields, np.nan)
+    over = bool(timing.get("over_latency_budget", False))
+    return {**latency.Latency(**record).columns(), "over_latency_budget": over}
 
 
 def export_results(
@@ -98,20 +208,12 @@ def export_results(
     best = None
     if verdict["chosen"] is not None:
         chosen = completed[completed.trial_id.astype(str) == verdict["chosen"]].iloc[0]
-        names = [d.name for d in space.DEFAULT_SPACE]
-        best = {
-            "trial_id": chosen.trial_id,
-            "objective": objective,
-            "score": float(chosen[objective]),
-            "chosen_because": verdict["chosen_because"],
-            "hyperparameters": {name: _plain(chosen[name]) for name in names},
-            "epochs": int(chosen.epochs),
-            "best_epoch": int(chosen.best_epoch),
-            "search_config": str((project_dir / "search_config.json").resolve()),
-        }
+        best = hparams_record(chosen, objective, project_dir, verdict["chosen_because"])
         atomic.write_json_atomically(project_dir / "best_hparams.json", best)
         plot_trials(trials, objective, project_dir / "trials.png")
-        report.write_report(trials, objective, names, project_dir, verdict)
+        budget_ms = search_settings.budget_ms(settings)
+        names = [d.name for d in space.DEFAULT_SPACE]
+        report.write_report(trials, objective, names, project_dir, verdict, budget_ms)
     summary = {
         "winner": {**verdict, "lines": evidence.verdict_lines(verdict)},
         "wall_seconds": round(wall_seconds, 2),
@@ -120,6 +222,8 @@ def export_results(
         "trials": int(len(trials)),
         "completed": int(len(completed)),
         "failed": int((trials.status == "FAILED").sum()) if len(trials) else 0,
+        "over_latency_budget": int(trials.over_latency_budget.sum()) if len(trials) else 0,
+        "front": [str(t) for t in front_ids(trials, objective)],
     }
     atomic.write_json_atomically(project_dir / "search_summary.json", summary)
     return trials, best
@@ -195,6 +299,7 @@ def print_summary(trials: pd.DataFrame, project_dir: Path, objective: str, top: 
         "epochs",
         "status",
         "duration_s",
+        front.LATENCY,
     ]
     with pd.option_context(
         "display.width", 200, "display.max_columns", 30, "display.float_format", "{:.4g}".format

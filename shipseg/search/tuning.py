@@ -6,6 +6,11 @@ search or Bayesian optimisation, see ``ORACLES``) made to respect a wall-time bu
 checkpoint, copies of the callbacks, a warm start for promoted trials), but sends each execution
 to ``execute_trial`` in a fresh process (``shipseg.search.isolation``), and writes how long it took and
 how much memory it used beside the trial (``timing.json``).
+
+Each trial's model is also timed as it would be deployed (``shipseg.predict.latency``) before
+it trains; with a latency budget, a model over it is not trained at all: the trial reports
+``OVER_BUDGET_SCORE``, below any real score, so no algorithm promotes or prefers it, and
+``timing.json`` says why.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from keras_tuner import oracles
 
 from shipseg.core import atomic, budget
 from shipseg.data import inputs
+from shipseg.predict import latency, prediction
 from shipseg.search import evidence, isolation, kt_private
 from shipseg.train.hypermodel import ShipUNetHyperModel
 
@@ -40,6 +46,22 @@ class TrainingData:
     table: pd.DataFrame
     input_config: inputs.InputConfig
     seed: int
+
+
+# What a trial over the latency budget reports to the oracle: every objective lies in [0, 1].
+OVER_BUDGET_SCORE = -1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class LatencyCheck:
+    """How each trial's model is timed, and the latency budget it must meet (or None)."""
+
+    protocol: latency.LatencyProtocol = latency.LatencyProtocol()
+    max_ms: float | None = None
+
+    def over(self, record: dict) -> bool:
+        """Whether a timing record (``latency.Latency`` as a dict) is over the budget."""
+        return self.max_ms is not None and record["median_ms"] > self.max_ms
 
 
 @dataclasses.dataclass
@@ -56,6 +78,8 @@ class TrialExecution:
     build_config_path: str
     multi_gpu: bool
     deadline: float | None = None
+    latency_check: LatencyCheck = LatencyCheck()
+    known_latency: dict | None = None
 
 
 def training_stream(data: TrainingData):
@@ -102,8 +126,51 @@ def _build_model(execution: TrialExecution) -> keras.Model:
     return model
 
 
+def _timed(model: keras.Model, execution: TrialExecution) -> dict:
+    """The model's latency record: measured, or its configuration's from an earlier trial.
+
+    Timed untrained: the time depends on the architecture, not on the weights' values.
+    """
+    if execution.known_latency is not None:
+        return execution.known_latency
+    check = execution.latency_check
+    side = check.protocol.image_size
+    protocol = dataclasses.replace(
+        check.protocol, serving_batch=prediction.device_batch_size(model, side)
+    )
+    return dataclasses.asdict(latency.measure_latency(model, protocol))
+
+
+def _log_latency(callbacks: list, record: dict) -> None:
+    """Writes the latency as scalars beside the trial's TensorBoard run (HParams metrics)."""
+    import tensorflow as tf
+
+    tensorboard = next((c for c in callbacks if isinstance(c, keras.callbacks.TensorBoard)), None)
+    if tensorboard is None:
+        return
+    with tf.summary.create_file_writer(str(Path(tensorboard.log_dir) / "latency")).as_default():
+        for name in ("median_ms", "p95_ms", "images_per_s", "gflops", "parameters", "file_mib"):
+            tf.summary.scalar(f"latency_{name}", float(record[name]), step=0)
+
+
+def _over_budget(record: dict) -> dict:
+    """``execute_trial``'s result for a model over the latency budget: nothing trained."""
+    return {
+        "history": {},
+        "epoch": [],
+        "fit_seconds": 0.0,
+        "strategy": None,
+        "best_value": float("-inf"),
+        "stopped_by_budget": False,
+        "epochs_completed": 0,
+        "peak_memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "latency": record,
+        "over_latency_budget": True,
+    }
+
+
 def execute_trial(stream, execution: TrialExecution) -> dict:
-    """Builds, warm-starts and trains one model in a trial process.
+    """Builds, warm-starts, times and trains one model in a trial process.
 
     Args:
         stream: The training stream, from ``training_stream`` in the same process.
@@ -111,9 +178,11 @@ def execute_trial(stream, execution: TrialExecution) -> dict:
 
     Returns:
         ``{"history", "epoch", "fit_seconds", "strategy", "best_value", "stopped_by_budget",
-        "epochs_completed", "peak_memory_mib"}``; ``best_value`` is the best objective value
-        the checkpoint callback has seen, carried over to the trial's next execution;
-        ``strategy`` names the distribution strategy and its number of replicas.
+        "epochs_completed", "peak_memory_mib", "latency", "over_latency_budget"}``;
+        ``best_value`` is the best objective value the checkpoint callback has seen, carried
+        over to the trial's next execution; ``strategy`` names the distribution strategy and
+        its number of replicas; ``latency`` is ``latency.Latency``'s record. A model over the
+        latency budget is returned untrained (``_over_budget``).
 
     Raises:
         keras_tuner.errors.FailedTrialError: NaN loss, out of memory while training, or a model
@@ -126,6 +195,10 @@ def execute_trial(stream, execution: TrialExecution) -> dict:
     callbacks = [*execution.callbacks, *([time_budget] if time_budget is not None else [])]
     callbacks += _hparams_callback(execution, callbacks)
     model = _build_model(execution)
+    timed = _timed(model, execution)
+    if execution.latency_check.over(timed):
+        return _over_budget(timed)
+    _log_latency(callbacks, timed)
     start = time.perf_counter()
     history = execution.builder.fit(
         execution.hyperparameters, model, stream, callbacks=callbacks, **execution.fit_kwargs
@@ -145,6 +218,8 @@ def execute_trial(stream, execution: TrialExecution) -> dict:
         ),
         # ru_maxrss is in KiB on Linux.
         "peak_memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "latency": timed,
+        "over_latency_budget": False,
     }
 
 
@@ -206,6 +281,7 @@ class IsolatedTuner(keras_tuner.Tuner):
             search, Bayesian optimisation); Hyperband's trials take theirs from the oracle.
         start_values: The first trial's hyperparameters (every one of the space), or None for
             Keras Tuner's own first draw.
+        latency_check: How each trial's model is timed, and the latency budget.
         **kwargs: Passed to ``keras_tuner.Tuner`` (directory, project_name, overwrite, ...).
     """
 
@@ -219,6 +295,7 @@ class IsolatedTuner(keras_tuner.Tuner):
         oracle_settings: dict | None = None,
         trial_epochs: int = 1,
         start_values: dict | None = None,
+        latency_check: LatencyCheck = LatencyCheck(),
         **kwargs,
     ):
         self.search_budget = search_budget
@@ -232,6 +309,7 @@ class IsolatedTuner(keras_tuner.Tuner):
         super().__init__(oracle=oracle, hypermodel=unet_hypermodel, **kwargs)
         self.multi_gpu = multi_gpu
         self.training_data = training_data
+        self.latency_check = latency_check
 
     def save(self):  # noqa: D102  (atomically: see BudgetedOracle.save)
         if not kt_private.is_worker(self):
@@ -271,18 +349,26 @@ class IsolatedTuner(keras_tuner.Tuner):
             filepath=kt_private.checkpoint_path(self, trial.trial_id),
         )
         timing = TrialTiming(start=time.perf_counter())
+        # A promoted trial's model is its parent's: so is its latency.
+        timing.latency = self._recorded_latency(values.get("tuner/trial_id"))
         histories = []
         try:
+            if timing.latency is not None and self.latency_check.over(timing.latency):
+                timing.over_latency_budget = True  # promoted from a trial over the budget
+                return {self.oracle.objective.name: OVER_BUDGET_SCORE}
             for execution in range(self.executions_per_trial):
                 plan = self._execution(trial, execution, callbacks, checkpoint, fit_kwargs)
+                plan.known_latency = timing.latency
                 result = isolation.run_in_fresh_process(
                     execute_trial,
                     plan,
                     prepare=training_stream,
                     prepare_arguments=(self.training_data,),
                 )
-                checkpoint.best_value = result["best_value"]
                 timing.add(result)
+                if result["over_latency_budget"]:
+                    return {self.oracle.objective.name: OVER_BUDGET_SCORE}
+                checkpoint.best_value = result["best_value"]
                 histories.append(self._history(result))
         finally:
             atomic.write_json_atomically(
@@ -313,7 +399,13 @@ class IsolatedTuner(keras_tuner.Tuner):
             build_config_path=kt_private.build_config_path(self, trial.trial_id),
             multi_gpu=self.multi_gpu,
             deadline=self.deadline,
+            latency_check=self.latency_check,
         )
+
+    def _recorded_latency(self, trial_id: str | None) -> dict | None:
+        """The latency a trial recorded in its ``timing.json``, or None."""
+        path = Path(self.get_trial_dir(trial_id)) / "timing.json" if trial_id else None
+        return atomic.read_json(path).get("latency") if path and path.is_file() else None
 
     def _history(self, result: dict) -> keras.callbacks.History:
         """The trial process's history as the Keras object Keras Tuner expects, checked."""
@@ -334,6 +426,8 @@ class TrialTiming:
     stopped_by_budget: bool = False
     epochs_completed: int = 0
     losses: list[float] = dataclasses.field(default_factory=list)
+    latency: dict | None = None
+    over_latency_budget: bool = False
 
     def add(self, result: dict) -> None:
         """Counts one execution's result from ``execute_trial``."""
@@ -343,6 +437,8 @@ class TrialTiming:
         self.stopped_by_budget |= result["stopped_by_budget"]
         self.epochs_completed = result["epochs_completed"]
         self.losses = result["history"].get("loss", [])  # each epoch's, of the last execution
+        self.latency = result["latency"]
+        self.over_latency_budget = result["over_latency_budget"]
 
     def record(self, tuner_id: str) -> dict:
         """The content of ``timing.json``."""

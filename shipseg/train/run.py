@@ -21,7 +21,7 @@ import pandas as pd
 from shipseg.core import atomic, budget, errors, runtime
 from shipseg.data import airbus, inputs, kfold, overlaps, splits
 from shipseg.model import encoders, space, unet
-from shipseg.predict import drawing, prediction
+from shipseg.predict import drawing, latency, prediction
 from shipseg.predict.postprocess import tune_postprocess
 from shipseg.train import fitting
 
@@ -113,6 +113,8 @@ class TrainOptions:
 
     best: bool = False
     hparams: str | None = None
+    trial: str | None = None
+    max_latency: str | None = None
     project: str | None = None
     results_dir: str = "results"
     seed: int | None = None
@@ -132,6 +134,11 @@ class TrainOptions:
     mixed_precision: bool = False
     jit_compile: bool = False
 
+    @property
+    def max_latency_ms(self) -> float | None:
+        """``--max-latency`` in milliseconds, or None."""
+        return None if self.max_latency is None else latency.parse_milliseconds(self.max_latency)
+
     def __post_init__(self):
         """Raises ``errors.UserError`` (naming the option) for a count out of its range."""
         counts = ("epochs", 1), ("val_images", 1), ("images_per_epoch", 1), ("patience", 0)
@@ -139,6 +146,13 @@ class TrainOptions:
             value = getattr(self, name)
             if value is not None and value < least:
                 raise errors.UserError(f"--{name.replace('_', '-')} must be at least {least}")
+        if self.max_latency is not None:
+            if not self.best:
+                raise errors.UserError("--max-latency goes with --best (a trial within it)")
+            try:
+                latency.parse_milliseconds(self.max_latency)
+            except ValueError as error:
+                raise errors.UserError(f"--max-latency: {error}") from None
         if self.full and self.folds is not None:
             raise errors.UserError(
                 "--full cannot go with --folds (each fold validates on the next fold)"
