@@ -24,7 +24,8 @@ def exported(trained_project, tmp_path_factory):
     project, _ = trained_project
     out = tmp_path_factory.mktemp("export") / "export"
     command = [sys.executable, str(ROOT / "export.py"), "--results-dir", str(project.parent)]
-    result = run([*command, "--out", str(out), "--image-size", "64"])
+    options = ["--image-size", "64", "--quantized", "--evaluate", "--latency-runs", "3"]
+    result = run([*command, "--out", str(out), *options])
     assert result.returncode == 0, result.stderr[-3000:]
     return project, out, result
 
@@ -41,6 +42,37 @@ def test_export_writes_a_saved_model_a_tflite_file_and_the_training_settings(exp
     assert max(record["parity_max_abs_difference"].values()) <= 1e-4
     assert "largest difference from the .keras model" in result.stdout
     assert not out.with_name("export.partial").exists()
+
+
+def test_export_times_every_format_and_scores_each_on_the_test_split(exported):
+    project, out, result = exported
+    record = json.loads((out / exporting.EXPORT_JSON).read_text())
+    formats = ["keras", "saved_model", "tflite", "tflite_float16", "tflite_dynamic_range"]
+    assert sorted(record["timings"]) == sorted(formats)
+    for name, timed in record["timings"].items():
+        assert timed["format"] == name and timed["image_size"] == 64 and timed["runs"] == 3
+        assert 0 < timed["median_ms"] <= timed["p95_ms"] and timed["file_mib"] > 0
+        assert f"| {name} | " in result.stdout
+    split = pd.read_csv(project / "split.csv")
+    tested = int((split.split == "test").sum())
+    scores = record["test_scores"]
+    assert sorted(scores) == sorted(formats) and {s["images"] for s in scores.values()} == {tested}
+    assert scores["keras"]["vs_keras"] == 0 and scores["keras"]["vs_keras_interval"] == [0, 0]
+    # The float32 formats compute the same network: the same F2 on every test image.
+    for name in ("saved_model", "tflite"):
+        assert scores[name]["f2"] == pytest.approx(scores["keras"]["f2"], abs=1e-4)
+
+
+def test_the_quantized_models_predict_close_to_the_keras_model(exported, synthetic_dataset):
+    project, out, _ = exported
+    model = loading.load_model(project / "final" / "model.keras")
+    paths = sorted((Path(synthetic_dataset) / "train_v2").glob("*.jpg"))[:2]
+    images = np.stack([pipeline.decode_image(str(path)).numpy() for path in paths])
+    expected, _ = prediction.predict_batch(model, images)
+    for name, tolerance in (("model_float16.tflite", 1e-2), ("model_dynamic.tflite", 0.1)):
+        quantized = exporting.TFLiteModel(out / name)
+        probabilities, _ = prediction.predict_batch(quantized, images)
+        assert np.abs(probabilities - expected).max() <= tolerance, name
 
 
 def test_exported_models_predict_what_the_keras_model_predicts(exported, synthetic_dataset):

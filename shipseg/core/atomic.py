@@ -34,7 +34,9 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
-def write_atomically(path: str | os.PathLike, write, suffix: str | None = None) -> None:
+def write_atomically(
+    path: str | os.PathLike, write, suffix: str | None = None, durable: bool = True
+) -> None:
     """Writes a file through a temporary file in the same folder, then renames it into place.
 
     Args:
@@ -42,6 +44,12 @@ def write_atomically(path: str | os.PathLike, write, suffix: str | None = None) 
         write: Function that takes the temporary path and writes the content there.
         suffix: Ending of the temporary file's name, for writers that check it (default: the
             destination's last suffix).
+        durable: Also ``fsync`` the file and its folder, so that the file survives a power
+            cut. Without it the rename is still atomic for any reader and any killed process
+            (the page cache outlives the process); only the machine's crash can lose it.
+            Inference's per-image files skip it: its two ``fsync`` calls cost 3.9 ms of the
+            21 ms of each image's work here (120 sample images, 2026-12-07), and a resumed run
+            redoes an image whose record did not survive (``records.open_run``).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -53,12 +61,14 @@ def write_atomically(path: str | os.PathLike, write, suffix: str | None = None) 
         write(temporary)
         # mkstemp creates owner-only files; give the result the permissions of a normal file.
         os.chmod(temporary, 0o666 & ~_UMASK)
-        flush_to_disk(temporary)
+        if durable:
+            flush_to_disk(temporary)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    flush_to_disk(path.parent)
+    if durable:
+        flush_to_disk(path.parent)
 
 
 def flush_to_disk(path: str | os.PathLike) -> None:

@@ -155,21 +155,32 @@ class TFLiteModel:
 
     def predict_on_batch(self, images: np.ndarray):
         """Probabilities for ``(n, h, w, 3)`` images no larger than the exported size."""
-        height, width = images.shape[1:3]
-        if height > self.height or width > self.width:
-            raise ValueError(
-                f"an image of {width} x {height} is larger than the exported model's "
-                f"{self.width} x {self.height}: export with a larger --image-size"
-            )
-        pad_h, pad_w = self.height - height, self.width - width
-        # Reflected at the bottom and right as prediction.pad_to_multiple does, where it can be.
-        mode = "reflect" if pad_h < height and pad_w < width else "constant"
-        padded = np.pad(images, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode=mode)
+        padded, (height, width) = pad_to_size(images, self.height, self.width)
         outputs = self.runner(**{self.input_name: padded})
         pixels = outputs.get("ship_probability", next(iter(outputs.values())))[:, :height, :width]
         if self.has_ship_head:
             return {"ship_probability": pixels, "has_ship": outputs["has_ship"]}
         return pixels
+
+
+def pad_to_size(images: np.ndarray, height: int, width: int) -> tuple[np.ndarray, tuple]:
+    """Images padded to an exported model's fixed size, and their own ``(height, width)``.
+
+    Reflected at the bottom and right as ``prediction.pad_to_multiple`` does, where it can be.
+
+    Raises:
+        ValueError: For images larger than the exported size.
+    """
+    own_height, own_width = images.shape[1:3]
+    if own_height > height or own_width > width:
+        raise ValueError(
+            f"an image of {own_width} x {own_height} is larger than the exported model's "
+            f"{width} x {height}: export with a larger --image-size"
+        )
+    pad_h, pad_w = height - own_height, width - own_width
+    mode = "reflect" if pad_h < own_height and pad_w < own_width else "constant"
+    padded = np.pad(images, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode=mode)
+    return padded, (own_height, own_width)
 
 
 def read_export_record(path: Path) -> dict:

@@ -125,12 +125,13 @@ def write_pictures(
         overlays: Whether to write the overlay too (``--no-overlays`` saves its time).
         image: The decoded ``(h, w, 3)`` RGB image (0-255, float or uint8), if already read.
     """
-    drawing.save_png(out_dir / "masks" / f"{path.stem}.png", detection.mask_png(labels))
+    # Not flushed to disk one by one: the image's record, written last, says they are done.
+    mask = detection.mask_png(labels)
+    drawing.save_png(out_dir / "masks" / f"{path.stem}.png", mask, durable=False)
     if overlays:
         image = np.asarray(_read_rgb(path)) if image is None else image
-        drawing.save_png(
-            out_dir / "overlays" / f"{path.stem}.png", detection.overlay_png(image, labels)
-        )
+        overlay = detection.overlay_png(image, labels)
+        drawing.save_png(out_dir / "overlays" / f"{path.stem}.png", overlay, durable=False)
 
 
 def _read_rgb(path: Path):

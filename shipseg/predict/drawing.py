@@ -136,6 +136,7 @@ def save_png(
     picture: np.ndarray | bytes,
     palette: np.ndarray | None = None,
     strategy: int = zlib.Z_RLE,
+    durable: bool = True,
 ) -> None:
     """Writes a picture (or an encoded PNG's bytes) as PNG, atomically (see ``encode_png``).
 
@@ -146,9 +147,12 @@ def save_png(
         palette: ``(n, 3)`` uint8 colours for a 2-D ``picture`` of indices; ignored for bytes.
         strategy: zlib's strategy: ``zlib.Z_RLE`` for masks, ``zlib.Z_HUFFMAN_ONLY`` for
             photographs; ignored for bytes.
+        durable: Flush it to disk too (``atomic.write_atomically``).
     """
     data = picture if isinstance(picture, bytes) else encode_png(picture, palette, strategy)
-    atomic.write_atomically(path, lambda temporary: Path(temporary).write_bytes(data))
+    atomic.write_atomically(
+        path, lambda temporary: Path(temporary).write_bytes(data), durable=durable
+    )
 
 
 def _overlay_palette(alpha: float = 0.55) -> np.ndarray:

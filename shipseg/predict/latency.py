@@ -149,34 +149,50 @@ def _deployed(model, protocol: LatencyProtocol, folder: Path) -> tuple[Callable,
 
 
 def measure_latency(model, protocol: LatencyProtocol = LatencyProtocol()) -> Latency:
-    """Times ``model`` as it would be deployed (see the module's docstring)."""
+    """Times a Keras ``model`` as it would be deployed in ``protocol.format``."""
+    with tempfile.TemporaryDirectory(prefix="latency-") as folder:
+        predict, file_mib = _deployed(model, protocol, Path(folder))
+        sizes = {
+            "parameters": int(model.count_params()),
+            "gflops": round(count_gflops(model, protocol.image_size), 3),
+            "file_mib": round(file_mib, 3),
+        }
+        return measure_predictor(predict, protocol, sizes)
+
+
+def measure_predictor(
+    predict: Callable, protocol: LatencyProtocol, sizes: dict, name: str | None = None
+) -> Latency:
+    """Times any predict call (a SavedModel's, a TFLite file's) under ``protocol``.
+
+    Args:
+        predict: Takes ``(n, size, size, 3)`` float32 images in 0-255, returns the outputs.
+        protocol: How it is timed.
+        sizes: ``parameters``, ``gflops`` (``count_gflops``) and ``file_mib`` (the deployed
+            file's size, or a folder's: all its files), recorded as they are.
+        name: The format recorded (default: ``protocol.format``), e.g. ``saved_model``.
+    """
     rng = np.random.default_rng(0)
     side = protocol.image_size
     one = rng.uniform(0, 255, (1, side, side, 3)).astype(np.float32)
     batch = np.repeat(one, protocol.serving_batch, axis=0)
-    with tempfile.TemporaryDirectory(prefix="latency-") as folder:
-        predict, file_mib = _deployed(model, protocol, Path(folder))
-        single = time_calls(
-            lambda: _materialised(predict(one)),
-            protocol.warmup,
-            protocol.runs,
-            protocol.min_runs,
-            protocol.max_seconds,
-        )
-        batched = time_calls(
-            lambda: _materialised(predict(batch)), 1, 20, 3, protocol.max_seconds / 2
-        )
+    single = time_calls(
+        lambda: _materialised(predict(one)),
+        protocol.warmup,
+        protocol.runs,
+        protocol.min_runs,
+        protocol.max_seconds,
+    )
+    batched = time_calls(lambda: _materialised(predict(batch)), 1, 20, 3, protocol.max_seconds / 2)
     return Latency(
-        format=protocol.format,
+        format=name or protocol.format,
         image_size=side,
         median_ms=round(float(np.median(single)) * 1000, 3),
         p95_ms=round(float(np.percentile(single, 95)) * 1000, 3),
         runs=len(single),
         images_per_s=round(protocol.serving_batch / float(np.median(batched)), 3),
         serving_batch=protocol.serving_batch,
-        parameters=int(model.count_params()),
-        gflops=round(count_gflops(model, side), 3),
-        file_mib=round(file_mib, 3),
+        **sizes,
     )
 
 

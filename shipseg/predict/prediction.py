@@ -341,6 +341,28 @@ def ship_score(prediction: Prediction) -> float:
     return float(prediction.probabilities.max(initial=0.0))
 
 
+def scoreboard_for(
+    model,
+    table: pd.DataFrame,
+    input_config: inputs.InputConfig | None = None,
+    postprocess: PostprocessConfig = DEFAULT_POSTPROCESS,
+    batch_size: int = 4,
+) -> Scoreboard:
+    """Every image of a table scored (``score_table``), each image's F2 kept in order.
+
+    Args:
+        model: The trained U-Net (Keras, TFLite or anything with ``predict_on_batch``).
+        table: Labelled images: ``path`` and ``rles`` columns.
+        input_config: The training's input settings; None: images as they are.
+        postprocess: The post-processing scored.
+        batch_size: Images per forward pass.
+    """
+    scoreboard = Scoreboard()
+    for scored in score_table(model, table, input_config, postprocess, batch_size):
+        scoreboard.add(scored.truth, scored.predicted, ship_score(scored.prediction))
+    return scoreboard
+
+
 def evaluate_model(
     model,
     table: pd.DataFrame,
@@ -365,9 +387,7 @@ def evaluate_model(
     Returns:
         ``Scoreboard.results``, with ``"intervals"`` when asked for and any image was scored.
     """
-    scoreboard = Scoreboard()
-    for scored in score_table(model, table, input_config, postprocess, batch_size):
-        scoreboard.add(scored.truth, scored.predicted, ship_score(scored.prediction))
+    scoreboard = scoreboard_for(model, table, input_config, postprocess, batch_size)
     results = scoreboard.results()
     if intervals and scoreboard.images:
         results["intervals"] = bootstrap_intervals(

@@ -80,7 +80,16 @@ def open_run(out_dir: Path, identity: dict, overwrite: bool) -> set[str]:
                 "another --out, or --overwrite to replace them"
             )
     atomic.write_json_atomically(run_file, identity)
-    return {path.name.removesuffix(".json") for path in (out_dir / RECORDS).glob("*.json")}
+    written = (out_dir / RECORDS).glob("*.json")
+    return {path.name.removesuffix(".json") for path in written if _readable(path)}
+
+
+def _readable(path: Path) -> bool:
+    """Whether a record survived whole (a machine's crash can leave one empty)."""
+    try:
+        return isinstance(json.loads(path.read_text()), dict)
+    except (OSError, ValueError):
+        return False
 
 
 def to_redo(paths: list[Path], done: set[str], batch_size: int) -> list[Path]:
@@ -111,7 +120,11 @@ def write_record(out_dir: Path, name: str, record: dict) -> None:
         name: The image's file name.
         record: What ``detection.describe`` made of it.
     """
-    atomic.write_json_atomically(out_dir / RECORDS / f"{name}.json", record)
+    text = json.dumps(record, indent=2, sort_keys=True, default=str) + "\n"
+    path = out_dir / RECORDS / f"{name}.json"
+    # Not flushed to disk (atomic.write_atomically's ``durable``): after a machine's crash,
+    # open_run redoes an image whose record is missing or unreadable.
+    atomic.write_atomically(path, lambda temporary: Path(temporary).write_text(text), durable=False)
 
 
 def read_record(out_dir: Path, name: str) -> dict:
