@@ -63,7 +63,13 @@ def export_model(
 
 
 def write_tflite(model, path: Path, image_size: int) -> Path:
-    """Writes ``model`` as a float32 TFLite file for ``image_size`` square images, any batch."""
+    """Writes ``model`` as a float32 TFLite file for square images, any batch.
+
+    Args:
+        model: The Keras U-Net.
+        path: The ``.tflite`` file to write.
+        image_size: The images' side (fixed: see the module's docstring).
+    """
     import tensorflow as tf
 
     signature = [tf.TensorSpec((None, image_size, image_size, 3), tf.float32, name="image")]
@@ -167,6 +173,11 @@ def pad_to_size(images: np.ndarray, height: int, width: int) -> tuple[np.ndarray
     """Images padded to an exported model's fixed size, and their own ``(height, width)``.
 
     Reflected at the bottom and right as ``prediction.pad_to_multiple`` does, where it can be.
+
+    Args:
+        images: ``(n, h, w, 3)`` float32 images.
+        height: The exported input's height.
+        width: The exported input's width.
 
     Raises:
         ValueError: For images larger than the exported size.

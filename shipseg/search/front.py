@@ -63,7 +63,16 @@ def front_table(trials: pd.DataFrame, objective: str) -> pd.DataFrame:
 
 
 def score_spreads(table: pd.DataFrame, objective: str, project_dir: Path) -> np.ndarray:
-    """Each row's 95 % bootstrap bar (below, above) from its per-image scores; 0 without them."""
+    """Each row's 95 % bootstrap bar (below, above) from its per-image scores; 0 without them.
+
+    Args:
+        table: ``front_table``'s rows.
+        objective: The search's objective (its per-image column: ``evidence.IMAGE_COLUMNS``).
+        project_dir: The search's folder (each trial's ``val_images.csv``).
+
+    Returns:
+        A ``(2, len(table))`` array, as ``matplotlib``'s ``yerr`` takes it.
+    """
     column = evidence.IMAGE_COLUMNS[objective]
     spreads = np.zeros((2, len(table)))
     for index, trial_id in enumerate(table.trial_id.astype(str)):

@@ -88,9 +88,7 @@ def write_report(
     """
     completed = trials[(trials.status == "COMPLETED") & trials[objective].notna()]
     weights = importances(completed, objective, names)
-    timed = front.front_table(trials, objective)
-    if len(timed):
-        front.plot_front(timed, objective, project_dir / "front.png", project_dir, budget_ms)
+    _draw_front(trials, objective, project_dir, budget_ms)
     if len(weights):
         _plot(weights, objective, project_dir / "importance.png")
     lines = [
@@ -145,6 +143,12 @@ def _importance_lines(weights: pd.Series, completed: int) -> list[str]:
             f"longer search (at least {FEW_TRIALS} trials) before reading much into it.",
         ]
     return lines
+
+
+def _draw_front(trials, objective: str, project_dir: Path, budget_ms: float | None) -> None:
+    timed = front.front_table(trials, objective)
+    if len(timed):
+        front.plot_front(timed, objective, project_dir / "front.png", project_dir, budget_ms)
 
 
 def _front_lines(trials: pd.DataFrame, objective: str, budget_ms: float | None) -> list[str]:
