@@ -157,7 +157,9 @@ def run_command(options: TrainOptions) -> None:
     with locks.hold(project_dir, "--project"):
         if options.trial is not None or options.max_latency is not None:
             chosen = trials.choose_trial(project_dir, options.trial, options.max_latency_ms)
-            options = dataclasses.replace(options, hparams=str(chosen), best=False)
+            options = dataclasses.replace(
+                options, hparams=str(chosen), best=False, trial=None, max_latency=None
+            )
         run_folds(options) if options.folds is not None else run_training(options)
 
 

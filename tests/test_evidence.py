@@ -122,6 +122,13 @@ def test_a_project_without_a_recorded_start_still_names_its_runner_up(tmp_path):
     ).assign(levels=[4, 3], continued_from="")
     verdict = evidence.judge_winner(trials, "val_f2", tmp_path, None)
     assert (verdict["winner"], verdict["start"], verdict["runner_up"]) == ("0001", None, "0000")
+    assert verdict["chosen"] == "0001" and "no start configuration" in verdict["chosen_because"]
+
+
+def test_without_per_image_scores_the_best_score_stands_and_says_why(tmp_path):
+    verdict = evidence.judge_winner(two_trials([0.9, 0.7]), "val_f2_tuned", tmp_path, {"levels": 4})
+    assert verdict["start"] == "0000" and verdict["over_start"] is None
+    assert verdict["chosen"] == "0001" and "no per-image scores" in verdict["chosen_because"]
 
 
 def write_scores(project_dir, shifts: dict[str, float], seed: int = 4) -> None:

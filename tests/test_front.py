@@ -29,12 +29,12 @@ def test_two_trials_equal_on_both_are_both_on_the_front():
 def table(rows) -> pd.DataFrame:
     """trials.csv-like rows: (id, status, score, ms), every hyperparameter at its default."""
     defaults = {d.name: d.start_value() for d in space.DEFAULT_SPACE}
-    frame = pd.DataFrame(rows, columns=["trial_id", "status", "val_f2_tuned", front.LATENCY])
+    frame = pd.DataFrame(rows, columns=["trial_id", "status", "val_f2_tuned", front.LATENCY_COLUMN])
     frame = frame.assign(
         **defaults, epochs=2, best_epoch=2, continued_from="", latency_format="keras"
     )
     return frame.assign(
-        latency_p95_ms=frame[front.LATENCY] * 1.1, latency_images_per_s=1000 / frame[front.LATENCY],
+        latency_p95_ms=frame[front.LATENCY_COLUMN] * 1.1, latency_images_per_s=1000 / frame[front.LATENCY_COLUMN],
         latency_serving_batch=2, latency_image_size=768, gflops=1.0, parameters=1000, file_mib=0.1,
     )  # fmt: skip
 
@@ -99,7 +99,12 @@ def test_a_budget_no_trial_meets_names_the_fastest_trial(tmp_path):
 def test_a_trial_over_the_budget_is_never_the_best_within_it(tmp_path):
     rows = [
         ("0000", "COMPLETED", 0.5, 90.0),
-        ("0001", trials.OVER_LATENCY_BUDGET, np.nan, 20.0),  # impossible, but never chosen
+        (
+            "0001",
+            trials.OVER_LATENCY_BUDGET,
+            0.99,
+            20.0,
+        ),  # a score it cannot have: its status rules
     ]
     chosen = json.loads(trials.choose_trial(project(tmp_path, rows), None, 100.0).read_text())
     assert chosen["trial_id"] == "0000"

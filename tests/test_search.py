@@ -67,14 +67,19 @@ def test_search_writes_every_result_file(finished_search, synthetic_dataset):
     assert (trials.peak_memory_mib > 50).all()
     assert trials.val_dice.is_monotonic_decreasing
 
+    summary = json.loads((project / "search_summary.json").read_text())
     best = json.loads((project / "best_hparams.json").read_text())
-    assert best["trial_id"] == trials.trial_id[0]
-    assert best["score"] == pytest.approx(trials.val_dice[0])
+    # The winner, or the start when the winner cannot be told apart from it.
+    verdict = summary["winner"]
+    assert verdict["winner"] == trials.trial_id[0]
+    assert best["trial_id"] == verdict["chosen"] in (verdict["winner"], verdict["start"])
+    assert best["chosen_because"] == verdict["chosen_because"]
+    chosen = trials.set_index("trial_id").loc[best["trial_id"]]
+    assert best["score"] == pytest.approx(chosen.val_dice)
     assert set(best["hyperparameters"]) == {d.name for d in hypermodel.DEFAULT_SPACE}
     assert best["hyperparameters"]["levels"] == 2
     assert (project / "trials.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "## What mattered" in (project / "report.md").read_text()
-    summary = json.loads((project / "search_summary.json").read_text())
     assert summary["completed"] == len(trials)
     assert summary["fit_seconds"] == pytest.approx(trials.fit_s.sum(), abs=0.05)
     assert summary["fit_seconds"] < summary["trial_seconds"] <= summary["wall_seconds"] + 0.05
@@ -121,6 +126,32 @@ def test_resuming_a_finished_search_keeps_every_trials_timing(finished_search, t
         before.sort_values("trial_id").reset_index(drop=True),
         after.sort_values("trial_id").reset_index(drop=True),
     )
+
+
+@pytest.mark.slow
+def test_train_retrains_the_best_trial_within_a_latency_budget_or_a_named_trial(
+    finished_search, tmp_path
+):
+    project, _ = finished_search
+    shutil.copytree(project, tmp_path / "tiny")
+    trials = pd.read_csv(project / "trials.csv", dtype={"trial_id": str})
+    command = [sys.executable, str(ROOT / "train.py"), "--project", "tiny", "--results-dir",
+               str(tmp_path), "--epochs", "1", "--verbose", "0"]  # fmt: skip
+    budget = f"{trials.latency_median_ms.max() * 10:.3f}ms"
+    result = run([*command, "--best", "--max-latency", budget])
+    assert result.returncode == 0, result.stderr[-3000:]
+    path = next((tmp_path / "tiny").glob("best_hparams_within_*ms.json"))
+    config = json.loads((tmp_path / "tiny" / "final" / "config.json").read_text())
+    assert config["hyperparameters_from"] == str(path.resolve())
+    chosen = json.loads(path.read_text())
+    assert chosen["chosen_because"].startswith(f"within {float(budget[:-2]):g} ms")
+    last = trials.trial_id.iloc[-1]
+    result = run([*command, "--trial", last])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Training trial {last} (named with --trial)" in result.stdout
+    too_fast = run([*command, "--best", "--max-latency", "0.00001ms"])
+    assert too_fast.returncode == 2 and "no completed trial" in too_fast.stderr
+    assert "fastest:" in too_fast.stderr and len(too_fast.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.slow

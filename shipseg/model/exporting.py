@@ -33,7 +33,13 @@ DEFAULT_IMAGE_SIZE = 768
 
 
 def export_model(
-    model, model_path: Path, out_dir: Path, image_size: int, config: dict, parity_images
+    model,
+    model_path: Path,
+    out_dir: Path,
+    image_size: int,
+    config: dict,
+    parity_images,
+    quantized: bool = False,
 ) -> dict:
     """Writes ``saved_model/``, ``model.tflite`` and ``export.json`` into ``out_dir``, all or nothing.
 
@@ -44,6 +50,7 @@ def export_model(
         image_size: Height and width of the exported input (a multiple of the U-Net's stride).
         config: The training's ``config.json`` (input settings and tuned post-processing).
         parity_images: ``(n, size, size, 3)`` float32 images to measure parity on.
+        quantized: Also write the ``QUANTIZED`` TFLite files.
 
     Returns:
         The ``export.json`` record.
@@ -56,10 +63,39 @@ def export_model(
             staging / SAVED_MODEL, "tf_saved_model", verbose=False, input_signature=signature
         )
         write_tflite(model, staging / TFLITE, image_size)
+        if quantized:
+            write_quantized(staging)
         record = _record(model, model_path, image_size, config)
         record["parity_max_abs_difference"] = parity(model, staging, parity_images)
         atomic.write_json_atomically(staging / EXPORT_JSON, record)
     return record
+
+
+# TFLite's post-training quantisations without calibration data, by the file each writes.
+QUANTIZED = {
+    "tflite_float16": "model_float16.tflite",
+    "tflite_dynamic_range": "model_dynamic.tflite",
+}
+
+
+def write_quantized(export_dir: Path) -> dict[str, Path]:
+    """Converts the export's SavedModel to the ``QUANTIZED`` TFLite files beside it.
+
+    Float16 weights halve the file and run in float32 on a CPU; dynamic-range quantisation
+    stores int8 weights and quantises activations on the fly where kernels allow it.
+    """
+    import tensorflow as tf
+
+    written = {}
+    for name, file_name in QUANTIZED.items():
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(export_dir / SAVED_MODEL))
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]  # dynamic range by default
+        if name == "tflite_float16":
+            converter.target_spec.supported_types = [tf.float16]
+        path = export_dir / file_name
+        path.write_bytes(converter.convert())
+        written[name] = path
+    return written
 
 
 def write_tflite(model, path: Path, image_size: int) -> Path:

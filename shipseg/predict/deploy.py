@@ -20,9 +20,8 @@ import pandas as pd
 
 from shipseg.core import atomic, errors
 from shipseg.data import airbus, inputs, splits
-from shipseg.data.inputs import InputConfig
 from shipseg.model import exporting, loading
-from shipseg.predict import latency, prediction
+from shipseg.predict import detection, latency, prediction
 from shipseg.scoring import metrics
 
 
@@ -49,31 +48,6 @@ class ExportSettings:
             raise errors.UserError("--latency-runs must be at least 1")
 
 
-# TFLite's post-training quantisations without calibration data, by the file each writes.
-QUANTIZED = {
-    "tflite_float16": "model_float16.tflite",
-    "tflite_dynamic_range": "model_dynamic.tflite",
-}
-
-
-def write_quantized(export_dir: Path) -> dict[str, Path]:
-    """Converts the export's SavedModel to the ``QUANTIZED`` TFLite files beside it."""
-    import tensorflow as tf
-
-    written = {}
-    for name, file_name in QUANTIZED.items():
-        converter = tf.lite.TFLiteConverter.from_saved_model(
-            str(export_dir / exporting.SAVED_MODEL)
-        )
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]  # dynamic range by default
-        if name == "tflite_float16":
-            converter.target_spec.supported_types = [tf.float16]
-        path = export_dir / file_name
-        path.write_bytes(converter.convert())
-        written[name] = path
-    return written
-
-
 class SavedModelPredictor:
     """A SavedModel's ``serve`` behind ``predict_on_batch``, padding as ``TFLiteModel`` does."""
 
@@ -95,23 +69,22 @@ class SavedModelPredictor:
         return {**outputs, "ship_probability": pixels} if "has_ship" in outputs else pixels
 
 
-def predictors(
-    model, model_path: Path, export_dir: Path, image_size: int
-) -> dict[str, tuple[object, float]]:
+def predictors(model, export_dir: Path, image_size: int) -> dict[str, tuple[object, float]]:
     """Each format's model (with ``predict_on_batch``) and its files' size in MiB.
+
+    The Keras model's size is its weights' (the ``.keras`` file adds the optimizer's state).
 
     Args:
         model: The Keras model that was exported.
-        model_path: Its ``.keras`` file.
         export_dir: The export folder (the SavedModel, the TFLite files).
         image_size: The exported input's side.
     """
-    formats = {"keras": (model, _mib(model_path))}
+    formats = {"keras": (model, latency.weights_mib(model))}
     formats["saved_model"] = (
         SavedModelPredictor(export_dir / exporting.SAVED_MODEL, image_size),
         _mib(export_dir / exporting.SAVED_MODEL),
     )
-    files = {"tflite": exporting.TFLITE, **QUANTIZED}
+    files = {"tflite": exporting.TFLITE, **exporting.QUANTIZED}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # tf.lite.Interpreter's deprecation
         for name, file_name in files.items():
@@ -152,20 +125,20 @@ def held_out_table(config: dict) -> pd.DataFrame:
     return splits.select_split(table, splits.load_split(config["split_file"], table), "test")
 
 
-def evaluate_formats(formats: dict, table: pd.DataFrame, config: dict) -> dict[str, dict]:
+def evaluate_formats(formats: dict, table: pd.DataFrame, model_path: Path) -> dict[str, dict]:
     """Each format's test F2 and gain over "no ship", and its paired difference from Keras's.
 
     Args:
         formats: ``predictors``'s result; its ``keras`` entry is the reference.
         table: The test images (``held_out_table``).
-        config: The training's ``config.json``: input settings and tuned post-processing.
+        model_path: The ``.keras`` model, whose ``config.json`` holds the input settings and
+            the tuned post-processing (``detection.load_settings``).
 
     Returns:
         Per format: ``f2``, ``gain`` with ``gain_interval``, and ``vs_keras`` with
         ``vs_keras_interval`` (95 % bootstrap over images, paired), ``images``.
     """
-    input_config = InputConfig(**config["input"]) if "input" in config else None
-    postprocess = metrics.PostprocessConfig(**config.get("postprocess", {}))
+    input_config, postprocess = detection.load_settings(model_path)
     boards = {
         name: prediction.scoreboard_for(predictor, table, input_config, postprocess, 2)
         for name, (predictor, _) in formats.items()
@@ -214,14 +187,18 @@ def run_export(settings: ExportSettings) -> dict:
     model_path = loading.find_model(Path(settings.results_dir), settings.model)
     if model_path.suffix != ".keras":
         raise errors.UserError(f"{model_path}: export takes the .keras model that train.py wrote")
-    model = loading.load_model(model_path)
     config_path = model_path.parent / "config.json"
     config = atomic.read_json(config_path) if config_path.is_file() else {}
+    if settings.evaluate and not config.get("split_file"):
+        raise errors.UserError(f"{config_path}: --evaluate needs the split train.py recorded")
+    model = loading.load_model(model_path)
     size = settings.image_size
     images = parity_images(settings.parity_images, config, size)
     out_dir = Path(settings.out) if settings.out else loading.project_folder(model_path) / "export"
     print(f"Exporting {model_path} at {size} x {size} to {out_dir} ...")
-    record = exporting.export_model(model, model_path, out_dir, size, config, images)
+    record = exporting.export_model(
+        model, model_path, out_dir, size, config, images, quantized=settings.quantized
+    )
     differences = record["parity_max_abs_difference"]
     print(
         f"Wrote {out_dir / exporting.SAVED_MODEL}, {out_dir / exporting.TFLITE} and "
@@ -241,23 +218,22 @@ def measure_export(
         model: The Keras model exported.
         model_path: Its ``.keras`` file.
         out_dir: The export folder.
-        config: The training's ``config.json`` (its split and tuned post-processing).
-        settings: The export's settings (``--quantized``, ``--evaluate``, ``--latency-runs``).
+        config: The training's ``config.json`` (its split).
+        settings: The export's settings (``--evaluate``, ``--latency-runs``).
     """
-    if settings.quantized:
-        write_quantized(out_dir)
-    formats = predictors(model, model_path, out_dir, settings.image_size)
+    formats = predictors(model, out_dir, settings.image_size)
     protocol = latency.LatencyProtocol(image_size=settings.image_size, runs=settings.latency_runs)
     print(f"Timing {', '.join(formats)} ({protocol.image_size} px, batch 1) ...")
     record = exporting.read_export_record(out_dir / exporting.TFLITE)
     record["timings"] = time_formats(model, formats, protocol)
     scores = None
     if settings.evaluate:
-        if not config.get("split_file"):
-            raise errors.UserError(f"{model_path}: --evaluate needs train.py's config.json")
         table = held_out_table(config)
         print(f"Scoring each format on the {len(table)} test images ...")
-        scores = record["test_scores"] = evaluate_formats(formats, table, config)
+        try:
+            scores = record["test_scores"] = evaluate_formats(formats, table, model_path)
+        except ValueError as error:  # a test image larger than the exported input
+            raise errors.UserError(f"--evaluate: {error}") from None
     atomic.write_json_atomically(out_dir / exporting.EXPORT_JSON, record)
     print("\n".join(comparison_lines(record["timings"], scores)))
     return record

@@ -143,9 +143,15 @@ def _deployed(model, protocol: LatencyProtocol, folder: Path) -> tuple[Callable,
     if protocol.format == "tflite":
         path = exporting.write_tflite(model, folder / exporting.TFLITE, protocol.image_size)
         return exporting.TFLiteModel(path).predict_on_batch, path.stat().st_size / 2**20
-    path = folder / "model.keras"
-    model.save(path)
-    return prediction.forward_function(model), path.stat().st_size / 2**20
+    return prediction.forward_function(model), weights_mib(model)
+
+
+def weights_mib(model) -> float:
+    """The size of a Keras model's weights file in MiB (without any optimizer state)."""
+    with tempfile.TemporaryDirectory(prefix="weights-") as folder:
+        path = Path(folder) / "model.weights.h5"
+        model.save_weights(path)
+        return round(path.stat().st_size / 2**20, 3)
 
 
 def measure_latency(model, protocol: LatencyProtocol = LatencyProtocol()) -> Latency:
@@ -194,6 +200,11 @@ def measure_predictor(
         serving_batch=protocol.serving_batch,
         **sizes,
     )
+
+
+def budget_ms(text: str | None) -> float | None:
+    """A latency budget as written (``--max-latency``) in milliseconds, or None without one."""
+    return None if text is None else parse_milliseconds(text)
 
 
 def parse_milliseconds(text: str) -> float:

@@ -81,14 +81,33 @@ def open_run(out_dir: Path, identity: dict, overwrite: bool) -> set[str]:
             )
     atomic.write_json_atomically(run_file, identity)
     written = (out_dir / RECORDS).glob("*.json")
-    return {path.name.removesuffix(".json") for path in written if _readable(path)}
+    return {path.name.removesuffix(".json") for path in written if _complete(out_dir, path)}
 
 
-def _readable(path: Path) -> bool:
-    """Whether a record survived whole (a machine's crash can leave one empty)."""
+def _complete(out_dir: Path, record: Path) -> bool:
+    """Whether an image's record and pictures survived whole.
+
+    They are not flushed to disk one by one (``write_record``): a machine's crash can leave
+    any of them empty, and the image is then done again.
+    """
     try:
-        return isinstance(json.loads(path.read_text()), dict)
+        if not isinstance(json.loads(record.read_text()), dict):
+            return False
     except (OSError, ValueError):
+        return False
+    stem = Path(record.name.removesuffix(".json")).stem
+    pictures = [out_dir / "masks" / f"{stem}.png"]
+    if (out_dir / "overlays").is_dir():
+        pictures.append(out_dir / "overlays" / f"{stem}.png")
+    return all(_is_png(path) for path in pictures)
+
+
+def _is_png(path: Path) -> bool:
+    """Whether a file starts as a PNG does (its first 8 bytes)."""
+    try:
+        with path.open("rb") as handle:
+            return handle.read(8) == b"\x89PNG\r\n\x1a\n"
+    except OSError:
         return False
 
 

@@ -31,6 +31,13 @@ IMAGE_COLUMNS = {"val_f2_tuned": "f2_tuned", "val_f2": "f2", "val_dice": "dice"}
 IMAGE_SCORES = "val_images.csv"
 
 
+def completed(trials: pd.DataFrame, objective: str) -> pd.DataFrame:
+    """The trials that trained to a score: completed, with a value of ``objective``."""
+    if trials.empty:
+        return trials
+    return trials[(trials.status == "COMPLETED") & trials[objective].notna()]
+
+
 def image_scores(project_dir: Path, trial_id: str) -> pd.DataFrame | None:
     """One trial's per-image validation scores at its best epoch, or None if it has none."""
     path = Path(project_dir) / "tuner" / f"trial_{trial_id}" / IMAGE_SCORES
@@ -124,7 +131,8 @@ def judge_winner(
     Returns:
         ``{"winner", "start", "runner_up": trial ids or None, "over_start", "over_runner_up":
         ``paired_margin`` dicts or None, "column": the per-image score compared,
-        "rank_agreement": ``rank_agreement``'s dict or None}``.
+        "rank_agreement": ``rank_agreement``'s dict or None, "chosen", "chosen_because": the
+        trial ``train.py --best`` retrains and why (``chosen_trial``)}``.
     """
     column = IMAGE_COLUMNS[objective]
     verdict = {"winner": None, "start": None, "runner_up": None, "column": column}
@@ -132,19 +140,19 @@ def judge_winner(
     verdict.update(chosen=None, chosen_because="no completed trial")
     if trials.empty:
         return verdict
-    completed = trials[(trials.status == "COMPLETED") & trials[objective].notna()]
+    scored = completed(trials, objective)
     verdict["rank_agreement"] = rank_agreement(trials, objective)
-    if completed.empty:
+    if scored.empty:
         return verdict
-    winner = completed.iloc[0]
+    winner = scored.iloc[0]
     names = [d.name for d in DEFAULT_SPACE if d.name in trials]
     verdict["winner"] = str(winner.trial_id)
     start = [
-        r for _, r in completed.iterrows() if start_values and same_configuration(r, start_values)
+        r for _, r in scored.iterrows() if start_values and same_configuration(r, start_values)
     ]
     others = [
         r
-        for _, r in completed.iloc[1:].iterrows()
+        for _, r in scored.iloc[1:].iterrows()
         if not same_configuration(r, winner[names].to_dict())
     ]
     for key, rival in (
@@ -171,6 +179,9 @@ def chosen_trial(verdict: dict) -> tuple[str | None, str]:
     highest of many noisy scores, so it beats the start by some margin even when it is no
     better (on the sample, 108 validation images move F2 by a few hundredths). A challenger
     therefore replaces the start only when its paired interval over the start is above zero.
+    Without a start among the completed trials, or without per-image scores to pair (projects
+    searched before they were kept), there is nothing to weigh: the best score stands, and
+    the reason says so.
     """
     winner, start, margin = verdict["winner"], verdict["start"], verdict["over_start"]
     if winner is None:

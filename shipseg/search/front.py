@@ -21,9 +21,9 @@ from shipseg.core import atomic
 from shipseg.scoring import metrics
 from shipseg.search import evidence
 
-LATENCY = "latency_median_ms"
-# trials.trials_table's status of a trial over the latency budget (kept here: trials imports us).
-OVER_BUDGET = "OVER_LATENCY_BUDGET"
+LATENCY_COLUMN = "latency_median_ms"
+# The status ``trials.csv`` gives a trial over the latency budget (it was never trained).
+OVER_LATENCY_BUDGET = "OVER_LATENCY_BUDGET"
 
 
 def non_dominated(scores: np.ndarray, latencies: np.ndarray) -> np.ndarray:
@@ -53,12 +53,14 @@ def front_table(trials: pd.DataFrame, objective: str) -> pd.DataFrame:
     Returns:
         The rows with both a score and a latency; empty when none has both.
     """
-    if trials.empty or LATENCY not in trials:
-        return pd.DataFrame(columns=["trial_id", objective, LATENCY, "on_front"])
-    timed = trials[(trials.status == "COMPLETED") & trials[objective].notna()]
-    timed = timed[timed[LATENCY].notna()].sort_values([LATENCY, objective], ascending=[True, False])
+    if trials.empty or LATENCY_COLUMN not in trials:
+        return pd.DataFrame(columns=["trial_id", objective, LATENCY_COLUMN, "on_front"])
+    timed = evidence.completed(trials, objective)
+    timed = timed[timed[LATENCY_COLUMN].notna()].sort_values(
+        [LATENCY_COLUMN, objective], ascending=[True, False]
+    )
     return timed.assign(
-        on_front=non_dominated(timed[objective].to_numpy(), timed[LATENCY].to_numpy())
+        on_front=non_dominated(timed[objective].to_numpy(), timed[LATENCY_COLUMN].to_numpy())
     ).reset_index(drop=True)
 
 
@@ -105,19 +107,19 @@ def plot_front(
     figure, axes = plt.subplots(figsize=(8, 5))
     spreads = score_spreads(table, objective, project_dir)
     axes.errorbar(
-        table[LATENCY], table[objective], yerr=spreads, fmt="o", color="0.6",
+        table[LATENCY_COLUMN], table[objective], yerr=spreads, fmt="o", color="0.6",
         ecolor="0.8", label="trial (bar: 95 % bootstrap over validation images)",
     )  # fmt: skip
     front = table[table.on_front]
-    axes.plot(front[LATENCY], front[objective], "-o", color="tab:blue", label="front")
+    axes.plot(front[LATENCY_COLUMN], front[objective], "-o", color="tab:blue", label="front")
     for _, row in front.iterrows():
         axes.annotate(
-            str(row.trial_id), (row[LATENCY], row[objective]), textcoords="offset points",
+            str(row.trial_id), (row[LATENCY_COLUMN], row[objective]), textcoords="offset points",
             xytext=(5, 5), fontsize=8, color="tab:blue",
         )  # fmt: skip
     if budget_ms is not None:
         axes.axvline(budget_ms, color="tab:red", linestyle="--", label=f"budget {budget_ms:g} ms")
-    if len(table) and table[LATENCY].max() > 10 * table[LATENCY].min():
+    if len(table) and table[LATENCY_COLUMN].max() > 10 * table[LATENCY_COLUMN].min():
         axes.set_xscale("log")
     row = table.iloc[0]
     side = int(row.latency_image_size)

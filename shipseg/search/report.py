@@ -86,7 +86,7 @@ def write_report(
         The path of ``report.md``. ``importance.png`` is written only when an importance
         could be measured (three or more completed trials and a hyperparameter that varied).
     """
-    completed = trials[(trials.status == "COMPLETED") & trials[objective].notna()]
+    completed = evidence.completed(trials, objective)
     weights = importances(completed, objective, names)
     _draw_front(trials, objective, project_dir, budget_ms)
     if len(weights):
@@ -162,7 +162,7 @@ def _front_lines(trials: pd.DataFrame, objective: str, budget_ms: float | None) 
     table = front.front_table(trials, objective)
     if table.empty:
         return ["No completed trial was timed."]
-    over = int((trials.status == front.OVER_BUDGET).sum()) if "status" in trials else 0
+    over = int((trials.status == front.OVER_LATENCY_BUDGET).sum()) if "status" in trials else 0
     row = table.iloc[0]
     side = int(row.latency_image_size)
     lines = [
@@ -177,7 +177,7 @@ def _front_lines(trials: pd.DataFrame, objective: str, budget_ms: float | None) 
         "",
     ]
     columns = {
-        "trial_id": "trial", objective: objective, front.LATENCY: "ms (median)",
+        "trial_id": "trial", objective: objective, front.LATENCY_COLUMN: "ms (median)",
         "latency_p95_ms": "ms (p95)", "latency_images_per_s": "images/s",
         "gflops": "GFLOPs", "parameters": "parameters", "file_mib": "MiB",
     }  # fmt: skip

@@ -19,6 +19,7 @@ import pandas as pd
 from shipseg.core import atomic, budget, errors, locks, runtime
 from shipseg.data import airbus, overlaps, splits, synthetic
 from shipseg.model.space import DEFAULT_SPACE
+from shipseg.predict import latency
 from shipseg.search import evidence, isolation, report, tuning
 from shipseg.search import settings as search_settings
 from shipseg.search import trials as results
@@ -144,7 +145,7 @@ def write_report(results_dir: str, project: str) -> None:
     names = [dimension.name for dimension in DEFAULT_SPACE]
     objective, start = config["objective"], config.get("start_values")
     verdict = evidence.judge_winner(trials, objective, project_dir, start)
-    budget_ms = search_settings.budget_ms(config)
+    budget_ms = latency.budget_ms(config.get("max_latency"))
     with locks.hold(project_dir, "--project"):
         path = report.write_report(trials, objective, names, project_dir, verdict, budget_ms)
         print(f"Wrote {path}")

@@ -51,7 +51,11 @@ RESUME_KEYS = (
     "max_latency",
 )
 # What a project searched before a setting existed had, for resuming it.
-BEFORE_KEYS = {"tuner": "hyperband", "latency_format": "keras", "latency_size": 768}
+BEFORE_KEYS = {
+    "tuner": "hyperband",
+    "latency_format": latency.LatencyProtocol.format,
+    "latency_size": latency.LatencyProtocol.image_size,
+}
 # ... of which these only matter to Hyperband (--max-trials may grow on resume, as the budget).
 HYPERBAND_KEYS = ("factor", "iterations")
 # Counts that must be at least 1 (None: not given, where that is allowed).
@@ -153,7 +157,7 @@ class SearchSettings:
     @property
     def max_latency_ms(self) -> float | None:
         """The latency budget in milliseconds an image, or None without one."""
-        return None if self.max_latency is None else latency.parse_milliseconds(self.max_latency)
+        return latency.budget_ms(self.max_latency)
 
     @property
     def project_dir(self) -> Path:
@@ -296,12 +300,6 @@ def _describe_change(key: str, previous: dict, record: dict) -> str:
     ranges = ", ".join(f"{name} {old.get(name)} -> {new.get(name)}" for name in moved)
     restore = " ".join(f"--hp {name}={old[name].split(' ')[0]}" for name in moved if old.get(name))
     return f"space: {ranges}; to resume as before: {restore}"
-
-
-def budget_ms(record: dict) -> float | None:
-    """The latency budget in milliseconds of a ``search_config.json`` record, or None."""
-    written = record.get("max_latency")
-    return None if written is None else latency.parse_milliseconds(written)
 
 
 def oracle_settings(settings: SearchSettings) -> dict:

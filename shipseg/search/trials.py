@@ -19,11 +19,9 @@ from shipseg.core import atomic, errors
 from shipseg.model import space
 from shipseg.predict import latency
 from shipseg.search import evidence, front, report
-from shipseg.search import settings as search_settings
 
 OBJECTIVES = ("val_dice", "val_f2", "val_f2_tuned")
-# The status of a trial whose model was over the latency budget (it was never trained).
-OVER_LATENCY_BUDGET = front.OVER_BUDGET
+OVER_LATENCY_BUDGET = front.OVER_LATENCY_BUDGET
 
 
 def trials_table(tuner: keras_tuner.Tuner, objective: str) -> pd.DataFrame:
@@ -66,6 +64,7 @@ def trials_table(tuner: keras_tuner.Tuner, objective: str) -> pd.DataFrame:
         row.update(_latency_columns(timing))
         if row["over_latency_budget"]:  # never trained: its reported score is no score
             row.update({"status": OVER_LATENCY_BUDGET, objective: np.nan})
+            row.update({"best_epoch": np.nan, "epochs_trained": 0})
         rows.append(row)
     table = pd.DataFrame(rows)
     if table.empty:
@@ -87,7 +86,9 @@ def hparams_record(row: pd.Series, objective: str, project_dir: Path, because: s
         "objective": objective,
         "score": None if pd.isna(row[objective]) else float(row[objective]),
         "chosen_because": because,
-        "hyperparameters": {d.name: _plain(row[d.name]) for d in space.DEFAULT_SPACE},
+        "hyperparameters": {
+            d.name: _value(d, row[d.name]) for d in space.DEFAULT_SPACE if d.name in row
+        },
         "epochs": None if pd.isna(row.epochs) else int(row.epochs),
         "best_epoch": None if pd.isna(row.best_epoch) else int(row.best_epoch),
         "search_config": str((project_dir / "search_config.json").resolve()),
@@ -113,6 +114,8 @@ def choose_trial(project_dir: Path, trial_id: str | None, max_latency_ms: float 
     Raises:
         errors.UserError: For an unknown trial, or no completed trial within the budget.
     """
+    if trial_id is None and max_latency_ms is None:
+        raise ValueError("choose_trial needs a trial id or a latency budget")
     config = atomic.read_json(project_dir / "search_config.json")
     objective, table = config["objective"], read_trials(project_dir)
     if trial_id is not None:
@@ -134,21 +137,26 @@ def choose_trial(project_dir: Path, trial_id: str | None, max_latency_ms: float 
 def _best_within(table: pd.DataFrame, config: dict, project_dir: Path, max_ms: float) -> tuple:
     """The record and file name of the best completed trial within ``max_ms``."""
     objective = config["objective"]
-    timed = table[(table.status == "COMPLETED") & table[objective].notna()]
-    if front.LATENCY not in timed or timed[front.LATENCY].isna().all():
+    timed = evidence.completed(table, objective)
+    if front.LATENCY_COLUMN not in timed or timed[front.LATENCY_COLUMN].isna().all():
         raise errors.UserError(
             f"{project_dir}: its trials were not timed (searched before 2026-12-07)"
         )
-    within = timed[timed[front.LATENCY] <= max_ms]
+    untimed = int(timed[front.LATENCY_COLUMN].isna().sum())
+    if untimed:
+        print(f"{untimed} completed trials were not timed (searched before timing): left out")
+    within = timed[timed[front.LATENCY_COLUMN] <= max_ms]
     if within.empty:
-        fastest = timed[front.LATENCY].min()
+        fastest = timed[front.LATENCY_COLUMN].min()
         raise errors.UserError(
             f"--max-latency {max_ms:g} ms: no completed trial of {project_dir} is that fast "
             f"(the fastest: {fastest:.1f} ms an image)"
         )
     verdict = evidence.judge_winner(within, objective, project_dir, config.get("start_values"))
     row = within[within.trial_id.astype(str) == verdict["chosen"]].iloc[0]
-    because = f"within {max_ms:g} ms ({row[front.LATENCY]:.1f} ms): {verdict['chosen_because']}"
+    because = (
+        f"within {max_ms:g} ms ({row[front.LATENCY_COLUMN]:.1f} ms): {verdict['chosen_because']}"
+    )
     record = hparams_record(row, objective, project_dir, because)
     return record, project_dir / f"best_hparams_within_{max_ms:g}ms.json"
 
@@ -199,11 +207,7 @@ def export_results(
     atomic.write_atomically(
         project_dir / "trials.csv", lambda temporary: trials.to_csv(temporary, index=False)
     )
-    completed = (
-        trials[(trials.status == "COMPLETED") & trials[objective].notna()]
-        if len(trials)
-        else trials
-    )
+    completed = evidence.completed(trials, objective)
     verdict = evidence.judge_winner(trials, objective, project_dir, settings.get("start_values"))
     best = None
     if verdict["chosen"] is not None:
@@ -211,7 +215,7 @@ def export_results(
         best = hparams_record(chosen, objective, project_dir, verdict["chosen_because"])
         atomic.write_json_atomically(project_dir / "best_hparams.json", best)
         plot_trials(trials, objective, project_dir / "trials.png")
-        budget_ms = search_settings.budget_ms(settings)
+        budget_ms = latency.budget_ms(settings.get("max_latency"))
         names = [d.name for d in space.DEFAULT_SPACE]
         report.write_report(trials, objective, names, project_dir, verdict, budget_ms)
     summary = {
@@ -232,6 +236,15 @@ def export_results(
 def _plain(value):
     """Converts a numpy scalar to a plain Python value for JSON."""
     return value.item() if hasattr(value, "item") else value
+
+
+def _value(dimension: space.Dimension, value):
+    """A hyperparameter's value from a table as the space holds it (a CSV's 4.0 is 4)."""
+    value = _plain(value)
+    whole = all(isinstance(v, int) and not isinstance(v, bool) for v in dimension.values)
+    if whole and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 def plot_trials(trials: pd.DataFrame, objective: str, path: Path) -> None:
@@ -299,7 +312,7 @@ def print_summary(trials: pd.DataFrame, project_dir: Path, objective: str, top: 
         "epochs",
         "status",
         "duration_s",
-        front.LATENCY,
+        front.LATENCY_COLUMN,
     ]
     with pd.option_context(
         "display.width", 200, "display.max_columns", 30, "display.float_format", "{:.4g}".format
@@ -331,8 +344,14 @@ def remove_previous_results(project_dir: Path) -> None:
         "overlaps.csv",
         "report.md",
         "importance.png",
+        "front.png",
         "budget.json",
     ):
         (project_dir / name).unlink(missing_ok=True)
+    for chosen in (
+        *project_dir.glob("trial_*_hparams.json"),
+        *project_dir.glob("best_hparams_*.json"),
+    ):
+        chosen.unlink()
     for name in ("logs", "tuner", "final", "final.partial", "final.previous", "folds"):
         shutil.rmtree(project_dir / name, ignore_errors=True)

@@ -9,7 +9,8 @@ how much memory it used beside the trial (``timing.json``).
 
 Each trial's model is also timed as it would be deployed (``shipseg.predict.latency``) before
 it trains; with a latency budget, a model over it is not trained at all: the trial reports
-``OVER_BUDGET_SCORE``, below any real score, so no algorithm promotes or prefers it, and
+``OVER_LATENCY_SCORE``, below any real score, so no algorithm prefers it (Hyperband promotes
+one only when no trained trial is left to promote, and its child skips training too), and
 ``timing.json`` says why.
 """
 
@@ -19,6 +20,7 @@ import contextlib
 import dataclasses
 import json
 import resource
+import sys
 import time
 import zlib
 from pathlib import Path
@@ -34,6 +36,7 @@ from keras_tuner import oracles
 
 from shipseg.core import atomic, budget
 from shipseg.data import inputs
+from shipseg.model import unet
 from shipseg.predict import latency, prediction
 from shipseg.search import evidence, isolation, kt_private
 from shipseg.train.hypermodel import ShipUNetHyperModel
@@ -49,7 +52,7 @@ class TrainingData:
 
 
 # What a trial over the latency budget reports to the oracle: every objective lies in [0, 1].
-OVER_BUDGET_SCORE = -1.0
+OVER_LATENCY_SCORE = -1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,34 +129,50 @@ def _build_model(execution: TrialExecution) -> keras.Model:
     return model
 
 
-def _timed(model: keras.Model, execution: TrialExecution) -> dict:
+def _latency_record(model: keras.Model, execution: TrialExecution) -> dict | None:
     """The model's latency record: measured, or its configuration's from an earlier trial.
 
-    Timed untrained: the time depends on the architecture, not on the weights' values.
+    Timed untrained (the time depends on the architecture, not on the weights' values) and as
+    it loads for deployment: a mixed-precision model in float32 (``unet.in_float32``). A model
+    that cannot be timed trains without a record, unless a latency budget needs one.
+
+    Raises:
+        keras_tuner.errors.FailedTrialError: The model cannot be timed under a latency budget.
     """
     if execution.known_latency is not None:
         return execution.known_latency
     check = execution.latency_check
-    side = check.protocol.image_size
-    protocol = dataclasses.replace(
-        check.protocol, serving_batch=prediction.device_batch_size(model, side)
+    deployed = unet.in_float32(model)
+    serving_batch = (
+        prediction.CPU_BATCH  # TFLite runs on the CPU
+        if check.protocol.format == "tflite"
+        else prediction.device_batch_size(deployed, check.protocol.image_size, limit=8)
     )
-    return dataclasses.asdict(latency.measure_latency(model, protocol))
+    protocol = dataclasses.replace(check.protocol, serving_batch=serving_batch)
+    try:
+        return dataclasses.asdict(latency.measure_latency(deployed, protocol))
+    except Exception as error:  # a converter's or profiler's failure: the trial can still train
+        if check.max_ms is not None:
+            raise keras_tuner.errors.FailedTrialError(
+                f"could not time the model: {error}"
+            ) from error
+        print(f"warning: could not time the model ({error}); it trains untimed", file=sys.stderr)
+        return None
 
 
-def _log_latency(callbacks: list, record: dict) -> None:
+def _log_latency(callbacks: list, record: dict | None) -> None:
     """Writes the latency as scalars beside the trial's TensorBoard run (HParams metrics)."""
     import tensorflow as tf
 
     tensorboard = next((c for c in callbacks if isinstance(c, keras.callbacks.TensorBoard)), None)
-    if tensorboard is None:
+    if tensorboard is None or record is None:
         return
     with tf.summary.create_file_writer(str(Path(tensorboard.log_dir) / "latency")).as_default():
         for name in ("median_ms", "p95_ms", "images_per_s", "gflops", "parameters", "file_mib"):
             tf.summary.scalar(f"latency_{name}", float(record[name]), step=0)
 
 
-def _over_budget(record: dict) -> dict:
+def _over_latency_budget(record: dict) -> dict:
     """``execute_trial``'s result for a model over the latency budget: nothing trained."""
     return {
         "history": {},
@@ -195,9 +214,9 @@ def execute_trial(stream, execution: TrialExecution) -> dict:
     callbacks = [*execution.callbacks, *([time_budget] if time_budget is not None else [])]
     callbacks += _hparams_callback(execution, callbacks)
     model = _build_model(execution)
-    timed = _timed(model, execution)
-    if execution.latency_check.over(timed):
-        return _over_budget(timed)
+    timed = _latency_record(model, execution)
+    if timed is not None and execution.latency_check.over(timed):
+        return _over_latency_budget(timed)
     _log_latency(callbacks, timed)
     start = time.perf_counter()
     history = execution.builder.fit(
@@ -355,7 +374,7 @@ class IsolatedTuner(keras_tuner.Tuner):
         try:
             if timing.latency is not None and self.latency_check.over(timing.latency):
                 timing.over_latency_budget = True  # promoted from a trial over the budget
-                return {self.oracle.objective.name: OVER_BUDGET_SCORE}
+                return {self.oracle.objective.name: OVER_LATENCY_SCORE}
             for execution in range(self.executions_per_trial):
                 plan = self._execution(trial, execution, callbacks, checkpoint, fit_kwargs)
                 plan.known_latency = timing.latency
@@ -367,7 +386,7 @@ class IsolatedTuner(keras_tuner.Tuner):
                 )
                 timing.add(result)
                 if result["over_latency_budget"]:
-                    return {self.oracle.objective.name: OVER_BUDGET_SCORE}
+                    return {self.oracle.objective.name: OVER_LATENCY_SCORE}
                 checkpoint.best_value = result["best_value"]
                 histories.append(self._history(result))
         finally:

@@ -137,7 +137,7 @@ class TrainOptions:
     @property
     def max_latency_ms(self) -> float | None:
         """``--max-latency`` in milliseconds, or None."""
-        return None if self.max_latency is None else latency.parse_milliseconds(self.max_latency)
+        return latency.budget_ms(self.max_latency)
 
     def __post_init__(self):
         """Raises ``errors.UserError`` (naming the option) for a count out of its range."""
