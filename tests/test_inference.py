@@ -338,7 +338,18 @@ def test_labels_that_do_not_fit_an_image_leave_it_unscored_not_the_run_failed(ca
 def test_records_are_kept_by_file_name_so_a_png_does_not_reuse_a_jpgs(tmp_path):
     identity = {"model": "m", "settings": {}}
     records.open_run(tmp_path, identity, overwrite=False)
+    drawing.save_png(tmp_path / "masks" / "a.png", drawing.empty_mask_png(2, 2))
     records.write_record(tmp_path, "a.jpg", {"rows": []})
+    assert records.open_run(tmp_path, identity, overwrite=False) == {"a.jpg"}
+
+
+def test_an_image_whose_mask_did_not_survive_is_done_again(tmp_path):
+    identity = {"model": "m", "settings": {}}
+    records.open_run(tmp_path, identity, overwrite=False)
+    for name in ("a", "b"):
+        drawing.save_png(tmp_path / "masks" / f"{name}.png", drawing.empty_mask_png(2, 2))
+        records.write_record(tmp_path, f"{name}.jpg", {"rows": []})
+    (tmp_path / "masks" / "b.png").write_bytes(b"")  # as a machine's crash can leave it
     assert records.open_run(tmp_path, identity, overwrite=False) == {"a.jpg"}
 
 
