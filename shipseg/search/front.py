@@ -7,7 +7,8 @@ trial reaches. ``train.py --best --max-latency`` then picks the best trial under
 
 Every trial is timed as it would be deployed (``shipseg.predict.latency``, ``latency_*``
 columns of ``trials.csv``); the score is the search's objective, and its bar the 95 % bootstrap
-spread of the trial's per-image scores (``val_images.csv``), drawn around it.
+spread of the trial's per-image scores (``val_images.csv``), drawn around it for the F2
+objectives (their score is the per-image mean; the pixel Dice is not, and goes without bars).
 """
 
 from __future__ import annotations
@@ -105,13 +106,19 @@ def plot_front(
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(8, 5))
-    spreads = score_spreads(table, objective, project_dir)
+    # The pixel Dice is not a mean over images, so its per-image spread would be drawn around
+    # the wrong centre: bars only for the F2 objectives, which are.
+    barred = objective != "val_dice"
+    spreads = score_spreads(table, objective, project_dir) if barred else None
+    label = "trial (bar: 95 % bootstrap over validation images)" if barred else "trial"
     axes.errorbar(
         table[LATENCY_COLUMN], table[objective], yerr=spreads, fmt="o", color="0.6",
-        ecolor="0.8", label="trial (bar: 95 % bootstrap over validation images)",
+        ecolor="0.8", label=label,
     )  # fmt: skip
     front = table[table.on_front]
-    axes.plot(front[LATENCY_COLUMN], front[objective], "-o", color="tab:blue", label="front")
+    axes.plot(
+        front[LATENCY_COLUMN], front[objective], "-o", color="tab:blue", label="front", zorder=3
+    )
     for _, row in front.iterrows():
         axes.annotate(
             str(row.trial_id), (row[LATENCY_COLUMN], row[objective]), textcoords="offset points",
