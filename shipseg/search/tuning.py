@@ -201,7 +201,7 @@ def execute_trial(stream, execution: TrialExecution) -> dict:
         ``best_value`` is the best objective value the checkpoint callback has seen, carried
         over to the trial's next execution; ``strategy`` names the distribution strategy and
         its number of replicas; ``latency`` is ``latency.Latency``'s record. A model over the
-        latency budget is returned untrained (``_over_budget``).
+        latency budget is returned untrained (``_over_latency_budget``).
 
     Raises:
         keras_tuner.errors.FailedTrialError: NaN loss, out of memory while training, or a model
